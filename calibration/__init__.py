@@ -1,0 +1,1 @@
+"""Calibration observers (installed as ``intengine.calibration``)."""

@@ -1,0 +1,1 @@
+"""Integer kernels: numpy references (the specification) beside numba CPU/CUDA kernels."""
