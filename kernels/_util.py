@@ -1,0 +1,43 @@
+"""Small helpers shared by the kernel modules (argument checks, dtype choice)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import KernelInputError
+
+INT_CONTAINERS = ((8, np.int8), (16, np.int16), (32, np.int32))
+
+
+def container_for_bits(bits: int) -> type:
+    """Smallest signed numpy integer dtype holding a symmetric ``bits``-bit value."""
+    if not isinstance(bits, (int, np.integer)) or not 2 <= bits <= 32:
+        raise KernelInputError(f"out_bits must be an integer in [2, 32], got {bits!r}")
+    for width, dtype in INT_CONTAINERS:
+        if bits <= width:
+            return dtype
+    raise AssertionError("unreachable")
+
+
+def qmax_for_bits(bits: int) -> int:
+    """Largest magnitude of a symmetric signed ``bits``-bit integer: 2^(bits-1) - 1."""
+    container_for_bits(bits)
+    return (1 << (bits - 1)) - 1
+
+
+def check_int(name: str, arr: np.ndarray, allowed: tuple) -> None:
+    if not (hasattr(arr, "dtype") and hasattr(arr, "shape")):
+        raise KernelInputError(f"{name} must be an array (numpy or device), got {type(arr).__name__}")
+    if arr.dtype not in [np.dtype(a) for a in allowed]:
+        names = ", ".join(np.dtype(a).name for a in allowed)
+        raise KernelInputError(f"{name} must have dtype in ({names}), got {arr.dtype}")
+
+
+def channel_vector(name: str, value, n: int, dtype) -> np.ndarray:
+    """Broadcast a scalar or length-``n`` vector to a contiguous length-``n`` array."""
+    arr = np.asarray(value)
+    if arr.ndim == 0:
+        return np.full(n, arr, dtype=dtype)
+    if arr.ndim != 1 or arr.shape[0] not in (1, n):
+        raise KernelInputError(f"{name} must be a scalar or a vector of length {n}, got shape {arr.shape}")
+    return np.ascontiguousarray(np.broadcast_to(arr, (n,)), dtype=dtype)
