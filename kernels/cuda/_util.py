@@ -15,13 +15,16 @@ THREADS_1D = 256
 
 
 def is_device(a) -> bool:
-    return cuda.is_cuda_array(a)
+    """True for numba device arrays (real or simulated) and CUDA-array-interface objects."""
+    return hasattr(a, "copy_to_host") or hasattr(a, "__cuda_array_interface__")
 
 
 def to_device(a):
     """A device array for ``a`` (no copy when it already is one)."""
-    if is_device(a):
+    if hasattr(a, "copy_to_host"):
         return a
+    if hasattr(a, "__cuda_array_interface__"):  # e.g. a torch CUDA tensor
+        return cuda.as_cuda_array(a)
     return cuda.to_device(np.ascontiguousarray(a))
 
 
