@@ -8,13 +8,14 @@ not import intengine's core) and re-exported here.
 
 from __future__ import annotations
 
-from .kernels.errors import IntengineError, KernelError, KernelInputError, UnsupportedKernelError
+from .kernels.errors import CalibrationError, IntengineError, KernelError, KernelInputError, UnsupportedKernelError
 
 __all__ = [
     "IntengineError",
     "KernelError",
     "KernelInputError",
     "UnsupportedKernelError",
+    "CalibrationError",
     "ConfigError",
     "CheckpointError",
     "TokenizerError",

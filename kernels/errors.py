@@ -22,3 +22,7 @@ class UnsupportedKernelError(KernelError, LookupError):
 
 class KernelInputError(KernelError, ValueError):
     """A kernel argument has the wrong dtype, shape or range."""
+
+
+class CalibrationError(IntengineError, ValueError):
+    """Calibration got no data, or data it cannot turn into a quantization range."""
