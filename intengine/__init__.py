@@ -1,4 +1,5 @@
 """intengine: quantization and integer-only inference for transformer encoders."""
 
 __version__ = "0.1.0"
+from .tokenizer import load_tokenizer  # noqa: E402,F401
 from .api import load_fp32, save_hf_folder  # noqa: E402,F401
