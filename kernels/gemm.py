@@ -1,0 +1,554 @@
+"""int8 GEMM family: weight prepacking, ``linear`` (x·Wᵀ + b) and batched ``matmul`` (A·Bᵀ).
+
+Both products accumulate exactly in int32 and either return the int32
+accumulators or apply the dyadic requantization of
+:func:`~intengine.kernels.requant.requantize_ref` in a fused epilogue (the
+int32 tile never goes back to memory as the result).
+
+Backends
+--------
+* ``ref``   numpy (exact float64 BLAS products, see :func:`linear_ref`).
+* ``cpu``   numba.  On hosts with AVX-512 VNNI (``_vnni.HAVE_VNNI``) a register
+  blocked 4×64 micro-kernel calls ``vpdpbusd`` directly (``kernels/_vnni.py``):
+  weights prepacked as ``[N/16, K/4, 16, 4]``, int8 activations offset to
+  uint8 (``x ^ 0x80 = x + 128``) and the offset removed with the precomputed
+  ``128·Σ_k w[n, k]``; the requantize epilogue runs per 4×64 tile from an
+  L1-resident int32 tile, parallel over (batch, 64-column panel, row chunk).
+  Elsewhere :func:`linear_portable` / :func:`matmul_portable` (plain numba,
+  bit-exact, callable directly on any host) run instead.
+* ``cuda``  numba.cuda, ``kernels/cuda/gemm.py``.
+
+Overflow bound (all backends): the exact result must fit in int32.
+``|x·w| ≤ 128·128`` for int8 × int8 and ``≤ 255·128`` for uint8 × int8, so
+with ``K ≤ MAX_K = 65536`` and ``|bias| < 2^30`` every accumulator satisfies
+``|acc| ≤ K·255·128 + |bias| < 2^31`` (int8: ``K·2^14 + 2^30 < 2^31``).  Both
+limits are checked at call time (``KernelInputError``).  Inside the VNNI
+kernel partial sums wrap modulo 2^32, which is harmless because the final
+value is in range.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+
+from . import _vnni
+from ._util import check_int, qmax_for_bits
+from .errors import KernelInputError
+from .registry import register
+from .requant import _check_requant_args, requantize_ref, round_shift, saturate
+
+MAX_K = 1 << 16  # reduction length limit (int32 accumulators cannot overflow below it)
+MAX_ABS_BIAS = 1 << 30  # |bias| must be < 2^30
+PANEL = _vnni.NR_BLOCK * _vnni.NBLK_MAX  # 64 output columns per VNNI task
+
+
+# ----------------------------------------------------------------------------- argument checks
+
+
+@dataclass(frozen=True)
+class Epilogue:
+    """Validated output stage: int32 accumulators, or requantization to ``out_bits``."""
+
+    requant: bool
+    out_dtype: type
+    m_i64: np.ndarray  # [N]
+    s_i64: np.ndarray  # [N]
+    q: int
+
+
+def epilogue_params(n: int, m_i32, shift, out_bits: int) -> Epilogue:
+    """Check ``m_i32``/``shift``/``out_bits`` for ``n`` output channels (same rules as requantize)."""
+    if m_i32 is None and shift is None:
+        return Epilogue(False, np.int32, np.zeros(max(n, 1), np.int64), np.ones(max(n, 1), np.int64), 0)
+    if m_i32 is None or shift is None:
+        raise KernelInputError("m_i32 and shift must be given together (or both omitted for int32 output)")
+    out_dtype, m_vec, s_vec = _check_requant_args(np.empty((0, n), np.int32), m_i32, shift, out_bits)
+    if n == 0:
+        m_vec, s_vec = np.zeros(1, np.int64), np.ones(1, np.int64)
+    return Epilogue(True, out_dtype, m_vec, s_vec, qmax_for_bits(out_bits))
+
+
+def _check_k(k: int) -> None:
+    if k > MAX_K:
+        raise KernelInputError(f"reduction length K={k} exceeds MAX_K={MAX_K} (int32 accumulators could overflow)")
+
+
+def check_bias(bias, n: int) -> np.ndarray | None:
+    """Validate an optional int32 bias ``[N]``; returns it as a host array (or None)."""
+    if bias is None:
+        return None
+    check_int("bias_i32", bias, (np.int32,))
+    if tuple(bias.shape) != (n,):
+        raise KernelInputError(f"bias_i32 must have shape ({n},), got {tuple(bias.shape)}")
+    host = bias.copy_to_host() if hasattr(bias, "copy_to_host") else np.asarray(bias)
+    if host.size and int(np.abs(host.astype(np.int64)).max()) >= MAX_ABS_BIAS:
+        raise KernelInputError("bias_i32 must satisfy |bias| < 2^30 (int32 accumulator bound)")
+    return np.ascontiguousarray(host)
+
+
+def check_weight(w) -> None:
+    check_int("w_i8", w, (np.int8,))
+    if len(w.shape) != 2:
+        raise KernelInputError(f"w_i8 must be 2-D [N, K], got shape {tuple(w.shape)}")
+    _check_k(w.shape[1])
+
+
+def check_linear_x(x, k: int) -> None:
+    check_int("x_i8", x, (np.int8,))
+    if len(x.shape) < 1 or x.shape[-1] != k:
+        raise KernelInputError(f"x_i8 must have shape [..., K={k}] to match the packed weight, got {tuple(x.shape)}")
+
+
+def matmul_shapes(a, b) -> tuple[tuple[int, ...], int, int, int]:
+    """Validate ``matmul`` operands; return ``(batch_shape, M, N, K)``."""
+    check_int("a", a, (np.int8, np.uint8))
+    check_int("b", b, (np.int8,))
+    if len(a.shape) < 2 or len(b.shape) < 2:
+        raise KernelInputError(f"a [..., M, K] and b [..., N, K] must be at least 2-D, got {tuple(a.shape)}, {tuple(b.shape)}")
+    if a.shape[-1] != b.shape[-1]:
+        raise KernelInputError(f"a and b must share the last (K) axis, got a {tuple(a.shape)} and b {tuple(b.shape)}")
+    try:
+        batch = np.broadcast_shapes(tuple(a.shape[:-2]), tuple(b.shape[:-2]))
+    except ValueError:
+        raise KernelInputError(
+            f"leading (batch) dims of a {tuple(a.shape)} and b {tuple(b.shape)} do not broadcast"
+        ) from None
+    _check_k(a.shape[-1])
+    return batch, a.shape[-2], b.shape[-2], a.shape[-1]
+
+
+def batch_maps(batch, a_batch, b_batch) -> tuple[np.ndarray, np.ndarray]:
+    """For each flattened output batch index, the flattened batch index into a and into b."""
+    na = int(np.prod(a_batch, dtype=np.int64))
+    nb = int(np.prod(b_batch, dtype=np.int64))
+    ia = np.broadcast_to(np.arange(na, dtype=np.int64).reshape(a_batch), batch).ravel()
+    ib = np.broadcast_to(np.arange(nb, dtype=np.int64).reshape(b_batch), batch).ravel()
+    return np.ascontiguousarray(ia), np.ascontiguousarray(ib)
+
+
+# ----------------------------------------------------------------------------- reference
+
+
+@dataclass(frozen=True)
+class RefPackedWeight:
+    """``ref`` backend packed weight: the int8 ``[N, K]`` matrix itself."""
+
+    w_i8: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return self.w_i8.shape[0]
+
+    @property
+    def k(self) -> int:
+        return self.w_i8.shape[1]
+
+
+def _exact_product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ swapaxes(b)`` exactly, as int64.
+
+    float64 BLAS is exact here: each product is at most 255·128 < 2^15 and each
+    partial sum at most K·2^15 ≤ 2^31 < 2^53, so no rounding ever happens
+    (whatever the summation order or FMA use).
+    """
+    return np.matmul(a.astype(np.float64), np.swapaxes(b.astype(np.float64), -1, -2)).astype(np.int64)
+
+
+def _check_packed(packed, cls, backend: str):
+    if not isinstance(packed, cls):
+        raise KernelInputError(
+            f"packed must be the result of get_kernel('pack_weight', {backend!r}) ({cls.__name__}), got {type(packed).__name__}"
+        )
+
+
+@register("pack_weight", "ref")
+def pack_weight_ref(w_i8: np.ndarray) -> RefPackedWeight:
+    """Prepack an int8 weight ``[N, K]`` (``nn.Linear`` layout) for :func:`linear_ref`.
+
+    The ``ref`` form is just a read-only contiguous copy.  Other backends use
+    their own layout (cpu: VNNI ``[N/16, K/4, 16, 4]`` + ``128·Σw``; cuda:
+    device arrays); a packed weight only works with its own backend's
+    ``linear``.  Runs once, at lowering time.  ``K ≤ MAX_K``.
+    """
+    check_weight(w_i8)
+    w = np.array(w_i8, dtype=np.int8, order="C", copy=True)
+    w.setflags(write=False)
+    return RefPackedWeight(w)
+
+
+@register("linear", "ref")
+def linear_ref(x_i8: np.ndarray, packed: RefPackedWeight, bias_i32=None, m_i32=None, shift=None, out_bits: int = 8):
+    """Integer linear layer ``y = x · Wᵀ + b``, optionally requantized.
+
+    Formula, for ``x [..., K]`` and ``W [N, K]``::
+
+        acc[..., n] = Σ_k x[..., k] · W[n, k] + bias[n]           (exact, int32)
+        y[..., n]   = clip(floor((acc · m[n] + 2^(s[n]-1)) / 2^s[n]), -Q, Q)   if m_i32 given
+
+    * ``x_i8``: int8 ``[..., K]``; ``packed``: from ``pack_weight`` of the same
+      backend; ``bias_i32``: int32 ``[N]`` or None.
+    * Without ``m_i32``/``shift``: returns the int32 accumulators ``[..., N]``
+      (``out_bits`` is ignored).  With them (scalars or per-output-channel
+      ``[N]`` vectors from ``quantize_multiplier``): returns
+      ``requantize_ref(acc, m_i32, shift, out_bits)`` – int8 in [-127, 127] for
+      ``out_bits=8``, int16/int32 containers for 16/32 – rounding half up,
+      symmetric saturation.
+    * Overflow: ``|acc| ≤ K·128·128 + |bias| < 2^31`` is guaranteed by the
+      checked limits ``K ≤ 65536`` and ``|bias| < 2^30``.
+    """
+    _check_packed(packed, RefPackedWeight, "ref")
+    check_linear_x(x_i8, packed.k)
+    bias = check_bias(bias_i32, packed.n)
+    ep = epilogue_params(packed.n, m_i32, shift, out_bits)
+    acc = _exact_product(x_i8, packed.w_i8)
+    if bias is not None:
+        acc = acc + bias.astype(np.int64)
+    acc_i32 = acc.astype(np.int32)
+    if not ep.requant:
+        return acc_i32
+    return requantize_ref(acc_i32, m_i32, shift, out_bits)
+
+
+@register("matmul", "ref")
+def matmul_ref(a: np.ndarray, b: np.ndarray, m_i32=None, shift=None, out_bits: int = 8):
+    """Batched integer ``A · Bᵀ`` ("NT" layout), optionally requantized.
+
+    Formula, for ``a [..., M, K]`` and ``b [..., N, K]``::
+
+        acc[..., m, n] = Σ_k a[..., m, k] · b[..., n, k]          (exact, int32)
+        y = requantize_ref(acc, m_i32, shift, out_bits)           if m_i32 given
+
+    * ``a``: int8, or uint8 (softmax probabilities 0..255); ``b``: int8.  Q·Kᵀ
+      is ``matmul(q, k)``; P·V is ``matmul(p, vᵀ)`` (pass V transposed,
+      ``[..., d, seq]``).
+    * Leading dims broadcast like numpy (e.g. ``b [H, N, K]`` against
+      ``a [B, H, M, K]`` for DeBERTa position tables).
+    * Output ``[*broadcast(batch), M, N]``: int32 without ``m_i32``/``shift``;
+      with them (scalar or per-column ``[N]``) requantized as in
+      :func:`~intengine.kernels.requant.requantize_ref`.
+    * Overflow: ``|acc| ≤ K·255·128 < 2^31`` for ``K ≤ 65536`` (checked).
+    """
+    batch, mm, nn, kk = matmul_shapes(a, b)
+    ep = epilogue_params(nn, m_i32, shift, out_bits)
+    acc_i32 = _exact_product(a, b).astype(np.int32)
+    acc_i32 = np.broadcast_to(acc_i32, batch + (mm, nn))
+    if not ep.requant:
+        return np.ascontiguousarray(acc_i32)
+    return requantize_ref(np.ascontiguousarray(acc_i32), m_i32, shift, out_bits)
+
+
+# ----------------------------------------------------------------------------- cpu: packing
+
+
+def _round_up(v: int, to: int) -> int:
+    return (v + to - 1) // to * to
+
+
+def aligned_zeros(shape, dtype, align: int = 64) -> np.ndarray:
+    """Zeroed array whose data starts on an ``align``-byte boundary."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    buf = np.zeros(nbytes + align, dtype=np.uint8)
+    off = (-buf.ctypes.data) % align
+    return buf[off:off + nbytes].view(dtype).reshape(shape)
+
+
+@numba.njit(parallel=True, cache=True)
+def _pack_vnni_batched(w3, wp, corr):
+    """w3 [B, N, K] int8 → wp [B, N/16, K/4, 16, 4] (zero padded), corr[b, n] = 128·Σ_k w."""
+    nbat, n, k = w3.shape
+    for t in numba.prange(nbat * n):
+        bi = t // n
+        r = t - bi * n
+        nb = r // 16
+        j = r - nb * 16
+        s = 0
+        for kk in range(k):
+            v = w3[bi, r, kk]
+            wp[bi, nb, kk // 4, j, kk % 4] = v
+            s += np.int64(v)
+        corr[bi, r] = np.int32(128 * s)
+
+
+def pack_vnni(w3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pack int8 ``[B, N, K]`` → (``[B, ⌈N/16⌉, ⌈K/4⌉, 16, 4]`` int8, 64-byte aligned; ``128·Σw`` int32 ``[B, Np]``)."""
+    nbat, n, k = w3.shape
+    npad = _round_up(max(n, 1), 16)
+    kpad = _round_up(max(k, 1), 4)
+    wp = aligned_zeros((nbat, npad // 16, kpad // 4, 16, 4), np.int8)
+    corr = np.zeros((nbat, npad), np.int32)
+    if n and k:
+        _pack_vnni_batched(np.ascontiguousarray(w3), wp, corr)
+    return wp, corr
+
+
+def unpack_vnni(wp: np.ndarray, n: int, k: int) -> np.ndarray:
+    """Inverse of :func:`pack_vnni` for one matrix ``[NB, KB, 16, 4]`` → ``[N, K]``."""
+    nb, kb = wp.shape[:2]
+    return np.ascontiguousarray(wp.transpose(0, 2, 1, 3).reshape(nb * 16, kb * 4)[:n, :k])
+
+
+@dataclass(frozen=True)
+class CpuPackedWeight:
+    """``cpu`` backend packed weight.
+
+    ``layout == "vnni"``: ``data`` int8 ``[⌈N/16⌉, ⌈K/4⌉, 16, 4]`` (64-byte
+    aligned, zero padded) and ``corr_i32 [Np] = 128·Σ_k w[n, k]``.
+    ``layout == "nk"`` (hosts without VNNI): ``data`` is the int8 ``[N, K]`` matrix.
+    """
+
+    layout: str
+    n: int
+    k: int
+    data: np.ndarray
+    corr_i32: np.ndarray | None = None
+
+    def nk(self) -> np.ndarray:
+        """The weight as int8 ``[N, K]`` (a view or an unpacked copy)."""
+        if self.layout == "nk":
+            return self.data
+        return unpack_vnni(self.data, self.n, self.k)
+
+
+def pack_weight_portable(w_i8: np.ndarray) -> CpuPackedWeight:
+    check_weight(w_i8)
+    w = np.array(w_i8, dtype=np.int8, order="C", copy=True)
+    w.setflags(write=False)
+    return CpuPackedWeight("nk", w.shape[0], w.shape[1], w)
+
+
+def pack_weight_vnni(w_i8: np.ndarray) -> CpuPackedWeight:
+    check_weight(w_i8)
+    wp, corr = pack_vnni(np.asarray(w_i8)[None])
+    wp, corr = wp[0], corr[0]
+    wp.setflags(write=False)
+    corr.setflags(write=False)
+    return CpuPackedWeight("vnni", w_i8.shape[0], w_i8.shape[1], wp, corr)
+
+
+@register("pack_weight", "cpu")
+def pack_weight_cpu(w_i8: np.ndarray) -> CpuPackedWeight:
+    """Prepack ``w_i8 [N, K]`` for :func:`linear_cpu` (see :func:`pack_weight_ref`).
+
+    VNNI hosts: layout ``[⌈N/16⌉, ⌈K/4⌉, 16, 4]`` plus the int32 correction
+    ``128·Σ_k w[n, k]``; other hosts: the plain ``[N, K]`` matrix.
+    """
+    return pack_weight_vnni(w_i8) if _vnni.HAVE_VNNI else pack_weight_portable(w_i8)
+
+
+# ----------------------------------------------------------------------------- cpu: portable numba
+
+
+@numba.njit(parallel=True, cache=True)
+def _gemm_portable(a3, b3, ia, ib, init2, requant, m_i64, s_i64, q, out3):
+    """out3[t] = epilogue(a3[ia[t]] · b3[ib[t]]ᵀ + init2[ib[t]]), plain loops (int32 accumulation)."""
+    nt = ia.shape[0]
+    mm = a3.shape[1]
+    nn = b3.shape[1]
+    kk = a3.shape[2]
+    for r in numba.prange(nt * mm):
+        t = r // mm
+        i = r - t * mm
+        arow = a3[ia[t], i]
+        bmat = b3[ib[t]]
+        ini = init2[ib[t]]
+        for j in range(nn):
+            brow = bmat[j]
+            acc = np.int32(0)
+            for k in range(kk):
+                acc += np.int32(arow[k]) * np.int32(brow[k])
+            acc += ini[j]
+            if requant:
+                out3[t, i, j] = saturate(round_shift(np.int64(acc), m_i64[j], s_i64[j]), q)
+            else:
+                out3[t, i, j] = acc
+
+
+def _run_portable(a3, b3, ia, ib, init2, ep: Epilogue, mm: int, nn: int) -> np.ndarray:
+    out3 = np.empty((ia.shape[0], mm, nn), dtype=ep.out_dtype)
+    if out3.size:
+        _gemm_portable(a3, b3, ia, ib, init2, ep.requant, ep.m_i64, ep.s_i64, ep.q, out3)
+    return out3
+
+
+def linear_portable(x_i8: np.ndarray, packed: CpuPackedWeight, bias_i32=None, m_i32=None, shift=None, out_bits: int = 8):
+    """Portable numba :func:`linear_ref` (no VNNI needed); bit-exact, accepts either cpu layout."""
+    _check_packed(packed, CpuPackedWeight, "cpu")
+    check_linear_x(x_i8, packed.k)
+    bias = check_bias(bias_i32, packed.n)
+    ep = epilogue_params(packed.n, m_i32, shift, out_bits)
+    n, k = packed.n, packed.k
+    x2 = np.ascontiguousarray(x_i8).reshape(-1, k)
+    init = np.zeros((1, n), np.int32) if bias is None else bias.reshape(1, n)
+    zero = np.zeros(1, np.int64)
+    out = _run_portable(x2[None], packed.nk()[None], zero, zero, init, ep, x2.shape[0], n)
+    return out.reshape(tuple(x_i8.shape[:-1]) + (n,))
+
+
+def matmul_portable(a: np.ndarray, b: np.ndarray, m_i32=None, shift=None, out_bits: int = 8):
+    """Portable numba :func:`matmul_ref` (no VNNI needed); bit-exact."""
+    batch, mm, nn, kk = matmul_shapes(a, b)
+    ep = epilogue_params(nn, m_i32, shift, out_bits)
+    ia, ib = batch_maps(batch, tuple(a.shape[:-2]), tuple(b.shape[:-2]))
+    a3 = np.ascontiguousarray(a).reshape(-1, mm, kk)
+    b3 = np.ascontiguousarray(b).reshape(-1, nn, kk)
+    init = np.zeros((b3.shape[0], nn), np.int32)
+    return _run_portable(a3, b3, ia, ib, init, ep, mm, nn).reshape(batch + (mm, nn))
+
+
+# ----------------------------------------------------------------------------- cpu: VNNI
+
+
+@numba.njit(parallel=True, cache=True)
+def _to_u8_padded(a3, flip, out):
+    """out[b, :M, :K] = a3 (uint8 view) ^ flip (0x80 turns int8 into uint8 offset by +128); padding stays 0."""
+    nbat, mm, kk = a3.shape
+    for r in numba.prange(nbat * mm):
+        bi = r // mm
+        i = r - bi * mm
+        src = a3[bi, i]
+        dst = out[bi, i]
+        for k in range(kk):
+            dst[k] = src[k] ^ flip
+
+
+@numba.njit(inline="always")
+def _ukernel(nblk, a_addr, lda, b_addr, b_stride, kg, init_addr, c_addr, ldc):
+    if nblk == 4:
+        _vnni.ukernel_4(a_addr, lda, b_addr, b_stride, kg, init_addr, c_addr, ldc)
+    elif nblk == 3:
+        _vnni.ukernel_3(a_addr, lda, b_addr, b_stride, kg, init_addr, c_addr, ldc)
+    elif nblk == 2:
+        _vnni.ukernel_2(a_addr, lda, b_addr, b_stride, kg, init_addr, c_addr, ldc)
+    else:
+        _vnni.ukernel_1(a_addr, lda, b_addr, b_stride, kg, init_addr, c_addr, ldc)
+
+
+@numba.njit(parallel=True, cache=True)
+def _gemm_vnni(xu, wp, init2, ia, ib, mm, nn, m_chunks, requant, m_i64, s_i64, q, out3):
+    """Batched VNNI GEMM with fused epilogue.
+
+    xu [Ba, Mp, Kp] uint8 (Mp % 4 == 0), wp [Bb, NB, KB, 16, 4] int8,
+    init2 [Bb, Np] int32 (bias − offset correction), out3 [Bt, mm, nn].
+    Tasks: (batch, 64-column panel, chunk of 4-row tiles), split across threads.
+    """
+    nt = ia.shape[0]
+    mp = xu.shape[1]
+    kp = xu.shape[2]
+    nb_total = wp.shape[1]
+    kb = wp.shape[2]
+    n_panels = (nb_total + 3) // 4
+    m_tiles = mp // 4
+    tiles_per_chunk = (m_tiles + m_chunks - 1) // m_chunks
+    b_stride = kb * 64
+    ntasks = nt * n_panels * m_chunks
+    for task in numba.prange(ntasks):
+        t = task // (n_panels * m_chunks)
+        rem = task - t * (n_panels * m_chunks)
+        p = rem // m_chunks
+        ch = rem - p * m_chunks
+        ctile = np.empty((4, 64), np.int32)
+        a_mat = xu[ia[t]]
+        b_mat = wp[ib[t]]
+        ini = init2[ib[t]]
+        nb0 = p * 4
+        nblk = min(4, nb_total - nb0)
+        n0 = nb0 * 16
+        ncols = min(nblk * 16, nn - n0)
+        b_addr = b_mat[nb0].ctypes.data
+        init_addr = ini[n0:].ctypes.data
+        c_addr = ctile.ctypes.data
+        mt_end = min(m_tiles, (ch + 1) * tiles_per_chunk)
+        for mt in range(ch * tiles_per_chunk, mt_end):
+            m0 = mt * 4
+            _ukernel(nblk, a_mat[m0].ctypes.data, kp, b_addr, b_stride, kb, init_addr, c_addr, 64)
+            rows = min(4, mm - m0)
+            for i in range(rows):
+                orow = out3[t, m0 + i, n0:n0 + ncols]
+                crow = ctile[i]
+                if requant:
+                    for j in range(ncols):
+                        orow[j] = saturate(round_shift(np.int64(crow[j]), m_i64[n0 + j], s_i64[n0 + j]), q)
+                else:
+                    for j in range(ncols):
+                        orow[j] = crow[j]
+
+
+def _m_chunks(tasks_without_split: int, m_tiles: int) -> int:
+    threads = numba.get_num_threads()
+    if tasks_without_split >= 4 * threads:
+        return 1
+    return max(1, min(m_tiles, -(-4 * threads // max(tasks_without_split, 1))))
+
+
+def _run_vnni(a3, flip: int, wp, init2, ia, ib, ep: Epilogue, mm: int, nn: int) -> np.ndarray:
+    nbat_a, _, kk = a3.shape
+    kp = wp.shape[2] * 4
+    mp = _round_up(max(mm, 1), 4)
+    out3 = np.empty((ia.shape[0], mm, nn), dtype=ep.out_dtype)
+    if out3.size == 0:
+        return out3
+    xu = aligned_zeros((nbat_a, mp, kp), np.uint8)
+    if kk:
+        _to_u8_padded(a3.view(np.uint8), np.uint8(flip), xu)
+    n_panels = (wp.shape[1] + 3) // 4
+    chunks = _m_chunks(ia.shape[0] * n_panels, mp // 4)
+    m_vec = ep.m_i64 if ep.m_i64.shape[0] >= nn else np.zeros(nn, np.int64)
+    s_vec = ep.s_i64 if ep.s_i64.shape[0] >= nn else np.ones(nn, np.int64)
+    _gemm_vnni(xu, wp, init2, ia, ib, mm, nn, chunks, ep.requant, m_vec, s_vec, ep.q, out3)
+    return out3
+
+
+def linear_vnni(x_i8: np.ndarray, packed: CpuPackedWeight, bias_i32=None, m_i32=None, shift=None, out_bits: int = 8):
+    """VNNI :func:`linear_ref` (needs ``_vnni.HAVE_VNNI`` and a ``vnni``-layout packed weight)."""
+    _check_packed(packed, CpuPackedWeight, "cpu")
+    if packed.layout != "vnni":
+        raise KernelInputError("linear_vnni needs a weight packed with layout 'vnni' (pack_weight_vnni)")
+    check_linear_x(x_i8, packed.k)
+    bias = check_bias(bias_i32, packed.n)
+    ep = epilogue_params(packed.n, m_i32, shift, out_bits)
+    n, k = packed.n, packed.k
+    x2 = np.ascontiguousarray(x_i8).reshape(-1, k)
+    init = -packed.corr_i32
+    if bias is not None:
+        init = init.copy()
+        init[:n] += bias
+    out = _run_vnni(x2[None], 0x80, packed.data[None], init[None], _ZERO_MAP, _ZERO_MAP, ep, x2.shape[0], n)
+    return out.reshape(tuple(x_i8.shape[:-1]) + (n,))
+
+
+_ZERO_MAP = np.zeros(1, np.int64)
+
+
+def matmul_vnni(a: np.ndarray, b: np.ndarray, m_i32=None, shift=None, out_bits: int = 8):
+    """VNNI :func:`matmul_ref`: ``b`` is packed on the fly; uint8 ``a`` needs no offset correction."""
+    batch, mm, nn, kk = matmul_shapes(a, b)
+    ep = epilogue_params(nn, m_i32, shift, out_bits)
+    ia, ib = batch_maps(batch, tuple(a.shape[:-2]), tuple(b.shape[:-2]))
+    a3 = np.ascontiguousarray(a).reshape(-1, mm, kk)
+    b3 = np.ascontiguousarray(b).reshape(-1, nn, kk)
+    wp, corr = pack_vnni(b3)
+    if a.dtype == np.int8:
+        flip, init = 0x80, -corr
+    else:
+        flip, init = 0, np.zeros_like(corr)
+    return _run_vnni(a3, flip, wp, init, ia, ib, ep, mm, nn).reshape(batch + (mm, nn))
+
+
+@register("linear", "cpu")
+def linear_cpu(x_i8: np.ndarray, packed: CpuPackedWeight, bias_i32=None, m_i32=None, shift=None, out_bits: int = 8):
+    """numba :func:`linear_ref` (bit-exact): VNNI micro-kernel when available, else :func:`linear_portable`."""
+    if _vnni.HAVE_VNNI and isinstance(packed, CpuPackedWeight) and packed.layout == "vnni":
+        return linear_vnni(x_i8, packed, bias_i32, m_i32, shift, out_bits)
+    return linear_portable(x_i8, packed, bias_i32, m_i32, shift, out_bits)
+
+
+@register("matmul", "cpu")
+def matmul_cpu(a: np.ndarray, b: np.ndarray, m_i32=None, shift=None, out_bits: int = 8):
+    """numba :func:`matmul_ref` (bit-exact): VNNI micro-kernel when available, else :func:`matmul_portable`."""
+    if _vnni.HAVE_VNNI:
+        return matmul_vnni(a, b, m_i32, shift, out_bits)
+    return matmul_portable(a, b, m_i32, shift, out_bits)
