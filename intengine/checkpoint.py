@@ -320,6 +320,12 @@ def save_hf_folder(
         seen.add(id(tensor))
         tensors[key] = tensor.detach().to(torch.float32 if tensor.is_floating_point() else tensor.dtype).contiguous().clone()
 
+    import importlib
+
+    family = importlib.import_module(model.family)
+    if hasattr(family, "to_hf_state_dict"):
+        tensors = family.to_hf_state_dict(tensors, model)
+
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")

@@ -78,6 +78,13 @@ Optional:
     ``calibration_ranges`` ``{module: (x_min, x_max)}`` and ``layernorm_shifts``), only for
     buffers that were actually calibrated (not left at their init values).
 
+``to_hf_state_dict(sd: dict, model) -> dict``
+    Inverse of ``normalize_state_dict`` for :func:`intengine.checkpoint.save_hf_folder` (I-BERT
+    models are written under ``ibert.*``, calibrated ranges restored).
+
+``architecture(cfg, task) -> str``
+    Overrides ``HF_ARCHITECTURES`` where the class name depends on the config (``IBert*``).
+
 Family table
 ------------
 :data:`FAMILIES` maps ``model_type`` to the family module, imported lazily on first use, so a
@@ -106,6 +113,7 @@ __all__ = [
     "check_inputs",
     "init_weights",
     "cfg_value",
+    "read_labels",
 ]
 
 TASKS = (
@@ -221,6 +229,25 @@ def cfg_value(
     if positive and value <= 0:
         raise ConfigError(f"{source}: field {key!r} must be > 0, got {value!r}")
     return value
+
+
+def read_labels(d: dict, source: str) -> tuple[int, dict | None]:
+    """``(num_labels, id2label)`` from a config dict: ``len(id2label)`` when present, else
+    ``num_labels`` (default 2).  Default names (``LABEL_i``) come back as None."""
+    id2label = d.get("id2label")
+    if id2label is None:
+        return cfg_value(d, "num_labels", 2, int, source, positive=True), None
+    if not isinstance(id2label, dict) or not id2label:
+        raise ConfigError(f"{source}: field 'id2label' must be a non-empty object")
+    try:
+        labels = {str(int(k)): v for k, v in id2label.items()}
+    except (TypeError, ValueError):
+        raise ConfigError(f"{source}: field 'id2label' keys must be integers") from None
+    if sorted(int(k) for k in labels) != list(range(len(labels))):
+        raise ConfigError(f"{source}: field 'id2label' keys must be 0..{len(labels) - 1}")
+    if all(v == f"LABEL_{k}" for k, v in labels.items()):
+        return len(labels), None
+    return len(labels), labels
 
 
 def check_inputs(

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from . import cfg_value, check_inputs
+from . import cfg_value, check_inputs, read_labels
 from .heads import AddNorm, BertOnlyMLMHead, Intermediate, Pooler, activation, additive_mask
 
 MODEL_TYPES = ("nezha",)
@@ -141,14 +141,7 @@ class NezhaConfig:
 
         hidden_act = get("hidden_act", "gelu", str)
         activation(hidden_act, source)
-        id2label = d.get("id2label")
-        if id2label is not None:
-            if not isinstance(id2label, dict) or not id2label:
-                raise ConfigError(f"{source}: field 'id2label' must be a non-empty object")
-            num_labels = len(id2label)
-            id2label = {str(k): v for k, v in id2label.items()}
-        else:
-            num_labels = get("num_labels", 2, int, positive=True)
+        num_labels, id2label = read_labels(d, source)
         cfg = cls(
             vocab_size=get("vocab_size", 21128, int, positive=True),
             hidden_size=get("hidden_size", 768, int, positive=True),

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from . import cfg_value, check_inputs
+from . import cfg_value, check_inputs, read_labels
 from .heads import (
     AddNorm,
     Intermediate,
@@ -166,14 +166,7 @@ class RobertaConfig:
         activation(hidden_act, source)
         if model_type == "ibert" and hidden_act != "gelu":
             raise ConfigError(f"{source}: field 'hidden_act' must be 'gelu' for I-BERT")
-        id2label = d.get("id2label")
-        if id2label is not None:
-            if not isinstance(id2label, dict) or not id2label:
-                raise ConfigError(f"{source}: field 'id2label' must be a non-empty object")
-            num_labels = len(id2label)
-            id2label = {str(k): v for k, v in id2label.items()}
-        else:
-            num_labels = get("num_labels", 2, int, positive=True)
+        num_labels, id2label = read_labels(d, source)
         cfg = cls(
             model_type=model_type,
             vocab_size=get("vocab_size", vocab_default, int, positive=True),
@@ -473,3 +466,22 @@ def extract_calibration(sd: dict, cfg: RobertaConfig) -> dict:
             if shift != 0:
                 shifts[_rename_ibert(key[: -len(".shift")])] = shift
     return {"calibration_ranges": ranges, "layernorm_shifts": shifts}
+
+
+def to_hf_state_dict(sd: dict, model: nn.Module) -> dict:
+    """Inverse of :func:`normalize_state_dict` for saving: an ``ibert`` model is written under
+    ``ibert.*`` with its calibrated QuantAct ranges and IntLayerNorm shifts restored."""
+    if model.config.model_type != "ibert":
+        return sd
+    out = {("ibert." + k[len("roberta."):] if k.startswith("roberta.") else k): v for k, v in sd.items()}
+    base = "ibert." if any(k.startswith("ibert.") for k in out) else ""
+
+    def key(name: str) -> str:
+        return base + name[len("roberta."):] if name.startswith("roberta.") else base + name
+
+    for name, (lo, hi) in getattr(model, "calibration_ranges", {}).items():
+        out[key(name) + ".x_min"] = torch.tensor([lo], dtype=torch.float32)
+        out[key(name) + ".x_max"] = torch.tensor([hi], dtype=torch.float32)
+    for name, shift in getattr(model, "layernorm_shifts", {}).items():
+        out[key(name) + ".shift"] = torch.tensor([float(shift)], dtype=torch.float32)
+    return out
