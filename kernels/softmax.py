@@ -1,0 +1,380 @@
+"""i-exp and i-softmax: I-BERT's second-order polynomial exponential, integer only.
+
+Shared design (``exp``, ``softmax`` and ``tanh`` all use :func:`_exp_core_ref`)
+-------------------------------------------------------------------------------
+For ``u ≥ 0`` (an integer at input scale ``S``) the kernels compute
+``e ≈ exp(-u·S)`` as an integer at the fixed output scale ``2^-30``:
+
+1. **Range reduction in fixed point.**  ``t = floor(u · m / 2^shift)`` with
+   ``m · 2^-shift ≈ S / ln2 · 2^20`` (``m_i32, shift`` from :func:`exp_params`,
+   via ``quantize_multiplier``), i.e. ``t ≈ u·S/ln2`` with 20 fractional bits.
+   ``z = t >> 20 = ⌊u·S/ln2⌋`` and ``f = t & (2^20 - 1)`` (``f/2^20 ∈ [0, 1)``),
+   so ``-u·S = -z·ln2 + r`` with ``r = -f·ln2/2^20 ∈ (-ln2, 0]``.
+2. **Polynomial.**  I-BERT's ``L(r) = 0.35815147·r² + 0.96963238·r + 1``
+   (= ``a(r + b)² + c`` with a = 0.35815147, b = 1.35365, c = 0.34373), written
+   in ``f`` as ``1 - β·f + α·f²``, ``α = 0.35815147·ln2²``, ``β = 0.96963238·ln2``,
+   evaluated by Horner with the 31-bit constants ``ALPHA_I64, BETA_I64``::
+
+       h = (ALPHA·f) >> 20;  g = h - BETA;  L = 2^30 + ((g·f) >> 21)      (L ∈ (2^29, 2^30])
+
+3. **Power of two.**  ``e = L >> min(z, 31)`` (floor).  ``z ≥ 31`` gives 0, which
+   is the clip of I-BERT (there at -30·ln2) without a separate step.
+
+Why not I-BERT's ``x0_int = ⌊-ln2/S⌋`` form: it replaces ln2 by ``⌊ln2/S⌋·S``
+(relative error up to ``S/ln2``: 1.4 % per halving at S = 0.01, and a
+collapse to ``2^-x`` for S ≥ ln2), and its ``L(r)`` lives at the scale
+``a·S²`` whose integer grows like ``1/S²`` (2^55 at S = 3e-4, overflowing
+int32 in the reference port).  Rescaling once by a dyadic multiplier keeps
+the polynomial at a fixed 20-bit precision for every scale.
+
+Overflow bound (whole supported range ``S ∈ [SCALE_MIN, SCALE_MAX]`` =
+``[2^-24, 2^8]``): ``m < 2^31`` and ``u < 2^32`` so ``u·m < 2^63``;
+``ALPHA·f < 2^29·2^20``; ``|g·f| < 2^31·2^20``; everything else is smaller.
+All intermediates are int64; no int32 product is formed.
+
+Accuracy of the exponential (vs float64 ``exp(-u·S)``, relative to 1.0):
+the polynomial's own error is 1.913e-3 max on ``(-ln2, 0]`` (relative error
+in [-3.31e-3, +2.22e-3]); fixed-point flooring adds < 7e-7.  Claimed bound:
+``|e·2^-30 - exp(-u·S)| ≤ 1.92e-3 · 2^-z + 2^-29`` (≤ 1.92e-3 everywhere).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numba
+import numpy as np
+
+from ._util import check_int
+from .errors import KernelInputError
+from .registry import register
+from .requant import MAX_SHIFT, MIN_SHIFT, MULT_BITS, as_rows, quantize_multiplier
+
+# ----------------------------------------------------------------------------- constants
+
+T_FRAC_BITS = 20  # fractional bits of t = u·S/ln2
+EXP_FRAC_BITS = 30  # exp output scale 2^-30 (1.0 -> 2^30)
+EXP_ONE = 1 << EXP_FRAC_BITS
+EXP_SCALE = 2.0**-EXP_FRAC_BITS
+Z_ZERO = 31  # z >= 31 -> e = 0 (L <= 2^30)
+# round(0.35815147 · ln2² · 2^31) and round(0.96963238 · ln2 · 2^31) (tests re-derive them)
+ALPHA_I64 = 369528148
+BETA_I64 = 1443319358
+POLY_SHIFT = 31 + T_FRAC_BITS - EXP_FRAC_BITS  # g (2^-31 units) · f (2^-20 units) -> 2^-30 units
+T_FRAC_MASK = (1 << T_FRAC_BITS) - 1
+POLY_A, POLY_B, POLY_C = 0.35815147, 0.96963238, 1.0  # I-BERT's a·r² + b·r + c
+
+SCALE_MIN = 2.0**-24  # supported input scales (documented overflow/precision range)
+SCALE_MAX = 2.0**8
+
+SOFTMAX_OUT_LEVELS = 255  # uint8 probability q means q/255; 1.0 -> 255 exactly
+SOFTMAX_OUT_SCALE = 1.0 / SOFTMAX_OUT_LEVELS
+SOFTMAX_NORM_BITS = 54  # factor = floor(255·2^54 / sum)
+SOFTMAX_MAX_KEYS = (1 << 31) - 1
+
+INPUT_DTYPES = (np.int8, np.int16, np.int32)
+MASK_DTYPES = (np.bool_, np.uint8)
+
+
+# ----------------------------------------------------------------------------- params (lowering time)
+
+
+def check_scale(name: str, scale: float, factor: float = 1.0) -> float:
+    s = float(scale)
+    if not math.isfinite(s) or not (SCALE_MIN <= s <= SCALE_MAX):
+        raise KernelInputError(f"{name} must be a finite scale in [{SCALE_MIN:g}, {SCALE_MAX:g}], got {scale!r}")
+    return s * factor
+
+
+@dataclass(frozen=True)
+class ExpParams:
+    """Integers for :func:`exp_ref`: ``m_i32 · 2^-shift ≈ S/ln2 · 2^20``; output scale ``2^-30``."""
+
+    m_i32: int
+    shift: int
+    scale_out: float = EXP_SCALE
+
+    def kernel_kwargs(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k != "scale_out"}
+
+
+@dataclass(frozen=True)
+class SoftmaxParams:
+    """Integers for :func:`softmax_ref` (same range reduction as i-exp); output scale 1/255."""
+
+    m_i32: int
+    shift: int
+    scale_out: float = SOFTMAX_OUT_SCALE
+
+    def kernel_kwargs(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k != "scale_out"}
+
+
+def range_reduction_multiplier(scale_in: float, factor: float = 1.0) -> tuple[int, int]:
+    """``(m_i32, shift)`` with ``m·2^-shift ≈ factor·S/ln2·2^20`` (float math: lowering time only)."""
+    s = check_scale("scale_in", scale_in, factor)
+    m, sh = quantize_multiplier(s / math.log(2.0) * float(1 << T_FRAC_BITS))
+    return int(m), int(sh)
+
+
+def exp_params(scale_in: float) -> ExpParams:
+    """Lowering-time constants of i-exp for inputs at scale ``scale_in`` ∈ [2^-24, 2^8]."""
+    return ExpParams(*range_reduction_multiplier(scale_in))
+
+
+def softmax_params(scale_in: float) -> SoftmaxParams:
+    """Lowering-time constants of i-softmax for scores at scale ``scale_in`` ∈ [2^-24, 2^8]."""
+    return SoftmaxParams(*range_reduction_multiplier(scale_in))
+
+
+# ----------------------------------------------------------------------------- argument checks
+
+
+def check_multiplier(m_i32, shift) -> tuple[int, int]:
+    """Validate the range-reduction pair (positive 31-bit mantissa, shift in [1, 62])."""
+    if not isinstance(m_i32, (int, np.integer)) or isinstance(m_i32, bool):
+        raise KernelInputError(f"m_i32 must be an integer scalar, got {type(m_i32).__name__}")
+    if not isinstance(shift, (int, np.integer)) or isinstance(shift, bool):
+        raise KernelInputError(f"shift must be an integer scalar, got {type(shift).__name__}")
+    m, s = int(m_i32), int(shift)
+    if not 0 < m < (1 << MULT_BITS):
+        raise KernelInputError(f"m_i32 must lie in [1, 2^31 - 1], got {m}")
+    if not MIN_SHIFT <= s <= MAX_SHIFT:
+        raise KernelInputError(f"shift must lie in [{MIN_SHIFT}, {MAX_SHIFT}], got {s}")
+    return m, s
+
+
+def check_mask(mask, x_shape) -> np.ndarray | None:
+    """Validate a key mask (bool/uint8, broadcastable to ``x_shape``); returns it as a host array."""
+    if mask is None:
+        return None
+    if hasattr(mask, "copy_to_host"):  # a numba device array: masks are small, prepare on the host
+        mask = mask.copy_to_host()
+    check_int("mask", mask, MASK_DTYPES)
+    mask = np.asarray(mask)
+    if mask.ndim > len(x_shape):
+        raise KernelInputError(f"mask of shape {mask.shape} has more dimensions than the input {tuple(x_shape)}")
+    try:
+        b = np.broadcast_shapes(mask.shape, tuple(x_shape))
+    except ValueError:
+        b = None
+    if b != tuple(x_shape):
+        raise KernelInputError(f"mask of shape {mask.shape} does not broadcast to the input shape {tuple(x_shape)}")
+    return mask
+
+
+def check_softmax_input(x) -> None:
+    check_int("x", x, INPUT_DTYPES)
+    if len(x.shape) < 1:
+        raise KernelInputError("x must have at least one dimension (softmax runs over the last axis)")
+    if x.shape[-1] > SOFTMAX_MAX_KEYS:
+        raise KernelInputError(f"x: rows longer than 2^31 - 1 keys are not supported, got {x.shape[-1]}")
+
+
+def mask_rows(mask: np.ndarray | None, x_shape) -> tuple[bool, np.ndarray, np.ndarray]:
+    """Compact form of a broadcast mask for the row kernels.
+
+    Returns ``(has_mask, mask2_u8[mrows, n], row_idx_i64[rows])``: row ``r`` of the
+    input (rows = all axes but the last, C order) uses ``mask2[row_idx[r]]``.
+    Only the mask's own leading axes are materialised, never the input's shape.
+    """
+    n = x_shape[-1]
+    rows = int(np.prod(x_shape[:-1], dtype=np.int64))
+    if mask is None:
+        return False, np.ones((1, max(n, 1)), np.uint8), np.zeros(rows, np.int64)
+    m = mask.reshape((1,) * (len(x_shape) - mask.ndim) + mask.shape)
+    m = np.broadcast_to(m, m.shape[:-1] + (n,)).astype(np.uint8, order="C")  # a writable copy (small)
+    lead = m.shape[:-1]
+    m2 = m.reshape(-1, n)
+    idx = np.arange(m2.shape[0], dtype=np.int64).reshape(lead)
+    row_idx = np.broadcast_to(idx, tuple(x_shape[:-1])).reshape(-1).copy()
+    return True, m2, row_idx
+
+
+# ----------------------------------------------------------------------------- numpy reference
+
+
+def _exp_core_ref(u_i64: np.ndarray, m: int, shift: int) -> np.ndarray:
+    """``e ≈ exp(-u·S)·2^30`` for int64 ``u ∈ [0, 2^32)`` (see the module docstring)."""
+    t_i64 = (u_i64 * np.int64(m)) >> np.int64(shift)
+    z_i64 = t_i64 >> T_FRAC_BITS
+    f_i64 = t_i64 & T_FRAC_MASK
+    g_i64 = ((ALPHA_I64 * f_i64) >> T_FRAC_BITS) - BETA_I64
+    l_i64 = EXP_ONE + ((g_i64 * f_i64) >> POLY_SHIFT)
+    return l_i64 >> np.minimum(z_i64, Z_ZERO)
+
+
+@register("exp", "ref")
+def exp_ref(x: np.ndarray, m_i32: int, shift: int) -> np.ndarray:
+    """i-exp: ``y ≈ exp(x·S) · 2^30`` for integer scores ``x ≤ 0`` at scale ``S``.
+
+    Formula (``u = -min(x, 0)``; ``m_i32, shift`` from :func:`exp_params`)::
+
+        t = ⌊u·m / 2^shift⌋ ;  z = t >> 20 ;  f = t mod 2^20
+        L = 2^30 + ⌊(⌊ALPHA·f / 2^20⌋ - BETA) · f / 2^21⌋         (= 2^30·(1 - β f' + α f'²), f' = f/2^20)
+        y = ⌊L / 2^min(z, 31)⌋
+
+    * ``x``: int8/int16/int32, any shape.  Positive entries are treated as 0
+      (exp saturates at 1.0 = 2^30); the op is meant for ``x - max`` scores.
+    * Output: int32, same shape, scale ``2^-30`` (``EXP_SCALE``), values in [0, 2^30].
+    * Rounding: floor at every shift (arithmetic right shifts).
+    * Overflow: int64 throughout; ``u·m < 2^31·2^31``, ``ALPHA·f < 2^49``,
+      ``|g·f| < 2^51``.  Supported ``S`` ∈ [2^-24, 2^8].
+    * Accuracy: ``|y·2^-30 - exp(x·S)| ≤ 1.92e-3`` (1.913e-3 is the I-BERT
+      polynomial's own error on (-ln2, 0]); the bound halves with every ln2.
+    """
+    check_int("x", x, INPUT_DTYPES)
+    m, s = check_multiplier(m_i32, shift)
+    x_i64 = np.asarray(x).astype(np.int64)
+    u_i64 = -np.minimum(x_i64, 0)
+    return _exp_core_ref(u_i64, m, s).astype(np.int32)
+
+
+@register("softmax", "ref")
+def softmax_ref(x: np.ndarray, mask, m_i32: int, shift: int) -> np.ndarray:
+    """i-softmax over the last axis with a key mask; uint8 probabilities at scale 1/255.
+
+    Formula, per row (``keep_j`` = mask broadcast to ``x``, nonzero = keep)::
+
+        M   = max_{j kept} x_j                                  (int64)
+        e_j = keep_j ? iexp(M - x_j) : 0                        (i-exp core, e_j ∈ [0, 2^30], scale 2^-30)
+        Σ   = Σ_j e_j                                           (int64, Σ ≥ 2^30 when a key is kept)
+        F   = ⌊255·2^54 / Σ⌋                                    (one integer division per row)
+        y_j = ⌊(e_j·F + 2^53) / 2^54⌋                           (round half up of 255·e_j/Σ)
+
+    * ``x``: int8/int16/int32 scores at scale ``S`` ∈ [2^-24, 2^8], ndim ≥ 1,
+      rows of up to 2^31 - 1 keys.  ``mask``: None (keep all) or bool/uint8
+      broadcastable to ``x`` (nonzero = keep; e.g. ``[B, 1, 1, T]``).
+    * ``m_i32, shift``: from :func:`softmax_params` (``S/ln2·2^20``).
+    * Output: **uint8, scale 1/255** (``SOFTMAX_OUT_SCALE``): q = 255 means 1.0
+      exactly, so a one-hot row is represented without error.  Masked keys are
+      exactly 0; a fully masked row is all zeros (no division happens).
+    * Rounding: half up of ``255·e_j/Σ``; ``F``'s floor perturbs ``y_j`` by
+      < ``e_j/2^54 ≤ 2^-24`` output step.  ``y_j ≤ 255`` always (``e_j ≤ Σ``).
+    * Overflow: ``M - x_j < 2^32`` (int64) → i-exp bound ``u·m < 2^63``;
+      ``Σ ≤ n·2^30 < 2^61``; ``e_j·F ≤ 2^30 · 255·2^24 < 2^62``.
+    * Accuracy vs float softmax of ``x·S``: per probability
+      ``|y/255 - p| ≤ 0.5/255 + 0.25·5.53e-3/(1-3.31e-3) + 2^-24/255 ≤ 3.35e-3``
+      (rounding + the spread of i-exp's relative error), i.e. < 1 output step.
+      Row sums: ``|Σ_j y_j/255 - 1| ≤ 0.5·k/255`` for k kept keys with
+      nonzero probability (each rounding ≤ half a step).
+    """
+    check_softmax_input(x)
+    mask = check_mask(mask, x.shape)
+    m, s = check_multiplier(m_i32, shift)
+    x_i64 = np.asarray(x).astype(np.int64)
+    if x_i64.size == 0:
+        return np.zeros(x.shape, np.uint8)
+    keep = np.ones(x.shape, bool) if mask is None else np.broadcast_to(mask != 0, x.shape)
+    any_keep = keep.any(axis=-1, keepdims=True)
+    row_max = np.max(np.where(keep, x_i64, np.iinfo(np.int64).min), axis=-1, keepdims=True)
+    row_max = np.where(any_keep, row_max, 0)
+    u_i64 = np.where(keep, row_max - x_i64, 0)
+    e_i64 = np.where(keep, _exp_core_ref(u_i64, m, s), 0)
+    sum_i64 = e_i64.sum(axis=-1, keepdims=True, dtype=np.int64)
+    factor_i64 = np.where(sum_i64 > 0, (SOFTMAX_OUT_LEVELS << SOFTMAX_NORM_BITS) // np.maximum(sum_i64, 1), 0)
+    y_i64 = (e_i64 * factor_i64 + (1 << (SOFTMAX_NORM_BITS - 1))) >> SOFTMAX_NORM_BITS
+    return y_i64.astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------- numba CPU
+
+
+@numba.njit(inline="always")
+def exp_core(u_i64, m_i64, s_i64):
+    """Scalar i-exp core (numba): ``exp(-u·S)·2^30`` for int64 ``u ∈ [0, 2^32)``; shared with tanh."""
+    t_i64 = (u_i64 * m_i64) >> s_i64
+    z_i64 = t_i64 >> T_FRAC_BITS
+    f_i64 = t_i64 & T_FRAC_MASK
+    g_i64 = ((ALPHA_I64 * f_i64) >> T_FRAC_BITS) - BETA_I64
+    l_i64 = EXP_ONE + ((g_i64 * f_i64) >> POLY_SHIFT)
+    if z_i64 > Z_ZERO:
+        z_i64 = Z_ZERO
+    return l_i64 >> z_i64
+
+
+@numba.njit(parallel=True, cache=True)
+def _exp_flat(x1, m_i64, s_i64, out1):
+    for i in numba.prange(x1.size):
+        v = np.int64(x1[i])
+        u = -v if v < 0 else np.int64(0)
+        out1[i] = np.int32(exp_core(u, m_i64, s_i64))
+
+
+@register("exp", "cpu")
+def exp_cpu(x: np.ndarray, m_i32: int, shift: int) -> np.ndarray:
+    """numba version of :func:`exp_ref` (bit-exact)."""
+    check_int("x", x, INPUT_DTYPES)
+    m, s = check_multiplier(m_i32, shift)
+    x1 = np.ascontiguousarray(x).reshape(-1)
+    out = np.empty(x1.size, np.int32)
+    if x1.size:
+        _exp_flat(x1, np.int64(m), np.int64(s), out)
+    return out.reshape(x.shape)
+
+
+@numba.njit(parallel=True, cache=True)
+def _softmax_rows(x2, has_mask, mask2, row_idx, m_i64, s_i64, nchunks, out2):
+    rows, n = x2.shape
+    for ch in numba.prange(nchunks):
+        r0 = ch * rows // nchunks
+        r1 = (ch + 1) * rows // nchunks
+        e_buf = np.empty(n, np.int64)
+        for r in range(r0, r1):
+            xr = x2[r]
+            mr = mask2[row_idx[r]]
+            # 1. row max over kept keys
+            any_keep = False
+            mx = np.int64(0)
+            if has_mask:
+                for c in range(n):
+                    if mr[c] != 0:
+                        v = np.int64(xr[c])
+                        if not any_keep or v > mx:
+                            mx = v
+                        any_keep = True
+            else:
+                any_keep = n > 0
+                mx = np.int64(xr[0]) if n > 0 else np.int64(0)
+                for c in range(1, n):
+                    v = np.int64(xr[c])
+                    if v > mx:
+                        mx = v
+            orow = out2[r]
+            if not any_keep:
+                for c in range(n):
+                    orow[c] = 0
+                continue
+            # 2. i-exp and int64 sum
+            total = np.int64(0)
+            if has_mask:
+                for c in range(n):
+                    e = exp_core(mx - np.int64(xr[c]), m_i64, s_i64) if mr[c] != 0 else np.int64(0)
+                    e_buf[c] = e
+                    total += e
+            else:
+                for c in range(n):
+                    e = exp_core(mx - np.int64(xr[c]), m_i64, s_i64)
+                    e_buf[c] = e
+                    total += e
+            # 3. normalize: one division per row
+            factor = (np.int64(255) << 54) // total
+            for c in range(n):
+                orow[c] = np.uint8((e_buf[c] * factor + (np.int64(1) << 53)) >> 54)
+
+
+@register("softmax", "cpu")
+def softmax_cpu(x: np.ndarray, mask, m_i32: int, shift: int) -> np.ndarray:
+    """numba version of :func:`softmax_ref` (bit-exact); parallel over rows."""
+    check_softmax_input(x)
+    mask = check_mask(mask, x.shape)
+    m, s = check_multiplier(m_i32, shift)
+    out = np.empty(x.shape, np.uint8)
+    if x.size == 0:
+        return out
+    has_mask, mask2, row_idx = mask_rows(mask, x.shape)
+    x2 = as_rows(x)
+    nchunks = min(x2.shape[0], 8 * numba.get_num_threads())
+    _softmax_rows(x2, has_mask, mask2, row_idx, np.int64(m), np.int64(s), nchunks, as_rows(out))
+    return out
