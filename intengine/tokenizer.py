@@ -34,14 +34,15 @@ from __future__ import annotations
 import json
 import os
 import unicodedata
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
 from .errors import TokenizerError
 
-__all__ = ["Tokenizer", "load_tokenizer", "FAMILIES"]
+__all__ = ["FAMILIES", "Tokenizer", "load_tokenizer"]
 
 # model_type (config.json) or user-given name -> family
 FAMILIES = {
@@ -59,7 +60,8 @@ FAMILIES = {
 
 _NO_FILES = "expected tokenizer.json, or vocab.json+merges.txt, or spm.model, or vocab.txt"
 _LARGE = int(1e20)  # model_max_length at or above this means "no limit" (HF convention)
-_SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+_SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token",
+                 "mask_token")
 
 
 @dataclass(frozen=True)
@@ -77,20 +79,22 @@ class _FamilySpec:
     native_files: tuple[str, ...]
 
 
-_SPECS = {
-    "roberta": _FamilySpec("<s>", "</s>", "<pad>", "<unk>", "<mask>", "<s>", "</s>",
-                           True, False, True, ("vocab.json", "merges.txt")),
-    "deberta": _FamilySpec("[CLS]", "[SEP]", "[PAD]", "[UNK]", "[MASK]", "[CLS]", "[SEP]",
-                           False, True, True, ("vocab.json", "merges.txt")),
-    "deberta-v2": _FamilySpec("[CLS]", "[SEP]", "[PAD]", "[UNK]", "[MASK]", "[CLS]", "[SEP]",
-                              False, True, False, ("spm.model",)),
-    "bert": _FamilySpec("[CLS]", "[SEP]", "[PAD]", "[UNK]", "[MASK]", None, None,
-                        False, True, False, ("vocab.txt",)),
+_BPE_FILES = ("vocab.json", "merges.txt")
+_BRACKETS = ("[CLS]", "[SEP]", "[PAD]", "[UNK]", "[MASK]")
+# fmt: off
+_SPECS = {  # cls, sep, pad, unk, mask, bos, eos, double_sep, segment_ids, mask_lstrip, files
+    "roberta":    _FamilySpec("<s>", "</s>", "<pad>", "<unk>", "<mask>", "<s>", "</s>",
+                              True, False, True, _BPE_FILES),
+    "deberta":    _FamilySpec(*_BRACKETS, "[CLS]", "[SEP]", False, True, True, _BPE_FILES),
+    "deberta-v2": _FamilySpec(*_BRACKETS, "[CLS]", "[SEP]", False, True, False, ("spm.model",)),
+    "bert":       _FamilySpec(*_BRACKETS, None, None, False, True, False, ("vocab.txt",)),
 }
+# fmt: on
 
 
 # ----------------------------------------------------------------------------- char classes
 # (BERT's definitions: also used by DeBERTa-v2's split_by_punct)
+
 
 def _is_whitespace(ch: str) -> bool:
     return ch in " \t\n\r" or unicodedata.category(ch) == "Zs"
@@ -108,9 +112,16 @@ def _is_punctuation(ch: str) -> bool:
 
 
 def _is_cjk(cp: int) -> bool:
-    return (0x4E00 <= cp <= 0x9FFF or 0x3400 <= cp <= 0x4DBF or 0x20000 <= cp <= 0x2A6DF
-            or 0x2A700 <= cp <= 0x2B73F or 0x2B740 <= cp <= 0x2B81F or 0x2B820 <= cp <= 0x2CEAF
-            or 0xF900 <= cp <= 0xFAFF or 0x2F800 <= cp <= 0x2FA1F)
+    return (
+        0x4E00 <= cp <= 0x9FFF
+        or 0x3400 <= cp <= 0x4DBF
+        or 0x20000 <= cp <= 0x2A6DF
+        or 0x2A700 <= cp <= 0x2B73F
+        or 0x2B740 <= cp <= 0x2B81F
+        or 0x2B820 <= cp <= 0x2CEAF
+        or 0xF900 <= cp <= 0xFAFF
+        or 0x2F800 <= cp <= 0x2FA1F
+    )
 
 
 def _split_on_punct(text: str) -> list[str]:
@@ -132,6 +143,7 @@ def _split_on_punct(text: str) -> list[str]:
 
 # ----------------------------------------------------------------------------- file helpers
 
+
 def _read_json(path: str, expected: str) -> Any:
     try:
         with open(path, encoding="utf-8") as f:
@@ -152,17 +164,23 @@ def _content(value: Any) -> str | None:
 # ----------------------------------------------------------------------------- cores
 # A core turns one stretch of text (no added tokens in it) into ids.
 
+
 class _ByteBPE:
     """GPT-2 byte-level BPE from vocab.json + merges.txt (RoBERTa, DeBERTa v1)."""
 
     def __init__(self, vocab_path: str, merges_path: str):
         vocab = _read_json(vocab_path, "a JSON object mapping BPE tokens to integer ids")
-        if not isinstance(vocab, dict) or not vocab or not all(
-            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
-            for k, v in vocab.items()
+        if (
+            not isinstance(vocab, dict)
+            or not vocab
+            or not all(
+                isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                for k, v in vocab.items()
+            )
         ):
             raise TokenizerError(
-                f"{vocab_path}: expected a non-empty JSON object mapping BPE tokens (str) to ids (int >= 0)"
+                f"{vocab_path}: expected a non-empty JSON object mapping BPE tokens (str) "
+                "to ids (int >= 0)"
             )
         self.vocab: dict[str, int] = vocab
         self.inv = {v: k for k, v in vocab.items()}
@@ -178,7 +196,8 @@ class _ByteBPE:
             parts = line.split()
             if len(parts) != 2:
                 raise TokenizerError(
-                    f"{merges_path}, line {n}: expected a merge 'left right' (two tokens), got {line!r}"
+                    f"{merges_path}, line {n}: expected a merge 'left right' (two tokens), "
+                    f"got {line!r}"
                 )
             self.ranks.setdefault((parts[0], parts[1]), len(self.ranks))
         self.byte_map = _bytes_to_unicode()
@@ -235,7 +254,9 @@ class _ByteBPE:
             for tok in self._bpe(word):
                 i = self.vocab.get(tok, self.unk_id)
                 if i is None:
-                    raise TokenizerError(f"BPE token {tok!r} is not in vocab.json and there is no unk token")
+                    raise TokenizerError(
+                        f"BPE token {tok!r} is not in vocab.json and there is no unk token"
+                    )
                 ids.append(i)
         return ids
 
@@ -271,7 +292,9 @@ class _SentencePiece:
             self.sp.LoadFromSerializedProto(blob)
             n = self.sp.GetPieceSize()
         except Exception as e:  # sentencepiece raises RuntimeError/OSError with C++ text
-            raise TokenizerError(f"{model_path}: not a valid SentencePiece model (spm.model): {e}") from e
+            raise TokenizerError(
+                f"{model_path}: not a valid SentencePiece model (spm.model): {e}"
+            ) from e
         if n <= 0:
             raise TokenizerError(f"{model_path}: SentencePiece model has no pieces")
         self.split_by_punct = split_by_punct
@@ -301,21 +324,37 @@ class _SentencePiece:
 class _WordPiece:
     """BERT basic tokenizer + greedy longest-match WordPiece (BERT, NEZHA)."""
 
-    def __init__(self, vocab_path: str, lower: bool, strip_accents: bool | None, chinese: bool,
-                 basic: bool, max_chars: int = 100):
+    def __init__(
+        self,
+        vocab_path: str,
+        lower: bool,
+        strip_accents: bool | None,
+        chinese: bool,
+        basic: bool,
+        max_chars: int = 100,
+    ):
         try:
             with open(vocab_path, encoding="utf-8") as f:
                 lines = f.readlines()
         except (OSError, UnicodeDecodeError) as e:
-            raise TokenizerError(f"{vocab_path}: cannot read WordPiece vocab (one token per line): {e}") from e
+            raise TokenizerError(
+                f"{vocab_path}: cannot read WordPiece vocab (one token per line): {e}"
+            ) from e
         self.vocab = {}
         for i, line in enumerate(lines):
             self.vocab[line.rstrip("\n")] = i
         if not self.vocab:
-            raise TokenizerError(f"{vocab_path}: empty WordPiece vocab, expected one token per line")
+            raise TokenizerError(
+                f"{vocab_path}: empty WordPiece vocab, expected one token per line"
+            )
         self.inv = {i: t for t, i in self.vocab.items()}
         self.n = len(lines)
-        self.lower, self.strip_accents, self.chinese, self.basic = lower, strip_accents, chinese, basic
+        self.lower, self.strip_accents, self.chinese, self.basic = (
+            lower,
+            strip_accents,
+            chinese,
+            basic,
+        )
         self.max_chars = max_chars
         self.unk_id: int | None = None
 
@@ -347,7 +386,9 @@ class _WordPiece:
             if self.lower:
                 word = word.lower()
             if self.strip_accents or (self.lower and self.strip_accents is None):
-                word = "".join(c for c in unicodedata.normalize("NFD", word) if unicodedata.category(c) != "Mn")
+                word = "".join(
+                    c for c in unicodedata.normalize("NFD", word) if unicodedata.category(c) != "Mn"
+                )
             out.extend(_split_on_punct(word))
         return " ".join(out).split()
 
@@ -384,6 +425,7 @@ class _WordPiece:
 
 # ----------------------------------------------------------------------------- truncation
 
+
 def _pair_budget(n1: int, n2: int, budget: int, odd_to_longer: bool) -> tuple[int, int]:
     """Lengths to keep for a pair under ``budget`` tokens, truncating the longest first.
 
@@ -406,13 +448,26 @@ def _pair_budget(n1: int, n2: int, budget: int, odd_to_longer: bool) -> tuple[in
 
 # ----------------------------------------------------------------------------- tokenizer
 
+
 class Tokenizer:
     """Text -> model inputs for one encoder family.  Build it with :func:`load_tokenizer`."""
 
-    def __init__(self, *, path: str, family: str, backend: str, core: Any = None, hf: Any = None,
-                 specials: dict[str, str | None], special_ids: dict[str, int | None],
-                 added: dict[str, int] | None = None, strip: dict[str, tuple[bool, bool]] | None = None,
-                 lower: bool = False, prefix_space: bool = False, model_max_length: int | None = None):
+    def __init__(
+        self,
+        *,
+        path: str,
+        family: str,
+        backend: str,
+        core: Any = None,
+        hf: Any = None,
+        specials: dict[str, str | None],
+        special_ids: dict[str, int | None],
+        added: dict[str, int] | None = None,
+        strip: dict[str, tuple[bool, bool]] | None = None,
+        lower: bool = False,
+        prefix_space: bool = False,
+        model_max_length: int | None = None,
+    ):
         self.path = path
         self.family = family
         self.backend = backend  # "tokenizers", "bpe", "sentencepiece" or "wordpiece"
@@ -433,7 +488,8 @@ class Tokenizer:
 
     # -- special tokens
     def __repr__(self) -> str:
-        return f"Tokenizer(family={self.family!r}, backend={self.backend!r}, path={self.path!r}, size={len(self)})"
+        return (f"Tokenizer(family={self.family!r}, backend={self.backend!r}, "
+                f"path={self.path!r}, size={len(self)})")
 
     cls_token = property(lambda self: self._specials.get("cls_token"))
     sep_token = property(lambda self: self._specials.get("sep_token"))
@@ -462,7 +518,7 @@ class Tokenizer:
         return self._core.vocab_size
 
     def __len__(self) -> int:
-        """Number of distinct ids, added tokens included (the embedding needs at least this many rows)."""
+        """Number of distinct ids, added tokens included (the embedding needs this many rows)."""
         if self._hf is not None:
             return self._hf.get_vocab_size(with_added_tokens=True)
         extra = sum(1 for t in self._added if self._core.token_to_id(t) is None)
@@ -532,7 +588,9 @@ class Tokenizer:
     def _need(self, key: str) -> int:
         i = self._ids.get(key)
         if i is None:
-            raise TokenizerError(f"{self.path}: the {self.family} template needs a {key} with an id")
+            raise TokenizerError(
+                f"{self.path}: the {self.family} template needs a {key} with an id"
+            )
         return i
 
     def _num_special(self, pair: bool) -> int:
@@ -550,8 +608,9 @@ class Tokenizer:
         tt = [0] * (len(a) + 2) + [1 if self._spec.segment_ids else 0] * (len(b) + 1)
         return [cls, *a, sep, *b, sep], tt
 
-    def _encode_one(self, text: str, pair: str | None, max_length: int | None,
-                    add_special_tokens: bool = True) -> tuple[list[int], list[int]]:
+    def _encode_one(
+        self, text: str, pair: str | None, max_length: int | None, add_special_tokens: bool = True
+    ) -> tuple[list[int], list[int]]:
         hf = self._hf
         if hf is not None:
             for t in (text, pair):
@@ -567,7 +626,7 @@ class Tokenizer:
         if max_length is not None:
             budget = max_length - n_special
             if b is None:
-                a = a[:max(budget, 0)]
+                a = a[: max(budget, 0)]
             else:
                 ka, kb = _pair_budget(len(a), len(b), budget, odd_to_longer=hf is not None)
                 a, b = a[:ka], b[:kb]
@@ -585,9 +644,18 @@ class Tokenizer:
         return self._template(a, b)
 
     # -- public API
-    def encode(self, text: str, text_pair: str | None = None, *, add_special_tokens: bool = True,
-               max_length: int | None = None) -> list[int]:
-        """Ids of one text (or pair), with the family's special tokens; truncated only if ``max_length`` is given."""
+    def encode(
+        self,
+        text: str,
+        text_pair: str | None = None,
+        *,
+        add_special_tokens: bool = True,
+        max_length: int | None = None,
+    ) -> list[int]:
+        """Ids of one text (or pair) with the family's special tokens.
+
+        Truncated only when ``max_length`` is given.
+        """
         return self._encode_one(text, text_pair, max_length, add_special_tokens)[0]
 
     def tokenize(self, text: str) -> list[str]:
@@ -595,7 +663,7 @@ class Tokenizer:
         return [self.id_to_token(i) or "" for i in self._segment_ids(text)]
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
-        """Best-effort text of ``ids`` (special tokens dropped unless ``skip_special_tokens=False``)."""
+        """Best-effort text of ``ids`` (special tokens dropped unless skip_special_tokens=False)."""
         ids = [int(i) for i in np.asarray(ids).reshape(-1)]
         if self._hf is not None:
             return self._hf.decode(ids, skip_special_tokens=skip_special_tokens)
@@ -615,9 +683,15 @@ class Tokenizer:
             out.append(self._core.decode(run))
         return ("" if self.backend == "bpe" else " ").join(s for s in out if s)
 
-    def __call__(self, texts: str | Sequence[str], text_pairs: str | Sequence[str] | None = None, *,
-                 max_length: int | None = None, padding: bool | str = True,
-                 truncation: bool = True) -> dict[str, np.ndarray]:
+    def __call__(
+        self,
+        texts: str | Sequence[str],
+        text_pairs: str | Sequence[str] | None = None,
+        *,
+        max_length: int | None = None,
+        padding: bool | str = True,
+        truncation: bool = True,
+    ) -> dict[str, np.ndarray]:
         """Encode a text or a batch (optionally with pairs) into int64 arrays of shape [B, T].
 
         ``padding``: True/"longest" pads to the longest sequence, "max_length" to
@@ -638,12 +712,15 @@ class Tokenizer:
             pairs = [text_pairs] if isinstance(text_pairs, str) else list(text_pairs)
             if len(pairs) != len(batch) or not all(isinstance(t, str) for t in pairs):
                 raise TokenizerError(
-                    f"text_pairs must match texts: got {len(pairs)} pair(s) for {len(batch)} text(s), all str"
+                    f"text_pairs must match texts: got {len(pairs)} pair(s) for {len(batch)} "
+                    "text(s), all str"
                 )
         if max_length is not None and (not isinstance(max_length, int) or max_length < 1):
             raise TokenizerError(f"max_length must be a positive int, got {max_length!r}")
         if padding not in (True, False, "longest", "max_length", "do_not_pad"):
-            raise TokenizerError(f"padding must be True, False, 'longest' or 'max_length', got {padding!r}")
+            raise TokenizerError(
+                f"padding must be True, False, 'longest' or 'max_length', got {padding!r}"
+            )
         limit = max_length if max_length is not None else self.model_max_length
         rows = [self._encode_one(t, p, limit if truncation else None) for t, p in zip(batch, pairs)]
         lengths = [len(ids) for ids, _ in rows]
@@ -655,13 +732,16 @@ class Tokenizer:
         else:
             if len(set(lengths)) > 1:
                 raise TokenizerError(
-                    f"padding=False but the sequences have different lengths {sorted(set(lengths))}; "
+                    "padding=False but the sequences have different lengths "
+                    f"{sorted(set(lengths))}; "
                     "use padding=True to get [B, T] arrays"
                 )
             width = longest
         pad = self.pad_token_id
         if any(n < width for n in lengths) and pad is None:
-            raise TokenizerError(f"{self.path}: padding needs a pad token, and this tokenizer has none")
+            raise TokenizerError(
+                f"{self.path}: padding needs a pad token, and this tokenizer has none"
+            )
         b = len(rows)
         input_ids = np.full((b, width), pad if pad is not None else 0, dtype=np.int64)
         attention = np.zeros((b, width), dtype=np.int64)
@@ -675,11 +755,14 @@ class Tokenizer:
 
 # ----------------------------------------------------------------------------- loading
 
+
 def _infer_family(path: str, family: str | None) -> str:
     if family is not None:
         key = str(family).lower().replace("_", "-")
         if key not in FAMILIES:
-            raise TokenizerError(f"unknown tokenizer family {family!r}: expected one of {sorted(set(FAMILIES))}")
+            raise TokenizerError(
+                f"unknown tokenizer family {family!r}: expected one of {sorted(set(FAMILIES))}"
+            )
         return FAMILIES[key]
     cfg_path = os.path.join(path, "config.json")
     if os.path.isfile(cfg_path):
@@ -689,7 +772,8 @@ def _infer_family(path: str, family: str | None) -> str:
             key = str(mt).lower().replace("_", "-")
             if key not in FAMILIES:
                 raise TokenizerError(
-                    f"{cfg_path}: model_type {mt!r} has no tokenizer here: expected one of {sorted(set(FAMILIES))}"
+                    f"{cfg_path}: model_type {mt!r} has no tokenizer here: expected one of "
+                    f"{sorted(set(FAMILIES))}"
                 )
             return FAMILIES[key]
     tc_path = os.path.join(path, "tokenizer_config.json")
@@ -698,11 +782,17 @@ def _infer_family(path: str, family: str | None) -> str:
         cls = tc.get("tokenizer_class") if isinstance(tc, dict) else None
         if isinstance(cls, str):
             name = cls.removesuffix("Fast").removesuffix("Tokenizer").lower()
-            by_class = {"roberta": "roberta", "ibert": "roberta", "deberta": "deberta",
-                        "debertav2": "deberta-v2", "bert": "bert", "nezha": "bert"}
+            by_class = {
+                "roberta": "roberta",
+                "ibert": "roberta",
+                "deberta": "deberta",
+                "debertav2": "deberta-v2",
+                "bert": "bert",
+                "nezha": "bert",
+            }
             if name in by_class:
                 return by_class[name]
-    has = lambda f: os.path.isfile(os.path.join(path, f))  # noqa: E731
+    has = lambda f: os.path.isfile(os.path.join(path, f))
     if has("tokenizer.json"):
         spec = _read_json(os.path.join(path, "tokenizer.json"), "a tokenizers JSON file")
         model = spec.get("model", {}) if isinstance(spec, dict) else {}
@@ -719,7 +809,9 @@ def _infer_family(path: str, family: str | None) -> str:
     if has("vocab.txt"):
         return "bert"
     if has("vocab.json"):
-        vocab = _read_json(os.path.join(path, "vocab.json"), "a JSON object mapping BPE tokens to ids")
+        vocab = _read_json(
+            os.path.join(path, "vocab.json"), "a JSON object mapping BPE tokens to ids"
+        )
         return "deberta" if isinstance(vocab, dict) and "[CLS]" in vocab else "roberta"
     raise TokenizerError(f"no tokenizer files in {path}: {_NO_FILES}")
 
@@ -733,10 +825,12 @@ def load_tokenizer(path: str | os.PathLike, family: str | None = None) -> Tokeni
     """
     path = os.fspath(path)
     if not os.path.isdir(path):
-        raise TokenizerError(f"tokenizer folder {path} does not exist or is not a folder: {_NO_FILES}")
+        raise TokenizerError(
+            f"tokenizer folder {path} does not exist or is not a folder: {_NO_FILES}"
+        )
     fam = _infer_family(path, family)
     spec = _SPECS[fam]
-    join = lambda f: os.path.join(path, f)  # noqa: E731
+    join = lambda f: os.path.join(path, f)
 
     tc: dict = {}
     if os.path.isfile(join("tokenizer_config.json")):
@@ -757,14 +851,22 @@ def load_tokenizer(path: str | os.PathLike, family: str | None = None) -> Tokeni
         value = stm.get(key, tc.get(key, default))
         specials[key] = _content(value)
         if isinstance(value, dict):
-            strip[specials[key]] = (bool(value.get("lstrip", False)), bool(value.get("rstrip", False)))
+            strip[specials[key]] = (
+                bool(value.get("lstrip", False)),
+                bool(value.get("rstrip", False)),
+            )
     if spec.mask_lstrip and specials["mask_token"] and specials["mask_token"] not in strip:
         strip[specials["mask_token"]] = (True, False)
-    extra = [_content(t) for t in (stm.get("additional_special_tokens") or tc.get("additional_special_tokens") or [])]
+    extra = [
+        _content(t)
+        for t in (stm.get("additional_special_tokens") or tc.get("additional_special_tokens") or [])
+    ]
     extra = [t for t in extra if t]
 
     max_len = tc.get("model_max_length")
-    model_max_length = int(max_len) if isinstance(max_len, (int, float)) and 0 < max_len < _LARGE else None
+    model_max_length = (
+        int(max_len) if isinstance(max_len, (int, float)) and 0 < max_len < _LARGE else None
+    )
 
     # ---- tokenizer.json: the tokenizers library does the work
     if os.path.isfile(join("tokenizer.json")):
@@ -773,22 +875,44 @@ def load_tokenizer(path: str | os.PathLike, family: str | None = None) -> Tokeni
         try:
             hf = HFTokenizer.from_file(join("tokenizer.json"))
         except Exception as e:  # tokenizers raises a plain Exception with serde text
-            raise TokenizerError(f"{join('tokenizer.json')}: not a valid tokenizers JSON file: {e}") from e
+            raise TokenizerError(
+                f"{join('tokenizer.json')}: not a valid tokenizers JSON file: {e}"
+            ) from e
         hf.no_truncation()
         hf.no_padding()
         ids = {k: (hf.token_to_id(v) if v is not None else None) for k, v in specials.items()}
-        return Tokenizer(path=path, family=fam, backend="tokenizers", hf=hf, specials=specials,
-                         special_ids=ids, model_max_length=model_max_length)
+        return Tokenizer(
+            path=path,
+            family=fam,
+            backend="tokenizers",
+            hf=hf,
+            specials=specials,
+            special_ids=ids,
+            model_max_length=model_max_length,
+        )
 
     # ---- native files
     missing = [f for f in spec.native_files if not os.path.isfile(join(f))]
     if missing:
-        present = [f for f in ("tokenizer.json", "vocab.json", "merges.txt", "spm.model", "vocab.txt",
-                               "bpe_encoder.bin") if os.path.isfile(join(f))]
+        present = [
+            f
+            for f in (
+                "tokenizer.json",
+                "vocab.json",
+                "merges.txt",
+                "spm.model",
+                "vocab.txt",
+                "bpe_encoder.bin",
+            )
+            if os.path.isfile(join(f))
+        ]
         if not present:
             raise TokenizerError(f"no tokenizer files in {path}: {_NO_FILES}")
-        hint = " (bpe_encoder.bin is the original DeBERTa format: convert it with transformers)" \
-            if "bpe_encoder.bin" in present else ""
+        hint = (
+            " (bpe_encoder.bin is the original DeBERTa format: convert it with transformers)"
+            if "bpe_encoder.bin" in present
+            else ""
+        )
         raise TokenizerError(
             f"{path}: the {fam} tokenizer needs tokenizer.json or {' + '.join(spec.native_files)}; "
             f"missing {', '.join(missing)} (found {', '.join(present)}){hint}"
@@ -805,10 +929,13 @@ def load_tokenizer(path: str | os.PathLike, family: str | None = None) -> Tokeni
         lower = bool(tc.get("do_lower_case", False))
     else:
         sa = tc.get("strip_accents")
-        core = _WordPiece(join("vocab.txt"), lower=bool(tc.get("do_lower_case", True)),
-                          strip_accents=None if sa is None else bool(sa),
-                          chinese=bool(tc.get("tokenize_chinese_chars", True)),
-                          basic=bool(tc.get("do_basic_tokenize", True)))
+        core = _WordPiece(
+            join("vocab.txt"),
+            lower=bool(tc.get("do_lower_case", True)),
+            strip_accents=None if sa is None else bool(sa),
+            chinese=bool(tc.get("tokenize_chinese_chars", True)),
+            basic=bool(tc.get("do_basic_tokenize", True)),
+        )
         backend = "wordpiece"
         lower = core.lower
 
@@ -820,15 +947,21 @@ def load_tokenizer(path: str | os.PathLike, family: str | None = None) -> Tokeni
             content = _content(v)
             if content is None or not str(k).lstrip("-").isdigit():
                 raise TokenizerError(
-                    f"{join('tokenizer_config.json')}: added_tokens_decoder[{k!r}] must map an int id to a token"
+                    f"{join('tokenizer_config.json')}: added_tokens_decoder[{k!r}] must map "
+                    "an int id to a token"
                 )
             added[content] = int(k)
             if isinstance(v, dict):
                 strip[content] = (bool(v.get("lstrip", False)), bool(v.get("rstrip", False)))
     if os.path.isfile(join("added_tokens.json")):
         at = _read_json(join("added_tokens.json"), "a JSON object mapping added tokens to ids")
-        if not isinstance(at, dict) or not all(isinstance(k, str) and isinstance(v, int) for k, v in at.items()):
-            raise TokenizerError(f"{join('added_tokens.json')}: expected a JSON object mapping tokens (str) to ids (int)")
+        if not isinstance(at, dict) or not all(
+            isinstance(k, str) and isinstance(v, int) for k, v in at.items()
+        ):
+            raise TokenizerError(
+                f"{join('added_tokens.json')}: expected a JSON object mapping tokens (str) "
+                "to ids (int)"
+            )
         for k, v in at.items():
             added.setdefault(k, v)
     next_id = max([core.vocab_size - 1, *added.values()]) + 1
@@ -841,6 +974,16 @@ def load_tokenizer(path: str | os.PathLike, family: str | None = None) -> Tokeni
         added[tok] = i
     ids = {k: (added.get(v) if v is not None else None) for k, v in specials.items()}
     core.unk_id = ids.get("unk_token")
-    return Tokenizer(path=path, family=fam, backend=backend, core=core, specials=specials, special_ids=ids,
-                     added=added, strip=strip, lower=lower, prefix_space=prefix_space,
-                     model_max_length=model_max_length)
+    return Tokenizer(
+        path=path,
+        family=fam,
+        backend=backend,
+        core=core,
+        specials=specials,
+        special_ids=ids,
+        added=added,
+        strip=strip,
+        lower=lower,
+        prefix_space=prefix_space,
+        model_max_length=model_max_length,
+    )

@@ -21,8 +21,8 @@ transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 spm = pytest.importorskip("sentencepiece")
 
-from intengine import load_tokenizer  # noqa: E402
-from intengine.errors import TokenizerError  # noqa: E402
+from intengine import load_tokenizer
+from intengine.errors import TokenizerError
 
 transformers.logging.set_verbosity_error()
 
@@ -72,8 +72,9 @@ PAIRS = [
 
 def _train_byte_bpe(specials: list[str]) -> tokenizers.Tokenizer:
     bpe = tokenizers.ByteLevelBPETokenizer()
-    bpe.train_from_iterator(CORPUS, vocab_size=500, min_frequency=2, special_tokens=specials,
-                            show_progress=False)
+    bpe.train_from_iterator(
+        CORPUS, vocab_size=500, min_frequency=2, special_tokens=specials, show_progress=False
+    )
     return bpe
 
 
@@ -86,8 +87,10 @@ def _write_config(folder, model_type):
 def bpe_files(tmp_path_factory):
     """Raw vocab.json + merges.txt for RoBERTa-style and DeBERTa-v1-style specials."""
     out = {}
-    for fam, specials in (("roberta", ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]),
-                          ("deberta", ["[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"])):
+    for fam, specials in (
+        ("roberta", ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]),
+        ("deberta", ["[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"]),
+    ):
         d = tmp_path_factory.mktemp(f"{fam}_raw")
         _train_byte_bpe(specials).save_model(str(d))
         out[fam] = d
@@ -98,10 +101,21 @@ def bpe_files(tmp_path_factory):
 def spm_file(tmp_path_factory):
     d = tmp_path_factory.mktemp("spm_raw")
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(CORPUS), model_prefix=str(d / "spm"), vocab_size=150, hard_vocab_limit=False,
-        model_type="unigram", character_coverage=0.98,
-        pad_id=0, pad_piece="[PAD]", bos_id=1, bos_piece="[CLS]", eos_id=2, eos_piece="[SEP]",
-        unk_id=3, unk_piece="[UNK]", minloglevel=2,
+        sentence_iterator=iter(CORPUS),
+        model_prefix=str(d / "spm"),
+        vocab_size=150,
+        hard_vocab_limit=False,
+        model_type="unigram",
+        character_coverage=0.98,
+        pad_id=0,
+        pad_piece="[PAD]",
+        bos_id=1,
+        bos_piece="[CLS]",
+        eos_id=2,
+        eos_piece="[SEP]",
+        unk_id=3,
+        unk_piece="[UNK]",
+        minloglevel=2,
     )
     return d / "spm.model"
 
@@ -110,9 +124,13 @@ def spm_file(tmp_path_factory):
 def wordpiece_file(tmp_path_factory):
     d = tmp_path_factory.mktemp("wp_raw")
     wp = tokenizers.BertWordPieceTokenizer(lowercase=False, strip_accents=False)
-    wp.train_from_iterator(CORPUS + [c.lower() for c in CORPUS], vocab_size=400, min_frequency=1,
-                           special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
-                           show_progress=False)
+    wp.train_from_iterator(
+        CORPUS + [c.lower() for c in CORPUS],
+        vocab_size=400,
+        min_frequency=1,
+        special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
+        show_progress=False,
+    )
     wp.save_model(str(d))
     return d / "vocab.txt"
 
@@ -122,8 +140,10 @@ def _hf_slow_fast(family, bpe_files, spm_file, wordpiece_file, **kw):
     if family in ("roberta", "deberta"):
         raw = bpe_files[family]
         args = (str(raw / "vocab.json"), str(raw / "merges.txt"))
-        slow_cls, fast_cls = {"roberta": (T.RobertaTokenizer, T.RobertaTokenizerFast),
-                              "deberta": (T.DebertaTokenizer, T.DebertaTokenizerFast)}[family]
+        slow_cls, fast_cls = {
+            "roberta": (T.RobertaTokenizer, T.RobertaTokenizerFast),
+            "deberta": (T.DebertaTokenizer, T.DebertaTokenizerFast),
+        }[family]
     elif family == "deberta-v2":
         args = (str(spm_file),)
         slow_cls, fast_cls = T.DebertaV2Tokenizer, T.DebertaV2TokenizerFast
@@ -146,8 +166,14 @@ VARIANTS = {
     "nezha-cased": ("nezha", {"do_lower_case": False}),
     "bert-cased-strip": ("bert", {"do_lower_case": False, "strip_accents": True}),
 }
-FAMILY_OF = {"roberta": "roberta", "ibert": "roberta", "deberta": "deberta", "deberta-v2": "deberta-v2",
-             "bert": "bert", "nezha": "bert"}
+FAMILY_OF = {
+    "roberta": "roberta",
+    "ibert": "roberta",
+    "deberta": "deberta",
+    "deberta-v2": "deberta-v2",
+    "bert": "bert",
+    "nezha": "bert",
+}
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +190,12 @@ def saved(tmp_path_factory, bpe_files, spm_file, wordpiece_file):
         js = tmp_path_factory.mktemp(f"{name}_json")
         fast.save_pretrained(str(js))
         assert (js / "tokenizer.json").exists()
-        for f in ("vocab.json", "merges.txt", "spm.model", "vocab.txt"):  # force the tokenizer.json path
+        for f in (
+            "vocab.json",
+            "merges.txt",
+            "spm.model",
+            "vocab.txt",
+        ):  # force the tokenizer.json path
             if (js / f).exists():
                 (js / f).unlink()
         _write_config(js, model_type)
@@ -175,9 +206,18 @@ def saved(tmp_path_factory, bpe_files, spm_file, wordpiece_file):
 def _hf_call(tok, texts, pairs=None, **kw):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        enc = tok(texts, pairs, return_tensors="np", return_token_type_ids=True,
-                  return_attention_mask=True, **kw)
-    return {k: np.asarray(enc[k], dtype=np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
+        enc = tok(
+            texts,
+            pairs,
+            return_tensors="np",
+            return_token_type_ids=True,
+            return_attention_mask=True,
+            **kw,
+        )
+    return {
+        k: np.asarray(enc[k], dtype=np.int64)
+        for k in ("input_ids", "attention_mask", "token_type_ids")
+    }
 
 
 def _assert_same(ours, ref, what):
@@ -190,7 +230,10 @@ CASES = [
     # (our kwargs, HF kwargs)
     ({}, {"padding": True}),
     ({"max_length": 9}, {"padding": True, "truncation": True, "max_length": 9}),
-    ({"max_length": 24, "padding": "max_length"}, {"padding": "max_length", "truncation": True, "max_length": 24}),
+    (
+        {"max_length": 24, "padding": "max_length"},
+        {"padding": "max_length", "truncation": True, "max_length": 24},
+    ),
     ({"max_length": 12}, {"padding": True, "truncation": True, "max_length": 12}),
 ]
 
@@ -209,8 +252,16 @@ def test_parity_batches(saved, variant, path_kind):
     a = [p[0] for p in PAIRS]
     b = [p[1] for p in PAIRS]
     for ours_kw, hf_kw in CASES:
-        _assert_same(tok(TEXTS, **ours_kw), _hf_call(ref_tok, TEXTS, **hf_kw), f"{variant}/{path_kind} single {ours_kw}")
-        _assert_same(tok(a, b, **ours_kw), _hf_call(ref_tok, a, b, **hf_kw), f"{variant}/{path_kind} pair {ours_kw}")
+        _assert_same(
+            tok(TEXTS, **ours_kw),
+            _hf_call(ref_tok, TEXTS, **hf_kw),
+            f"{variant}/{path_kind} single {ours_kw}",
+        )
+        _assert_same(
+            tok(a, b, **ours_kw),
+            _hf_call(ref_tok, a, b, **hf_kw),
+            f"{variant}/{path_kind} pair {ours_kw}",
+        )
 
 
 @pytest.mark.parametrize("variant", ["roberta", "deberta", "deberta-v2", "bert-uncased"])
@@ -220,9 +271,11 @@ def test_pair_truncation_every_budget(saved, variant, path_kind):
     slow, fast, native, js = saved[variant]
     ref_tok, folder = (slow, native) if path_kind == "native" else (fast, js)
     tok = load_tokenizer(folder)
-    pairs = [("one two three four five", "six seven eight nine ten"),  # equal lengths
-             ("alpha beta gamma", "one two three four five six seven"),
-             ("one two three four five six seven", "alpha beta gamma")]
+    pairs = [
+        ("one two three four five", "six seven eight nine ten"),  # equal lengths
+        ("alpha beta gamma", "one two three four five six seven"),
+        ("one two three four five six seven", "alpha beta gamma"),
+    ]
     for first, second in pairs:
         for m in range(6, 22):
             ours = tok(first, second, max_length=m)
@@ -230,8 +283,15 @@ def test_pair_truncation_every_budget(saved, variant, path_kind):
             _assert_same(ours, ref, f"{variant}/{path_kind} max_length={m} {first!r}/{second!r}")
 
 
-@pytest.mark.parametrize("variant,mask", [("roberta", "<mask>"), ("deberta", "[MASK]"),
-                                          ("deberta-v2", "[MASK]"), ("bert-uncased", "[MASK]")])
+@pytest.mark.parametrize(
+    "variant,mask",
+    [
+        ("roberta", "<mask>"),
+        ("deberta", "[MASK]"),
+        ("deberta-v2", "[MASK]"),
+        ("bert-uncased", "[MASK]"),
+    ],
+)
 def test_special_tokens_in_text(saved, variant, mask):
     slow, fast, native, js = saved[variant]
     texts = [f"Hello {mask} world", f"{mask}", f"a{mask}b  {mask}  c", f"The {mask}{mask} end."]
@@ -248,14 +308,20 @@ def test_special_ids_and_sizes(saved, variant):
     for ref_tok, folder in ((slow, native), (fast, js)):
         tok = load_tokenizer(folder)
         for key in ("cls", "sep", "pad", "unk", "mask"):
-            assert getattr(tok, f"{key}_token_id") == getattr(ref_tok, f"{key}_token_id"), (variant, key)
-            assert getattr(tok, f"{key}_token") == str(getattr(ref_tok, f"{key}_token")), (variant, key)
+            assert getattr(tok, f"{key}_token_id") == getattr(ref_tok, f"{key}_token_id"), (
+                variant,
+                key,
+            )
+            assert getattr(tok, f"{key}_token") == str(getattr(ref_tok, f"{key}_token")), (
+                variant,
+                key,
+            )
         assert tok.vocab_size == ref_tok.vocab_size
         assert len(tok) == len(ref_tok)
 
 
 def test_raw_files_without_configs(bpe_files, spm_file, wordpiece_file, tmp_path, saved):
-    """Only the vocabulary files: family from the argument or guessed; family defaults for specials."""
+    """Only the vocabulary files: family given or guessed, family defaults for the specials."""
     for fam, variant in (("roberta", "roberta"), ("deberta", "deberta")):
         tok = load_tokenizer(bpe_files[fam])  # guessed from the vocab ([CLS] -> deberta)
         assert tok.family == fam
@@ -302,6 +368,7 @@ def test_api_shapes_and_decode(saved):
 
 
 # ----------------------------------------------------------------------------- bad input
+
 
 def test_missing_folder_and_files(tmp_path):
     with pytest.raises(TokenizerError, match="does not exist"):
@@ -364,3 +431,48 @@ def test_corrupt_files(tmp_path, bpe_files):
     (c / "config.json").write_text("{not json")
     with pytest.raises(TokenizerError, match="config.json"):
         load_tokenizer(c)
+
+
+# ----------------------------------------------------------------------------- folder metadata
+
+
+def test_added_tokens_json_and_model_max_length(tmp_path, spm_file):
+    """DeBERTa-v3 layout: [MASK] is not an spm piece, its id comes from added_tokens.json."""
+    d = tmp_path / "v3"
+    d.mkdir()
+    shutil.copy(spm_file, d / "spm.model")
+    (d / "added_tokens.json").write_text(json.dumps({"[MASK]": 300}))
+    (d / "tokenizer_config.json").write_text(
+        json.dumps({"do_lower_case": False, "model_max_length": 10})
+    )
+    _write_config(d, "deberta-v2")
+    tok = load_tokenizer(d)
+    ref = transformers.DebertaV2Tokenizer.from_pretrained(str(d))
+    assert tok.mask_token_id == ref.mask_token_id == 300
+    assert tok.model_max_length == 10
+    texts = ["Hello [MASK] world, this is a long sentence.", "short"]
+    for t in texts:
+        assert tok.encode(t) == ref.encode(t)
+    # truncation=True without max_length cuts to model_max_length, as transformers does
+    _assert_same(
+        tok(texts), _hf_call(ref, texts, padding=True, truncation=True), "model_max_length"
+    )
+    assert tok(texts)["input_ids"].shape == (2, 10)
+    assert tok(texts, truncation=False)["input_ids"].shape[1] > 10
+
+
+def test_tokenizer_json_without_post_processor(saved, tmp_path):
+    """A tokenizer.json with no post-processor gets the family template."""
+    for variant in ("bert-uncased", "roberta", "deberta"):
+        fast, js = saved[variant][1], saved[variant][3]
+        d = tmp_path / variant
+        shutil.copytree(js, d)
+        spec = json.loads((d / "tokenizer.json").read_text())
+        spec["post_processor"] = None
+        (d / "tokenizer.json").write_text(json.dumps(spec))
+        tok = load_tokenizer(d)
+        assert tok.backend == "tokenizers"
+        a = [p[0] for p in PAIRS]
+        b = [p[1] for p in PAIRS]
+        _assert_same(tok(a, b), _hf_call(fast, a, b, padding=True), variant)
+        _assert_same(tok(TEXTS), _hf_call(fast, TEXTS, padding=True), variant)
