@@ -16,6 +16,8 @@ import warnings
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
@@ -365,6 +367,30 @@ def test_api_shapes_and_decode(saved):
         for folder in saved[variant][2:]:
             t = load_tokenizer(folder)
             assert t.decode(t.encode("hello world")).lower() == "hello world"
+
+
+# characters that stress each pipeline: whitespace kinds, controls, combining marks, CJK,
+# emoji + modifiers, ligatures, case-folding oddities, and the special tokens themselves
+_ALPHABET = list("abcXYZ 019.,;:!?'\"-()[]<>/\\#_\t\n\r") + list(
+    "éàßÅøœ你好世界😀🎉👍🏽\u200b\u00a0\u3000\u0301ﬁİı\x00\x07\ufffd\u2028Ωж"
+) + ["<mask>", "[MASK]", "<s>", "</s>", "[CLS]", "[SEP]", "[UNK]", "don't", " Hello", "world"]
+
+
+@given(st.lists(st.sampled_from(_ALPHABET), max_size=20).map("".join))
+def test_parity_random_text(saved, text):
+    for variant, (slow, fast, native, js) in saved.items():
+        for ref_tok, folder in ((slow, native), (fast, js)):
+            ours = _loaded(folder).encode(text)
+            assert ours == ref_tok.encode(text), (variant, folder.name, text)
+
+
+_LOADED: dict = {}
+
+
+def _loaded(folder):
+    if folder not in _LOADED:
+        _LOADED[folder] = load_tokenizer(folder)
+    return _LOADED[folder]
 
 
 # ----------------------------------------------------------------------------- bad input
