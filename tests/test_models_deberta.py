@@ -349,3 +349,43 @@ def test_bad_task_and_inputs():
         m(torch.tensor([[1, 2, 3]]), attention_mask=torch.tensor([[1, 1]]))
     with pytest.raises(InputError):
         m(torch.tensor([[1, 2, 3]]), attention_mask=torch.tensor([[1, 2, 1]]))
+
+
+@pytest.mark.parametrize(
+    "preset,task",
+    [
+        ("deberta-base-tiny", "masked-lm"),
+        ("deberta-v3-base-tiny", "sequence-classification"),
+        ("deberta-v2-xlarge-tiny", "question-answering"),
+    ],
+)
+def test_preset_saved_by_intengine_loads_in_transformers(preset, task, tmp_path):
+    """``load_fp32(preset)`` -> ``save_hf_folder`` -> transformers ``from_pretrained``: same outputs."""
+    from intengine import load_fp32, save_hf_folder
+
+    ours = load_fp32(preset, task=task, seed=3)
+    _perturb(ours, 4)
+    save_hf_folder(ours, tmp_path / "ckpt")
+    model_type = ours.config.model_type
+    hf = getattr(transformers, HF_CLASSES[model_type][task]).from_pretrained(str(tmp_path / "ckpt")).eval()
+    ids, mask, _ = _inputs(7, False)
+    ids = ids % ours.config.vocab_size
+    ref = _hf_out(hf, task, ids, mask, None)
+    with torch.no_grad():
+        got = ours(ids, attention_mask=mask)
+    assert _max_diff(task, got, ref, mask) <= TOL
+
+
+def test_task_checkpoint_loads_as_base(tmp_path):
+    from intengine import load_fp32
+
+    _, _, extra = V2_CONFIGS[1]
+    hf = _hf_model("deberta-v2", extra, "token-classification", 3, 9)
+    hf.save_pretrained(str(tmp_path))
+    ours = load_fp32(str(tmp_path), task="base")
+    assert not any(k.startswith("deberta.") for k in ours.state_dict())
+    ids, mask, _ = _inputs(2, False)
+    with torch.no_grad():
+        ref = hf.deberta(ids, attention_mask=mask).last_hidden_state
+        got = ours(ids, mask)
+    assert _max_diff("base", got, ref, mask) <= TOL
