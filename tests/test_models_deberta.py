@@ -16,10 +16,10 @@ import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
-from safetensors.torch import load_file  # noqa: E402
+from safetensors.torch import load_file
 
-from intengine.errors import ConfigError, InputError  # noqa: E402
-from intengine.models import deberta, deberta_v2  # noqa: E402
+from intengine.errors import ConfigError, InputError
+from intengine.models import deberta, deberta_v2
 
 TOL = 1e-4
 B, T = 3, 12
@@ -56,28 +56,45 @@ _SMALL = dict(
 # (model_type, name, extra config) -- each variant keeps the tiny sizes above
 V1_CONFIGS = [
     # deberta-base features: c2p|p2c, no absolute positions, no types, maxrel -1 -> max_pos
-    ("deberta", "v1-base", dict(relative_attention=True, pos_att_type="c2p|p2c", position_biased_input=False)),
+    (
+        "deberta",
+        "v1-base",
+        dict(relative_attention=True, pos_att_type="c2p|p2c", position_biased_input=False),
+    ),
     # c2p only, tight clamp (maxrel 4 < T), absolute positions + token types
     (
         "deberta",
         "v1-c2p-clamp-types",
-        dict(relative_attention=True, pos_att_type="c2p", max_relative_positions=4, type_vocab_size=2),
+        dict(
+            relative_attention=True, pos_att_type="c2p", max_relative_positions=4, type_vocab_size=2
+        ),
     ),
     # p2c only, talking heads, embedding_size != hidden (embed_proj), tanh pooler, gelu_new
     (
         "deberta",
         "v1-p2c-talking-embproj",
         dict(
-            relative_attention=True, pos_att_type="p2c", max_relative_positions=6, talking_head=True,
-            embedding_size=24, pooler_hidden_act="tanh", hidden_act="gelu_new", position_biased_input=False,
+            relative_attention=True,
+            pos_att_type="p2c",
+            max_relative_positions=6,
+            talking_head=True,
+            embedding_size=24,
+            pooler_hidden_act="tanh",
+            hidden_act="gelu_new",
+            position_biased_input=False,
         ),
     ),
     # no relative attention but pos_att_type listed (the scale factor still counts it), MS head
     (
         "deberta",
         "v1-norel-legacyfalse",
-        dict(relative_attention=False, pos_att_type=["c2p", "p2c"], type_vocab_size=2, legacy=False,
-             tie_word_embeddings=False),
+        dict(
+            relative_attention=False,
+            pos_att_type=["c2p", "p2c"],
+            type_vocab_size=2,
+            legacy=False,
+            tie_word_embeddings=False,
+        ),
     ),
 ]
 V2_CONFIGS = [
@@ -85,38 +102,75 @@ V2_CONFIGS = [
     (
         "deberta-v2",
         "v3-base",
-        dict(relative_attention=True, position_buckets=8, norm_rel_ebd="layer_norm", share_att_key=True,
-             pos_att_type="p2c|c2p", position_biased_input=False),
+        dict(
+            relative_attention=True,
+            position_buckets=8,
+            norm_rel_ebd="layer_norm",
+            share_att_key=True,
+            pos_att_type="p2c|c2p",
+            position_biased_input=False,
+        ),
     ),
     # deberta-v2-xlarge features: + conv (gelu), explicit attention_head_size, 8 heads
     (
         "deberta-v2",
         "v2-xlarge-conv",
-        dict(relative_attention=True, position_buckets=6, max_relative_positions=10, norm_rel_ebd="layer_norm",
-             share_att_key=True, pos_att_type="p2c|c2p", conv_kernel_size=3, conv_act="gelu",
-             num_attention_heads=8, attention_head_size=4, position_biased_input=False),
+        dict(
+            relative_attention=True,
+            position_buckets=6,
+            max_relative_positions=10,
+            norm_rel_ebd="layer_norm",
+            share_att_key=True,
+            pos_att_type="p2c|c2p",
+            conv_kernel_size=3,
+            conv_act="gelu",
+            num_attention_heads=8,
+            attention_head_size=4,
+            position_biased_input=False,
+        ),
     ),
     # c2p only, separate pos_key_proj, no buckets (maxrel clamp), conv k=5 groups=2 tanh, types
     (
         "deberta-v2",
         "v2-c2p-conv-groups",
-        dict(relative_attention=True, pos_att_type="c2p", max_relative_positions=5, share_att_key=False,
-             conv_kernel_size=5, conv_groups=2, type_vocab_size=2, position_biased_input=True),
+        dict(
+            relative_attention=True,
+            pos_att_type="c2p",
+            max_relative_positions=5,
+            share_att_key=False,
+            conv_kernel_size=5,
+            conv_groups=2,
+            type_vocab_size=2,
+            position_biased_input=True,
+        ),
     ),
     # p2c only, separate pos_query_proj, buckets, legacy=False MS head
     (
         "deberta-v2",
         "v2-p2c-legacyfalse",
-        dict(relative_attention=True, pos_att_type="p2c", position_buckets=10, share_att_key=False,
-             norm_rel_ebd="layer_norm", position_biased_input=False, legacy=False,
-             tie_word_embeddings=False, hidden_act="relu"),
+        dict(
+            relative_attention=True,
+            pos_att_type="p2c",
+            position_buckets=10,
+            share_att_key=False,
+            norm_rel_ebd="layer_norm",
+            position_biased_input=False,
+            legacy=False,
+            tie_word_embeddings=False,
+            hidden_act="relu",
+        ),
     ),
     # no pos_att_type with relative attention on (rel table unused), embed_proj, absolute positions
     (
         "deberta-v2",
         "v2-rel-noatttype-embproj",
-        dict(relative_attention=True, pos_att_type=None, position_buckets=8, type_vocab_size=3,
-             embedding_size=20),
+        dict(
+            relative_attention=True,
+            pos_att_type=None,
+            position_buckets=8,
+            type_vocab_size=3,
+            embedding_size=20,
+        ),
     ),
 ]
 ALL_CONFIGS = V1_CONFIGS + V2_CONFIGS
@@ -150,9 +204,15 @@ def _perturb(model: torch.nn.Module, seed: int) -> None:
 
 
 def _hf_model(model_type: str, extra: dict, task: str, num_labels: int, seed: int):
-    cfg_cls = transformers.DebertaConfig if model_type == "deberta" else transformers.DebertaV2Config
-    cfg = cfg_cls(**{**_SMALL, **extra}, num_labels=num_labels, hidden_dropout_prob=0.0,
-                  attention_probs_dropout_prob=0.0)
+    cfg_cls = (
+        transformers.DebertaConfig if model_type == "deberta" else transformers.DebertaV2Config
+    )
+    cfg = cfg_cls(
+        **{**_SMALL, **extra},
+        num_labels=num_labels,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     torch.manual_seed(seed)
     model = getattr(transformers, HF_CLASSES[model_type][task])(cfg).eval()
     _perturb(model, seed + 1)
@@ -173,7 +233,7 @@ def _hf_out(model, task, ids, mask, tt):
 
 
 def _load_ours(path: str, task: str, num_labels: int):
-    """Our module from a saved folder: ``intengine.load_fp32`` if wired, else config + safetensors."""
+    """Our module from a saved folder: ``intengine.load_fp32``, else config + safetensors."""
     try:
         from intengine import load_fp32  # type: ignore[attr-defined]
     except ImportError:
@@ -221,7 +281,7 @@ def test_parity_all_heads(model_type, name, extra, tmp_path):
 
 
 def test_pooled_output_matches_hf(tmp_path):
-    _, name, extra = V2_CONFIGS[1]
+    _, _, extra = V2_CONFIGS[1]
     hf = _hf_model("deberta-v2", extra, "sequence-classification", 3, 5)
     hf.save_pretrained(str(tmp_path))
     ours = _load_ours(str(tmp_path), "sequence-classification", 3)
@@ -264,7 +324,8 @@ def test_log_buckets_match_hf():
 
 
 @pytest.mark.parametrize(
-    "fam,name", [(deberta, n) for n in deberta.PRESETS] + [(deberta_v2, n) for n in deberta_v2.PRESETS]
+    "fam,name",
+    [(deberta, n) for n in deberta.PRESETS] + [(deberta_v2, n) for n in deberta_v2.PRESETS],
 )
 def test_presets_roundtrip_through_transformers(fam, name):
     cfg = fam.Config.from_hf(fam.PRESETS[name], name)
@@ -280,7 +341,11 @@ def test_presets_roundtrip_through_transformers(fam, name):
 def test_preset_features():
     v3 = deberta_v2.Config.from_hf(deberta_v2.PRESETS["deberta-v3-base"], "p")
     assert (v3.position_buckets, v3.share_att_key, v3.norm_rel_ebd, v3.conv_kernel_size) == (
-        256, True, ("layer_norm",), 0)
+        256,
+        True,
+        ("layer_norm",),
+        0,
+    )
     xl = deberta_v2.Config.from_hf(deberta_v2.PRESETS["deberta-v2-xlarge-tiny"], "p")
     assert xl.conv_kernel_size == 3 and xl.conv_act == "gelu" and xl.attention_head_size == 16
     b = deberta.Config.from_hf(deberta.PRESETS["deberta-base"], "p")
@@ -298,8 +363,11 @@ def test_preset_features():
         (deberta, {"pos_att_type": 3}, "pos_att_type"),
         (deberta, {"model_type": "bert"}, "model_type"),
         (deberta, {"pooler_hidden_size": 16}, "pooler_hidden_size"),
-        (deberta_v2, {"attention_head_size": 16, "hidden_size": 32, "num_attention_heads": 4},
-         "attention_head_size"),
+        (
+            deberta_v2,
+            {"attention_head_size": 16, "hidden_size": 32, "num_attention_heads": 4},
+            "attention_head_size",
+        ),
         (deberta_v2, {"conv_kernel_size": 4}, "conv_kernel_size"),
         (deberta_v2, {"conv_groups": 3}, "conv_groups"),
         (deberta_v2, {"norm_rel_ebd": "rms"}, "norm_rel_ebd"),
@@ -316,7 +384,12 @@ def test_config_errors_name_field_and_source(fam, patch, field):
 
 def test_class_defaults_apply_for_absent_keys():
     cfg = deberta_v2.Config.from_hf({"model_type": "deberta-v2"}, "c")
-    assert (cfg.hidden_size, cfg.vocab_size, cfg.num_hidden_layers, cfg.layer_norm_eps) == (1536, 128100, 24, 1e-7)
+    assert (cfg.hidden_size, cfg.vocab_size, cfg.num_hidden_layers, cfg.layer_norm_eps) == (
+        1536,
+        128100,
+        24,
+        1e-7,
+    )
     assert cfg.position_buckets == -1 and cfg.conv_act == "tanh" and not cfg.relative_attention
     cfg1 = deberta.Config.from_hf({}, "c")
     assert (cfg1.hidden_size, cfg1.vocab_size, cfg1.position_biased_input) == (768, 50265, True)
@@ -360,14 +433,18 @@ def test_bad_task_and_inputs():
     ],
 )
 def test_preset_saved_by_intengine_loads_in_transformers(preset, task, tmp_path):
-    """``load_fp32(preset)`` -> ``save_hf_folder`` -> transformers ``from_pretrained``: same outputs."""
+    """``load_fp32(preset)`` -> ``save_hf_folder`` -> transformers ``from_pretrained``."""
     from intengine import load_fp32, save_hf_folder
 
     ours = load_fp32(preset, task=task, seed=3)
     _perturb(ours, 4)
     save_hf_folder(ours, tmp_path / "ckpt")
     model_type = ours.config.model_type
-    hf = getattr(transformers, HF_CLASSES[model_type][task]).from_pretrained(str(tmp_path / "ckpt")).eval()
+    hf = (
+        getattr(transformers, HF_CLASSES[model_type][task])
+        .from_pretrained(str(tmp_path / "ckpt"))
+        .eval()
+    )
     ids, mask, _ = _inputs(7, False)
     ids = ids % ours.config.vocab_size
     ref = _hf_out(hf, task, ids, mask, None)

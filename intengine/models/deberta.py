@@ -30,8 +30,9 @@ import dataclasses
 import math
 import re
 import sys
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Callable
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -41,15 +42,15 @@ from ..errors import ConfigError
 from . import check_inputs as _shared_check_inputs
 
 __all__ = [
-    "MODEL_TYPES",
     "BASE_PREFIX",
     "HF_ARCHITECTURES",
     "IGNORED_KEYS",
-    "TOKENIZER_KIND",
-    "TASKS",
+    "MODEL_TYPES",
     "PRESETS",
-    "DebertaConfig",
+    "TASKS",
+    "TOKENIZER_KIND",
     "Config",
+    "DebertaConfig",
     "build",
 ]
 
@@ -147,8 +148,10 @@ def read_int(d: dict, key: str, default: Any, source: str, *, minimum: int | Non
     v = d.get(key, default)
     if v is _MISSING:
         raise _field_error(source, key, "is required")
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or (
-        isinstance(v, float) and not v.is_integer()
+    if (
+        isinstance(v, bool)
+        or not isinstance(v, (int, float))
+        or (isinstance(v, float) and not v.is_integer())
     ):
         raise _field_error(source, key, f"must be an integer, got {v!r}")
     v = int(v)
@@ -163,7 +166,9 @@ def read_float(d: dict, key: str, default: Any, source: str, *, positive: bool =
         raise _field_error(source, key, f"must be a number, got {v!r}")
     v = float(v)
     if not math.isfinite(v) or (positive and v <= 0):
-        raise _field_error(source, key, f"must be a {'positive ' if positive else ''}finite number, got {v!r}")
+        raise _field_error(
+            source, key, f"must be a {'positive ' if positive else ''}finite number, got {v!r}"
+        )
     return v
 
 
@@ -193,7 +198,9 @@ def read_pos_att_type(d: dict, source: str) -> tuple[str, ...]:
         return tuple(x.strip() for x in v.lower().split("|"))
     if isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v):
         return tuple(v)
-    raise _field_error(source, "pos_att_type", f"must be a string like 'c2p|p2c' or a list of strings, got {v!r}")
+    raise _field_error(
+        source, "pos_att_type", f"must be a string like 'c2p|p2c' or a list of strings, got {v!r}"
+    )
 
 
 def check_model_type(d: dict, source: str, model_types: tuple[str, ...]) -> None:
@@ -216,16 +223,22 @@ def read_common(d: dict, source: str, defaults: dict) -> dict:
     out = dict(
         vocab_size=read_int(d, "vocab_size", defaults["vocab_size"], source, minimum=1),
         hidden_size=hidden,
-        num_hidden_layers=read_int(d, "num_hidden_layers", defaults["num_hidden_layers"], source, minimum=0),
+        num_hidden_layers=read_int(
+            d, "num_hidden_layers", defaults["num_hidden_layers"], source, minimum=0
+        ),
         num_attention_heads=heads,
-        intermediate_size=read_int(d, "intermediate_size", defaults["intermediate_size"], source, minimum=1),
+        intermediate_size=read_int(
+            d, "intermediate_size", defaults["intermediate_size"], source, minimum=1
+        ),
         hidden_act=read_act(d, "hidden_act", "gelu", source),
         max_position_embeddings=read_int(d, "max_position_embeddings", 512, source, minimum=1),
         type_vocab_size=read_int(d, "type_vocab_size", 0, source, minimum=0),
         layer_norm_eps=read_float(d, "layer_norm_eps", 1e-7, source, positive=True),
         relative_attention=read_bool(d, "relative_attention", False, source),
         max_relative_positions=read_int(d, "max_relative_positions", -1, source),
-        pad_token_id=read_int(d, "pad_token_id", 0, source) if d.get("pad_token_id", 0) is not None else None,
+        pad_token_id=read_int(d, "pad_token_id", 0, source)
+        if d.get("pad_token_id", 0) is not None
+        else None,
         position_biased_input=read_bool(d, "position_biased_input", True, source),
         pos_att_type=read_pos_att_type(d, source),
         pooler_hidden_act=read_act(d, "pooler_hidden_act", "gelu", source),
@@ -233,9 +246,13 @@ def read_common(d: dict, source: str, defaults: dict) -> dict:
         tie_word_embeddings=read_bool(d, "tie_word_embeddings", True, source),
     )
     emb = d.get("embedding_size", None)
-    out["embedding_size"] = hidden if emb is None else read_int(d, "embedding_size", None, source, minimum=1)
+    out["embedding_size"] = (
+        hidden if emb is None else read_int(d, "embedding_size", None, source, minimum=1)
+    )
     pooler = d.get("pooler_hidden_size", None)
-    pooler = hidden if pooler is None else read_int(d, "pooler_hidden_size", None, source, minimum=1)
+    pooler = (
+        hidden if pooler is None else read_int(d, "pooler_hidden_size", None, source, minimum=1)
+    )
     if pooler != hidden:
         raise ConfigError(
             f"{source}: field 'pooler_hidden_size' ({pooler}) must equal 'hidden_size' ({hidden}); "
@@ -252,7 +269,9 @@ def read_common(d: dict, source: str, defaults: dict) -> dict:
         out["id2label"] = None
     pad = out["pad_token_id"]
     if pad is not None and not 0 <= pad < out["vocab_size"]:
-        raise _field_error(source, "pad_token_id", f"must lie in [0, vocab_size={out['vocab_size']}), got {pad}")
+        raise _field_error(
+            source, "pad_token_id", f"must lie in [0, vocab_size={out['vocab_size']}), got {pad}"
+        )
     return out
 
 
@@ -289,7 +308,11 @@ def common_to_hf(cfg: Any) -> dict:
 # ---------------------------------------------------------------------------
 
 _V1_DEFAULTS = dict(
-    vocab_size=50265, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072
+    vocab_size=50265,
+    hidden_size=768,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    intermediate_size=3072,
 )
 
 
@@ -322,7 +345,7 @@ class DebertaConfig:
     model_type = "deberta"
 
     @classmethod
-    def from_hf(cls, d: dict, source: str = "config.json") -> "DebertaConfig":
+    def from_hf(cls, d: dict, source: str = "config.json") -> DebertaConfig:
         check_model_type(d, source, MODEL_TYPES)
         kw = read_common(d, source, _V1_DEFAULTS)
         kw["talking_head"] = read_bool(d, "talking_head", False, source)
@@ -349,7 +372,7 @@ class DebertaConfig:
     def scale_factor(self) -> int:
         return 1 + len(self.pos_att_type)
 
-    def replace(self, **changes: Any) -> "DebertaConfig":
+    def replace(self, **changes: Any) -> DebertaConfig:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         d.update(changes)
         return type(self)(**d)
@@ -394,7 +417,7 @@ def check_inputs(
 
 
 class LayerNorm(nn.LayerNorm):
-    """``nn.LayerNorm`` (eps inside the square root, as DebertaLayerNorm), keys ``weight``/``bias``."""
+    """``nn.LayerNorm`` (eps inside the square root, as DebertaLayerNorm); keys weight/bias."""
 
 
 class Embeddings(nn.Module):
@@ -407,11 +430,15 @@ class Embeddings(nn.Module):
         self.position_embeddings = (
             nn.Embedding(cfg.max_position_embeddings, E) if cfg.position_biased_input else None
         )
-        self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, E) if cfg.type_vocab_size > 0 else None
+        self.token_type_embeddings = (
+            nn.Embedding(cfg.type_vocab_size, E) if cfg.type_vocab_size > 0 else None
+        )
         self.embed_proj = nn.Linear(E, H, bias=False) if E != H else None
         self.LayerNorm = LayerNorm(H, eps=cfg.layer_norm_eps)
 
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, ids: torch.Tensor, mask: torch.Tensor, token_type_ids: torch.Tensor | None
+    ) -> torch.Tensor:
         x = self.word_embeddings(ids)
         if self.position_embeddings is not None:
             x = x + self.position_embeddings.weight[: ids.shape[1]].unsqueeze(0)
@@ -562,8 +589,10 @@ class DisentangledSelfAttention(nn.Module):
         pos = torch.arange(T, device=device)
         return torch.clamp(pos[:, None] - pos[None, :] + span, 0, 2 * span - 1)
 
-    def rel_tables(self, rel: torch.Tensor, T: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Per-head ``Kr`` (c2p) and ``Qr`` (p2c, already divided by the score scale), ``[heads, 2 span, d]``.
+    def rel_tables(
+        self, rel: torch.Tensor, T: int
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Per-head ``Kr`` (c2p) and ``Qr`` (p2c, divided by the score scale), ``[heads, 2S, d]``.
 
         Both depend only on the weights and ``T``.
         """
@@ -595,7 +624,9 @@ class DisentangledSelfAttention(nn.Module):
                 s = s + g.transpose(-1, -2)
         return s
 
-    def forward(self, x: torch.Tensor, mask2: torch.Tensor, rel: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, mask2: torch.Tensor, rel: torch.Tensor | None
+    ) -> torch.Tensor:
         q, k, v = self.qkv(x)
         s = self.scores(q, k, rel)
         if self.head_logits_proj is not None:
@@ -691,7 +722,9 @@ class _TaskModel(nn.Module):
         return self.deberta(input_ids, attention_mask, token_type_ids)
 
 
-def _load_pre_hook(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+def _load_pre_hook(
+    module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+):
     """Fill tied weights that a saved file omits, and drop keys transformers ignores."""
     own = module.state_dict(keep_vars=True)
     for alias, src in module.tied_weights().items():
@@ -709,7 +742,7 @@ def _load_pre_hook(module, state_dict, prefix, local_metadata, strict, missing_k
 
 
 class SequenceClassification(_TaskModel):
-    """``DebertaForSequenceClassification``: ContextPooler, then ``classifier``; logits ``[B, labels]``."""
+    """``DebertaForSequenceClassification``: ContextPooler + ``classifier``, ``[B, labels]``."""
 
     task = "sequence-classification"
 
@@ -786,7 +819,7 @@ class _LegacyMLMHead(nn.Module):
 
 
 class _LMHead(nn.Module):
-    """``lm_predictions.lm_head``: ``LN(act(dense h)) @ E_word^T + bias`` (MS ``BertLMPredictionHead``)."""
+    """``lm_predictions.lm_head``: ``LN(act(dense h)) @ E_word^T + bias`` (MS LM head)."""
 
     def __init__(self, cfg: Any):
         super().__init__()
@@ -863,7 +896,11 @@ class BaseModel(Backbone):
 
 
 def build_task(
-    cfg: Any, task: str, num_labels: int | None, make_encoder: Callable[[Any], nn.Module], family: str
+    cfg: Any,
+    task: str,
+    num_labels: int | None,
+    make_encoder: Callable[[Any], nn.Module],
+    family: str,
 ) -> nn.Module:
     """Build the module for ``task`` around a fresh encoder (shared by v1 and v2).
 
@@ -877,7 +914,10 @@ def build_task(
         num_labels = cfg.num_labels
     elif isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 1:
         raise ConfigError(f"num_labels must be a positive int, got {num_labels!r}")
-    elif num_labels != cfg.num_labels and task in ("sequence-classification", "token-classification"):
+    elif num_labels != cfg.num_labels and task in (
+        "sequence-classification",
+        "token-classification",
+    ):
         cfg = dataclasses.replace(cfg, num_labels=num_labels, id2label=None)
     if task == "base":
         model: nn.Module = BaseModel(cfg, make_encoder(cfg))
@@ -898,7 +938,7 @@ def build_task(
 
 
 def build(cfg: DebertaConfig, task: str = "base", num_labels: int | None = None) -> nn.Module:
-    """FP32 DeBERTa v1 module for ``task`` (eval mode, random init; load weights with ``load_state_dict``)."""
+    """FP32 DeBERTa v1 module for ``task`` (eval mode, random init; then ``load_state_dict``)."""
     if not isinstance(cfg, DebertaConfig):
         raise ConfigError(f"deberta.build needs a DebertaConfig, got {type(cfg).__name__}")
     return build_task(cfg, task, num_labels, Encoder, __name__)

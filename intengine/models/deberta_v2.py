@@ -49,15 +49,15 @@ from .deberta import (
 )
 
 __all__ = [
-    "MODEL_TYPES",
     "BASE_PREFIX",
     "HF_ARCHITECTURES",
     "IGNORED_KEYS",
-    "TOKENIZER_KIND",
-    "TASKS",
+    "MODEL_TYPES",
     "PRESETS",
-    "DebertaV2Config",
+    "TASKS",
+    "TOKENIZER_KIND",
     "Config",
+    "DebertaV2Config",
     "build",
     "log_bucket_position",
     "relative_positions",
@@ -77,7 +77,11 @@ IGNORED_KEYS = _v1.IGNORED_KEYS
 IGNORE_UNEXPECTED = _v1.IGNORE_UNEXPECTED
 
 _V2_DEFAULTS = dict(
-    vocab_size=128100, hidden_size=1536, num_hidden_layers=24, num_attention_heads=24, intermediate_size=6144
+    vocab_size=128100,
+    hidden_size=1536,
+    num_hidden_layers=24,
+    num_attention_heads=24,
+    intermediate_size=6144,
 )
 _NORM_REL_EBD = ("none", "layer_norm")
 
@@ -118,13 +122,15 @@ class DebertaV2Config:
     model_type = "deberta-v2"
 
     @classmethod
-    def from_hf(cls, d: dict, source: str = "config.json") -> "DebertaV2Config":
+    def from_hf(cls, d: dict, source: str = "config.json") -> DebertaV2Config:
         check_model_type(d, source, MODEL_TYPES)
         kw = read_common(d, source, _V2_DEFAULTS)
         H, nh = kw["hidden_size"], kw["num_attention_heads"]
         kw["position_buckets"] = read_int(d, "position_buckets", -1, source)
         if kw["position_buckets"] == 1:
-            raise ConfigError(f"{source}: field 'position_buckets' must be -1/0 (off) or >= 2, got 1")
+            raise ConfigError(
+                f"{source}: field 'position_buckets' must be -1/0 (off) or >= 2, got 1"
+            )
         nre = d.get("norm_rel_ebd", "none")
         if not isinstance(nre, str):
             raise ConfigError(f"{source}: field 'norm_rel_ebd' must be a string, got {nre!r}")
@@ -139,7 +145,7 @@ class DebertaV2Config:
         k = read_int(d, "conv_kernel_size", 0, source, minimum=0)
         if k > 0 and k % 2 == 0:
             raise ConfigError(
-                f"{source}: field 'conv_kernel_size' must be odd (padding keeps the length), got {k}"
+                f"{source}: field 'conv_kernel_size' must be odd (same-length padding), got {k}"
             )
         kw["conv_kernel_size"] = k
         g = read_int(d, "conv_groups", 1, source, minimum=1)
@@ -148,7 +154,9 @@ class DebertaV2Config:
         kw["conv_groups"] = g
         kw["conv_act"] = read_act(d, "conv_act", "tanh", source)
         ahs = d.get("attention_head_size", None)
-        ahs = H // nh if ahs is None else read_int(d, "attention_head_size", None, source, minimum=1)
+        ahs = (
+            H // nh if ahs is None else read_int(d, "attention_head_size", None, source, minimum=1)
+        )
         if ahs * nh != H:
             raise ConfigError(
                 f"{source}: field 'attention_head_size' ({ahs}) times num_attention_heads ({nh}) "
@@ -191,7 +199,7 @@ class DebertaV2Config:
     def scale_factor(self) -> int:
         return 1 + ("c2p" in self.pos_att_type) + ("p2c" in self.pos_att_type)
 
-    def replace(self, **changes: Any) -> "DebertaV2Config":
+    def replace(self, **changes: Any) -> DebertaV2Config:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         d.update(changes)
         return type(self)(**d)
@@ -206,7 +214,7 @@ Config = DebertaV2Config
 
 
 def log_bucket_position(rel: torch.Tensor, bucket_size: int, max_position: int) -> torch.Tensor:
-    """Log-bucket map of relative positions (odd-symmetric, identity for ``|r| <= bucket_size // 2``).
+    """Log-bucket map of relative positions (odd-symmetric; identity for ``|r| <= buckets // 2``).
 
     Evaluated in float32 with the same operations as the reference so that the
     ``ceil`` lands on the same integer.
@@ -220,7 +228,9 @@ def log_bucket_position(rel: torch.Tensor, bucket_size: int, max_position: int) 
     return torch.where(abs_pos <= mid, rel.to(log_pos.dtype), log_pos * sign).long()
 
 
-def relative_positions(T: int, position_buckets: int, max_relative: int, device=None) -> torch.Tensor:
+def relative_positions(
+    T: int, position_buckets: int, max_relative: int, device=None
+) -> torch.Tensor:
     """``[T, T]`` long: ``i - j``, log-bucketed when ``position_buckets > 0``."""
     pos = torch.arange(T, device=device)
     rel = pos[:, None] - pos[None, :]
@@ -261,7 +271,9 @@ class DisentangledSelfAttention(nn.Module):
     def scale(self) -> float:
         return math.sqrt(self.head_size * self.scale_factor)
 
-    def rel_tables(self, rel_table: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def rel_tables(
+        self, rel_table: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Per-head ``Kr`` (c2p) and ``Qr`` (p2c), ``[heads, 2 span, d]``, both divided by the
         score scale.  ``rel_table`` is the (normalised) relative table; input-independent."""
         r = rel_table[: 2 * self.span]
@@ -275,7 +287,7 @@ class DisentangledSelfAttention(nn.Module):
         return kr, qr
 
     def scores(self, q: torch.Tensor, k: torch.Tensor, rel: Any) -> torch.Tensor:
-        """Raw scores ``[B, heads, T, T]``; ``rel`` = (normalised table, bucketed ``i - j``) or None."""
+        """Raw scores ``[B, heads, T, T]``; ``rel`` = (normalised table, bucketed i-j) or None."""
         s = q @ (k.transpose(-1, -2) / self.scale)
         if rel is not None and (self.c2p or self.p2c):
             table, rpos = rel
@@ -360,7 +372,7 @@ class Encoder(nn.Module):
 
 
 def build(cfg: DebertaV2Config, task: str = "base", num_labels: int | None = None) -> nn.Module:
-    """FP32 DeBERTa-v2/v3 module for ``task`` (eval mode, random init; load with ``load_state_dict``)."""
+    """FP32 DeBERTa-v2/v3 module for ``task`` (eval mode, random init; then ``load_state_dict``)."""
     if not isinstance(cfg, DebertaV2Config):
         raise ConfigError(f"deberta_v2.build needs a DebertaV2Config, got {type(cfg).__name__}")
     return build_task(cfg, task, num_labels, Encoder, __name__)
