@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+
 from torch import nn
 
 from .checkpoint import load_folder, save_hf_folder

@@ -40,10 +40,10 @@ from .models import TASKS, get_family
 __all__ = [
     "CONFIG_NAME",
     "WEIGHTS_NAMES",
-    "read_config",
-    "read_state_dict",
     "load_folder",
     "load_state_dict_into",
+    "read_config",
+    "read_state_dict",
     "save_hf_folder",
 ]
 
@@ -81,7 +81,7 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         out = {}
         with safe_open(str(path), framework="pt") as f:
-            for key in f.keys():
+            for key in f.keys():  # noqa: SIM118 (safe_open is not iterable)
                 out[key] = f.get_tensor(key)
         return out
     except CheckpointError:
@@ -127,7 +127,9 @@ def _load_index(index_path: Path, loader) -> dict[str, torch.Tensor]:
         sd.update(loader(index_path.parent / shard))
     absent = sorted(k for k in weight_map if k not in sd)
     if absent:
-        raise CheckpointError(f"{index_path}: keys listed in weight_map but absent from shards: {absent}")
+        raise CheckpointError(
+            f"{index_path}: keys listed in weight_map but absent from shards: {absent}"
+        )
     return sd
 
 
@@ -145,7 +147,9 @@ def read_state_dict(folder: str | os.PathLike) -> tuple[dict[str, torch.Tensor],
         if name == BIN_NAME:
             return _load_bin(path), path
         return _load_index(path, _load_bin), path
-    raise CheckpointError(f"{folder}: no weights file found (looked for {', '.join(WEIGHTS_NAMES)})")
+    raise CheckpointError(
+        f"{folder}: no weights file found (looked for {', '.join(WEIGHTS_NAMES)})"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,12 +184,14 @@ def load_state_dict_into(
         stripped = {}
         for k, v in sd.items():
             if k.startswith(prefix):
-                stripped[k[len(prefix):]] = v
+                stripped[k[len(prefix) :]] = v
             else:
                 ignored.append(k)
         sd = stripped
         # A task checkpoint usually has no pooler: then the base model has none either.
-        if getattr(model, "pooler", None) is not None and not any(k.startswith("pooler.") for k in sd):
+        if getattr(model, "pooler", None) is not None and not any(
+            k.startswith("pooler.") for k in sd
+        ):
             model.pooler = None
             expected_keys = set(model.state_dict().keys())
 
@@ -209,7 +215,9 @@ def load_state_dict_into(
             mismatched.append(f"{present[0]}: checkpoint {tuple(value.shape)} vs model {want}")
             continue
         target_dtype = entries[group[0]].dtype
-        if value.dtype != target_dtype and (value.dtype.is_floating_point or target_dtype.is_floating_point):
+        if value.dtype != target_dtype and (
+            value.dtype.is_floating_point or target_dtype.is_floating_point
+        ):
             value = value.to(target_dtype)
         for k in group:
             full[k] = value
@@ -318,7 +326,12 @@ def save_hf_folder(
         if id(tensor) in seen:  # tied alias: HF saves only the first (embedding, lm_head.bias)
             continue
         seen.add(id(tensor))
-        tensors[key] = tensor.detach().to(torch.float32 if tensor.is_floating_point() else tensor.dtype).contiguous().clone()
+        tensors[key] = (
+            tensor.detach()
+            .to(torch.float32 if tensor.is_floating_point() else tensor.dtype)
+            .contiguous()
+            .clone()
+        )
 
     import importlib
 
@@ -328,7 +341,9 @@ def save_hf_folder(
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
-        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        (tmp / CONFIG_NAME).write_text(
+            json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+        )
         save_file(tensors, str(tmp / SAFE_NAME), metadata={"format": "pt"})
         old = None
         if path.exists():

@@ -129,12 +129,17 @@ def test_bin_and_sharded_bin(folder, tmp_path):
     shard.mkdir()
     (shard / "config.json").write_bytes((folder / "config.json").read_bytes())
     keys = sorted(sd)
-    halves = {"pytorch_model-00001-of-00002.bin": keys[::2], "pytorch_model-00002-of-00002.bin": keys[1::2]}
+    halves = {
+        "pytorch_model-00001-of-00002.bin": keys[::2],
+        "pytorch_model-00002-of-00002.bin": keys[1::2],
+    }
     weight_map = {}
     for fname, ks in halves.items():
         torch.save({k: sd[k] for k in ks}, shard / fname)
         weight_map.update({k: fname for k in ks})
-    (shard / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    (shard / "pytorch_model.bin.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": weight_map})
+    )
     assert torch.equal(ref(ids), load_fp32(shard, "masked-lm")(ids))
 
     (shard / "pytorch_model-00002-of-00002.bin").unlink()
@@ -228,11 +233,16 @@ def test_key_problems_are_reported_together(folder, tmp_path):
         load_fp32(ckpt, "masked-lm")
     msg = str(info.value)
     assert "model.safetensors" in msg
-    for key in ("roberta.encoder.layer.1.output.dense.bias", "lm_head.dense.weight",
-                "roberta.encoder.layer.9.attention.self.query.weight",
-                "roberta.encoder.layer.0.intermediate.dense.weight"):
+    for key in (
+        "roberta.encoder.layer.1.output.dense.bias",
+        "lm_head.dense.weight",
+        "roberta.encoder.layer.9.attention.self.query.weight",
+        "roberta.encoder.layer.0.intermediate.dense.weight",
+    ):
         assert key in msg
-    assert "missing keys (2)" in msg and "unexpected keys (1)" in msg and "shape mismatches (1)" in msg
+    assert (
+        "missing keys (2)" in msg and "unexpected keys (1)" in msg and "shape mismatches (1)" in msg
+    )
 
 
 def test_head_missing_from_checkpoint(folder):
@@ -243,7 +253,9 @@ def test_head_missing_from_checkpoint(folder):
 def test_wrong_num_labels_is_a_shape_error(tmp_path):
     save_hf_folder("roberta-tiny", tmp_path / "cls", task="sequence-classification", num_labels=3)
     assert load_fp32(tmp_path / "cls", "sequence-classification").config.num_labels == 3
-    with pytest.raises(CheckpointError, match="classifier.out_proj.weight.*\\(3, 32\\).*\\(5, 32\\)"):
+    with pytest.raises(
+        CheckpointError, match="classifier.out_proj.weight.*\\(3, 32\\).*\\(5, 32\\)"
+    ):
         load_fp32(tmp_path / "cls", "sequence-classification", num_labels=5)
 
 
@@ -333,7 +345,9 @@ def test_too_long(tiny):
 
 def test_wrong_mask_shape(tiny):
     ids = torch.randint(3, 100, (2, 8))
-    with pytest.raises(InputError, match=r"attention_mask must have the shape of input_ids \(2, 8\)"):
+    with pytest.raises(
+        InputError, match=r"attention_mask must have the shape of input_ids \(2, 8\)"
+    ):
         tiny(ids, torch.ones(2, 7))
     with pytest.raises(InputError, match="only 0 and 1"):
         tiny(ids, torch.full((2, 8), 2))

@@ -9,26 +9,49 @@ transformers = pytest.importorskip("transformers")
 if not hasattr(transformers, "NezhaConfig"):  # pragma: no cover - removed in transformers 5
     pytest.skip("this transformers has no NEZHA", allow_module_level=True)
 
-from safetensors.torch import load_file, save_file  # noqa: E402
+from safetensors.torch import load_file, save_file
 
-from intengine import load_fp32, save_hf_folder  # noqa: E402
-from intengine.models import nezha  # noqa: E402
+from intengine import load_fp32, save_hf_folder
+from intengine.models import nezha
 
 TOL = 1e-4
 
 CONFIGS = {
     # clipping well inside the sequence (m=3 < T=13)
-    "clip3": dict(vocab_size=120, hidden_size=48, num_hidden_layers=2, num_attention_heads=3,
-                  intermediate_size=70, max_position_embeddings=32, max_relative_position=3,
-                  type_vocab_size=2),
+    "clip3": {
+        "vocab_size": 120,
+        "hidden_size": 48,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 3,
+        "intermediate_size": 70,
+        "max_position_embeddings": 32,
+        "max_relative_position": 3,
+        "type_vocab_size": 2,
+    },
     # no clipping within the sequence, 3 token types, single layer
-    "wide": dict(vocab_size=90, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                 intermediate_size=128, max_position_embeddings=20, max_relative_position=16,
-                 type_vocab_size=3, layer_norm_eps=1e-6),
+    "wide": {
+        "vocab_size": 90,
+        "hidden_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 128,
+        "max_position_embeddings": 20,
+        "max_relative_position": 16,
+        "type_vocab_size": 3,
+        "layer_norm_eps": 1e-6,
+    },
     # deeper, more heads, one token type, relu
-    "deep": dict(vocab_size=64, hidden_size=64, num_hidden_layers=3, num_attention_heads=8,
-                 intermediate_size=96, max_position_embeddings=16, max_relative_position=6,
-                 type_vocab_size=1, hidden_act="relu"),
+    "deep": {
+        "vocab_size": 64,
+        "hidden_size": 64,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 8,
+        "intermediate_size": 96,
+        "max_position_embeddings": 16,
+        "max_relative_position": 6,
+        "type_vocab_size": 1,
+        "hidden_act": "relu",
+    },
 }
 
 HF_CLASSES = {
@@ -57,8 +80,8 @@ def make_inputs(cfg: dict, batch: int = 3, length: int = 13, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(1, cfg["vocab_size"], (batch, length), generator=gen)
     mask = torch.ones(batch, length, dtype=torch.long)
-    mask[0, length - 5:] = 0
-    mask[2, length - 2:] = 0
+    mask[0, length - 5 :] = 0
+    mask[2, length - 2 :] = 0
     ids[mask == 0] = 0
     types = torch.randint(0, cfg.get("type_vocab_size", 2), (batch, length), generator=gen)
     return ids, mask, types
@@ -94,7 +117,9 @@ def build_hf(task, cfg, seed, **extra):
 def test_parity_with_transformers(tmp_path, name, task):
     cfg = CONFIGS[name]
     extra = {"num_labels": 4} if task in ("sequence-classification", "token-classification") else {}
-    hf = build_hf(task, cfg, seed=list(CONFIGS).index(name) * 10 + list(HF_CLASSES).index(task), **extra)
+    hf = build_hf(
+        task, cfg, seed=list(CONFIGS).index(name) * 10 + list(HF_CLASSES).index(task), **extra
+    )
     safe = (list(CONFIGS).index(name) + list(HF_CLASSES).index(task)) % 2 == 0
     hf.save_pretrained(tmp_path, safe_serialization=safe)
     ours = load_fp32(tmp_path, task)
@@ -121,7 +146,9 @@ def test_relative_table_equals_hf_positions_encoding():
     cfg = CONFIGS["clip3"]
     hf = build_hf("base", cfg, seed=2)
     buf = hf.encoder.layer[0].attention.self.relative_positions_encoding.positions_encoding
-    table = nezha.relative_table(cfg["max_relative_position"], cfg["hidden_size"] // cfg["num_attention_heads"])
+    table = nezha.relative_table(
+        cfg["max_relative_position"], cfg["hidden_size"] // cfg["num_attention_heads"]
+    )
     n = cfg["max_position_embeddings"]
     assert torch.equal(table[nezha.relative_index(n, cfg["max_relative_position"])], buf)
 
@@ -136,15 +163,21 @@ def test_checkpoint_with_dead_positions_encoding_buffers(tmp_path, safe):
     sd = load_file(tmp_path / name) if safe else torch.load(tmp_path / name, weights_only=True)
     for i, layer in enumerate(hf.nezha.encoder.layer):
         buf = layer.attention.self.relative_positions_encoding.positions_encoding
-        sd[f"nezha.encoder.layer.{i}.attention.self.relative_positions_encoding.positions_encoding"] = buf.clone()
-    sd["nezha.embeddings.token_type_ids"] = torch.zeros(1, cfg["max_position_embeddings"], dtype=torch.long)
+        sd[
+            f"nezha.encoder.layer.{i}.attention.self.relative_positions_encoding.positions_encoding"
+        ] = buf.clone()
+    sd["nezha.embeddings.token_type_ids"] = torch.zeros(
+        1, cfg["max_position_embeddings"], dtype=torch.long
+    )
     if safe:
         save_file(sd, tmp_path / name, metadata={"format": "pt"})
     else:
         torch.save(sd, tmp_path / name)
     ours = load_fp32(tmp_path, "masked-lm")
     ids, mask, types = make_inputs(cfg)
-    assert max_diff(hf_output(hf, "masked-lm", ids, mask, types), ours(ids, mask, types), mask) <= TOL
+    assert (
+        max_diff(hf_output(hf, "masked-lm", ids, mask, types), ours(ids, mask, types), mask) <= TOL
+    )
 
 
 def test_pretraining_checkpoint_loads_for_mlm(tmp_path):
@@ -189,7 +222,12 @@ def test_preset_round_trip_through_transformers(tmp_path):
     save_hf_folder(ours, tmp_path / "nz")
     hf = transformers.NezhaForSequenceClassification.from_pretrained(tmp_path / "nz").eval()
     ids, mask, types = make_inputs(c.to_hf())
-    assert max_diff(hf_output(hf, "sequence-classification", ids, mask, types), ours(ids, mask, types), mask) <= TOL
+    assert (
+        max_diff(
+            hf_output(hf, "sequence-classification", ids, mask, types), ours(ids, mask, types), mask
+        )
+        <= TOL
+    )
     again = load_fp32(tmp_path / "nz", "sequence-classification")
     assert again.config == ours.config
 
@@ -197,9 +235,20 @@ def test_preset_round_trip_through_transformers(tmp_path):
 def test_config_defaults_are_hf_class_defaults():
     cfg = nezha.NezhaConfig.from_hf({"model_type": "nezha"}, "test")
     ref = transformers.NezhaConfig()
-    for field in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                  "intermediate_size", "max_position_embeddings", "max_relative_position",
-                  "type_vocab_size", "layer_norm_eps", "pad_token_id", "bos_token_id", "eos_token_id"):
+    for field in (
+        "vocab_size",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "intermediate_size",
+        "max_position_embeddings",
+        "max_relative_position",
+        "type_vocab_size",
+        "layer_norm_eps",
+        "pad_token_id",
+        "bos_token_id",
+        "eos_token_id",
+    ):
         assert getattr(cfg, field) == getattr(ref, field), field
 
 

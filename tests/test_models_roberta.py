@@ -9,24 +9,51 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from intengine import load_fp32, save_hf_folder  # noqa: E402
-from intengine.models import roberta  # noqa: E402
+from intengine import load_fp32, save_hf_folder
+from intengine.models import roberta
 
 TOL = 1e-4
 
 CONFIGS = {
     # roberta-base shapes in miniature: type_vocab 1, eps 1e-5, pad 1
-    "small": dict(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                  intermediate_size=37, max_position_embeddings=40, type_vocab_size=1,
-                  layer_norm_eps=1e-5, pad_token_id=1),
+    "small": {
+        "vocab_size": 97,
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 37,
+        "max_position_embeddings": 40,
+        "type_vocab_size": 1,
+        "layer_norm_eps": 1e-5,
+        "pad_token_id": 1,
+    },
     # token types used, odd head count, other pad id, 3 layers
-    "types": dict(vocab_size=150, hidden_size=48, num_hidden_layers=3, num_attention_heads=3,
-                  intermediate_size=96, max_position_embeddings=33, type_vocab_size=3,
-                  layer_norm_eps=1e-12, pad_token_id=4, bos_token_id=0, eos_token_id=2),
+    "types": {
+        "vocab_size": 150,
+        "hidden_size": 48,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 3,
+        "intermediate_size": 96,
+        "max_position_embeddings": 33,
+        "type_vocab_size": 3,
+        "layer_norm_eps": 1e-12,
+        "pad_token_id": 4,
+        "bos_token_id": 0,
+        "eos_token_id": 2,
+    },
     # wide FFN, single layer, relu
-    "wide": dict(vocab_size=64, hidden_size=64, num_hidden_layers=1, num_attention_heads=8,
-                 intermediate_size=200, max_position_embeddings=70, type_vocab_size=2,
-                 layer_norm_eps=1e-6, pad_token_id=0, hidden_act="relu"),
+    "wide": {
+        "vocab_size": 64,
+        "hidden_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 8,
+        "intermediate_size": 200,
+        "max_position_embeddings": 70,
+        "type_vocab_size": 2,
+        "layer_norm_eps": 1e-6,
+        "pad_token_id": 0,
+        "hidden_act": "relu",
+    },
 }
 
 HF_CLASSES = {
@@ -44,7 +71,7 @@ def randomize(model: torch.nn.Module, seed: int) -> None:
     with torch.no_grad():
         for name, p in model.named_parameters():
             noise = torch.randn(p.shape, generator=gen)
-            if name.endswith("LayerNorm.weight") or name.endswith("layer_norm.weight"):
+            if name.endswith(("LayerNorm.weight", "layer_norm.weight")):
                 p.copy_(1 + 0.1 * noise)
             elif p.dim() == 1:
                 p.copy_(0.1 * noise)
@@ -58,8 +85,8 @@ def make_inputs(cfg: dict, batch: int = 3, length: int = 13, seed: int = 0):
     ids = torch.randint(0, cfg["vocab_size"], (batch, length), generator=gen)
     ids[ids == pad] = (pad + 1) % cfg["vocab_size"]
     mask = torch.ones(batch, length, dtype=torch.long)
-    mask[1, length - 4:] = 0  # right padding inside the batch
-    mask[2, length - 1:] = 0
+    mask[1, length - 4 :] = 0  # right padding inside the batch
+    mask[2, length - 1 :] = 0
     ids[mask == 0] = pad
     types = None
     if cfg.get("type_vocab_size", 2) > 1:
@@ -68,7 +95,7 @@ def make_inputs(cfg: dict, batch: int = 3, length: int = 13, seed: int = 0):
 
 
 def hf_output(model, task, ids, mask, types):
-    kwargs = dict(input_ids=ids, attention_mask=mask)
+    kwargs = {"input_ids": ids, "attention_mask": mask}
     if types is not None:
         kwargs["token_type_ids"] = types
     with torch.no_grad():
@@ -129,7 +156,9 @@ def test_sharded_checkpoint(tmp_path, safe):
     assert len(set(json.loads((tmp_path / index).read_text())["weight_map"].values())) > 1
     ours = load_fp32(tmp_path, "masked-lm")
     ids, mask, types = make_inputs(cfg)
-    assert max_diff(hf_output(hf, "masked-lm", ids, mask, types), ours(ids, mask, types), mask) <= TOL
+    assert (
+        max_diff(hf_output(hf, "masked-lm", ids, mask, types), ours(ids, mask, types), mask) <= TOL
+    )
 
 
 def test_pooled_output_matches_roberta_pooler(tmp_path):
@@ -185,7 +214,9 @@ def test_ibert_sequence_classification_checkpoint(tmp_path):
     assert isinstance(ours, roberta.RobertaForSequenceClassification)
     assert ours.config.model_type == "ibert" and ours.config.num_labels == 3
     ids, mask, types = make_inputs(cfg)
-    diff = max_diff(hf_output(hf, "sequence-classification", ids, mask, types), ours(ids, mask, types), mask)
+    diff = max_diff(
+        hf_output(hf, "sequence-classification", ids, mask, types), ours(ids, mask, types), mask
+    )
     assert diff <= TOL
     assert ours.calibration_ranges == {
         "roberta.encoder.layer.0.attention.self.query_activation": (-3.5, 4.25),
@@ -201,7 +232,9 @@ def test_ibert_uncalibrated_has_no_ranges(tmp_path):
     ours = load_fp32(tmp_path, "masked-lm")
     assert ours.calibration_ranges == {} and ours.layernorm_shifts == {}
     ids, mask, types = make_inputs(cfg)
-    assert max_diff(hf_output(hf, "masked-lm", ids, mask, types), ours(ids, mask, types), mask) <= TOL
+    assert (
+        max_diff(hf_output(hf, "masked-lm", ids, mask, types), ours(ids, mask, types), mask) <= TOL
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,25 +260,43 @@ def test_ibert_preset_round_trip(tmp_path):
     hf = transformers.IBertForQuestionAnswering.from_pretrained(tmp_path / "ib").eval()
     ours = load_fp32(tmp_path / "ib", "question-answering")
     ids, mask, _ = make_inputs(ours.config.to_hf())
-    assert max_diff(hf_output(hf, "question-answering", ids, mask, None), ours(ids, mask), mask) <= TOL
+    assert (
+        max_diff(hf_output(hf, "question-answering", ids, mask, None), ours(ids, mask), mask) <= TOL
+    )
 
 
 def test_config_defaults_are_hf_class_defaults():
     cfg = roberta.RobertaConfig.from_hf({"model_type": "roberta"}, "test")
     ref = transformers.RobertaConfig()
-    for field in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                  "intermediate_size", "max_position_embeddings", "type_vocab_size",
-                  "layer_norm_eps", "pad_token_id", "bos_token_id", "eos_token_id"):
+    for field in (
+        "vocab_size",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "intermediate_size",
+        "max_position_embeddings",
+        "type_vocab_size",
+        "layer_norm_eps",
+        "pad_token_id",
+        "bos_token_id",
+        "eos_token_id",
+    ):
         assert getattr(cfg, field) == getattr(ref, field), field
     icfg = roberta.RobertaConfig.from_hf({"model_type": "ibert"}, "test")
     assert icfg.vocab_size == transformers.IBertConfig().vocab_size
     # checkpoint values win over class defaults
     base = roberta.RobertaConfig.from_hf(roberta.PRESETS["roberta-base"], "preset")
-    assert base.max_position_embeddings == 514 and base.layer_norm_eps == 1e-5 and base.max_length == 512
+    assert (
+        base.max_position_embeddings == 514
+        and base.layer_norm_eps == 1e-5
+        and base.max_length == 512
+    )
 
 
 def test_to_hf_loads_in_transformers():
-    cfg = roberta.RobertaConfig.from_hf(dict(CONFIGS["types"], model_type="roberta", num_labels=4), "t")
+    cfg = roberta.RobertaConfig.from_hf(
+        dict(CONFIGS["types"], model_type="roberta", num_labels=4), "t"
+    )
     d = cfg.to_hf()
     hf_cfg = transformers.AutoConfig.for_model(**d)
     assert hf_cfg.model_type == "roberta" and hf_cfg.num_labels == 4

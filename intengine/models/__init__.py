@@ -104,15 +104,15 @@ from torch import nn
 from ..errors import ConfigError, InputError
 
 __all__ = [
-    "TASKS",
     "FAMILIES",
     "FAMILY_MODULES",
-    "get_family",
-    "find_preset",
+    "TASKS",
     "all_presets",
-    "check_inputs",
-    "init_weights",
     "cfg_value",
+    "check_inputs",
+    "find_preset",
+    "get_family",
+    "init_weights",
     "read_labels",
 ]
 
@@ -223,9 +223,7 @@ def cfg_value(
     else:
         ok = isinstance(value, kind)
     if not ok:
-        raise ConfigError(
-            f"{source}: field {key!r} must be {kind.__name__}, got {value!r}"
-        )
+        raise ConfigError(f"{source}: field {key!r} must be {kind.__name__}, got {value!r}")
     if positive and value <= 0:
         raise ConfigError(f"{source}: field {key!r} must be > 0, got {value!r}")
     return value
@@ -323,7 +321,9 @@ def check_inputs(
         types = types.long()
         if type_vocab_size <= 0:
             if bool(types.any()):
-                raise InputError("this model has no token type embeddings; token_type_ids must be 0")
+                raise InputError(
+                    "this model has no token type embeddings; token_type_ids must be 0"
+                )
             types = None
         elif int(types.min()) < 0 or int(types.max()) >= type_vocab_size:
             raise InputError(

@@ -18,14 +18,14 @@ from ..errors import ConfigError
 
 __all__ = [
     "ACTIVATIONS",
-    "activation",
     "AddNorm",
+    "BertLMHead",
+    "BertOnlyMLMHead",
     "Intermediate",
     "Pooler",
     "RobertaClassificationHead",
     "RobertaLMHead",
-    "BertLMHead",
-    "BertOnlyMLMHead",
+    "activation",
     "additive_mask",
 ]
 
@@ -115,8 +115,8 @@ class _TiedDecoder(nn.Module):
 
     def __init__(self, hidden_size: int, vocab_size: int, bias: nn.Parameter, weight=None):
         super().__init__()
-        self.weight = weight if weight is not None else nn.Parameter(
-            torch.empty(vocab_size, hidden_size)
+        self.weight = (
+            weight if weight is not None else nn.Parameter(torch.empty(vocab_size, hidden_size))
         )
         self.bias = bias
 
@@ -125,7 +125,7 @@ class _TiedDecoder(nn.Module):
 
 
 class RobertaLMHead(nn.Module):
-    """``decoder(layer_norm(gelu(dense(h))))`` with keys ``lm_head.{dense,layer_norm,decoder,bias}``.
+    """``decoder(layer_norm(gelu(dense(h))))``; keys ``lm_head.{dense,layer_norm,decoder,bias}``.
 
     The decoder weight is the word-embedding matrix when ``tied_weight`` is given; its bias is
     ``lm_head.bias`` (Hugging Face saves only ``lm_head.bias``).

@@ -10,8 +10,8 @@ Maths (see /work/shared/research/encoders.md §4)::
 
 T is a fixed function of the head size (not learned), shared by keys and values, all heads and
 all layers.  The sinusoid is of the shifted index p, not of the signed distance.  Here the
-relative terms are computed as ``gather(q·Tᵀ, δ)`` and ``scatter_add(P, δ)·T`` ([L, 2m+1] instead
-of an [L, L, d] tensor); the result equals Hugging Face's one-hot formulation.
+relative terms are computed as ``gather(q·Tᵀ, δ)`` and ``scatter_add(P, δ)·T`` ([L, 2m+1]
+instead of an [L, L, d] tensor); the result equals Hugging Face's one-hot formulation.
 
 Hugging Face 4.2x checkpoints carry a dead ``positions_encoding`` buffer ([512, 512, d] floats)
 per layer; :func:`normalize_state_dict` drops it.  The original Huawei checkpoints (``bert.*``,
@@ -45,7 +45,7 @@ HF_ARCHITECTURES = {
 }
 
 IGNORED_KEYS = (
-    r"(nezha\.)?encoder\.layer\.\d+\.attention\.self\.relative_positions_encoding\.positions_encoding",
+    r"(nezha\.)?encoder\.layer\.\d+\.attention\.self\.relative_positions_encoding\..*",
     r"(nezha\.)?embeddings\.(position_ids|token_type_ids)",
     r"nezha\.pooler\..*",  # pre-training checkpoints loaded for MLM / token / QA
     r"cls\.seq_relationship\..*",  # NSP head of pre-training checkpoints
@@ -122,7 +122,7 @@ class NezhaConfig:
         return self.max_position_embeddings
 
     @classmethod
-    def from_hf(cls, d: dict, source: str) -> "NezhaConfig":
+    def from_hf(cls, d: dict, source: str) -> NezhaConfig:
         if not isinstance(d, dict):
             raise ConfigError(f"{source}: config must be a JSON object, got {type(d).__name__}")
         model_type = d.get("model_type", "nezha")
@@ -171,7 +171,9 @@ class NezhaConfig:
                 "even for the sinusoidal relative table"
             )
         if not 0 <= cfg.pad_token_id < cfg.vocab_size:
-            raise ConfigError(f"{source}: field 'pad_token_id' {cfg.pad_token_id} is outside the vocabulary")
+            raise ConfigError(
+                f"{source}: field 'pad_token_id' {cfg.pad_token_id} is outside the vocabulary"
+            )
         return cfg
 
     def to_hf(self) -> dict:
@@ -209,14 +211,18 @@ def relative_index(length: int, max_relative_position: int) -> torch.Tensor:
 class NezhaEmbeddings(nn.Module):
     def __init__(self, cfg: NezhaConfig):
         super().__init__()
-        self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size, padding_idx=cfg.pad_token_id)
+        self.word_embeddings = nn.Embedding(
+            cfg.vocab_size, cfg.hidden_size, padding_idx=cfg.pad_token_id
+        )
         self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
         self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
 
     def forward(self, ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(ids)
-        return self.LayerNorm(self.word_embeddings(ids) + self.token_type_embeddings(token_type_ids))
+        return self.LayerNorm(
+            self.word_embeddings(ids) + self.token_type_embeddings(token_type_ids)
+        )
 
 
 class SelfAttention(nn.Module):
@@ -261,7 +267,9 @@ class Layer(nn.Module):
     def __init__(self, cfg: NezhaConfig):
         super().__init__()
         self.attention = Attention(cfg)
-        self.intermediate = Intermediate(cfg.hidden_size, cfg.intermediate_size, activation(cfg.hidden_act))
+        self.intermediate = Intermediate(
+            cfg.hidden_size, cfg.intermediate_size, activation(cfg.hidden_act)
+        )
         self.output = AddNorm(cfg.intermediate_size, cfg.hidden_size, cfg.layer_norm_eps)
 
     def forward(self, x, mask_add, table, index):
@@ -291,7 +299,9 @@ class NezhaModel(nn.Module):
         self.pooler = Pooler(cfg.hidden_size) if add_pooler else None
         # Not learned and not saved: the sinusoid table is a function of the config.
         self.register_buffer(
-            "relative_table", relative_table(cfg.max_relative_position, cfg.head_size), persistent=False
+            "relative_table",
+            relative_table(cfg.max_relative_position, cfg.head_size),
+            persistent=False,
         )
 
     def check(self, input_ids, attention_mask=None, token_type_ids=None):
@@ -305,7 +315,9 @@ class NezhaModel(nn.Module):
             type_vocab_size=cfg.type_vocab_size,
         )
 
-    def encode(self, ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor | None) -> torch.Tensor:
+    def encode(
+        self, ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor | None
+    ) -> torch.Tensor:
         x = self.embeddings(ids, types)
         index = relative_index(ids.shape[1], self.config.max_relative_position).to(ids.device)
         return self.encoder(x, additive_mask(mask, x.dtype), self.relative_table, index)
@@ -316,7 +328,9 @@ class NezhaModel(nn.Module):
     def pooled(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
         """``tanh(W·h[:, 0] + b)``, ``[B, H]``."""
         if self.pooler is None:
-            raise ConfigError("this model has no pooler weights (the checkpoint did not carry them)")
+            raise ConfigError(
+                "this model has no pooler weights (the checkpoint did not carry them)"
+            )
         return self.pooler(self.forward(input_ids, attention_mask, token_type_ids))
 
 
@@ -398,7 +412,9 @@ def build(cfg: NezhaConfig, task: str = "base", num_labels: int | None = None) -
     elif task in _TASK_CLASSES:
         model = _TASK_CLASSES[task](cfg, num_labels)
     else:
-        raise ConfigError(f"unknown task {task!r}; expected one of base, {', '.join(_TASK_CLASSES)}")
+        raise ConfigError(
+            f"unknown task {task!r}; expected one of base, {', '.join(_TASK_CLASSES)}"
+        )
     model.task = task
     model.family = __name__
     model.calibration_ranges = {}
@@ -409,7 +425,7 @@ _DEAD_BUFFER = re.compile(r".*\.relative_positions_encoding\.positions_encoding"
 
 
 def normalize_state_dict(sd: dict, cfg: NezhaConfig) -> dict:
-    """Drop the dead ``positions_encoding`` buffers; rename Huawei's ``bert.*``/``gamma``/``beta``."""
+    """Drop dead ``positions_encoding`` buffers; rename Huawei's ``bert.*``/``gamma``/``beta``."""
     huawei = not any(k.startswith("nezha.") for k in sd) and any(k.startswith("bert.") for k in sd)
     out = {}
     for key, value in sd.items():
@@ -417,7 +433,7 @@ def normalize_state_dict(sd: dict, cfg: NezhaConfig) -> dict:
             continue
         if huawei:
             if key.startswith("bert."):
-                key = "nezha." + key[len("bert."):]
+                key = "nezha." + key[len("bert.") :]
             if key.endswith(".gamma"):
                 key = key[: -len(".gamma")] + ".weight"
             elif key.endswith(".beta"):

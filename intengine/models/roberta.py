@@ -2,7 +2,7 @@
 
 Maths (post-LN BERT layer; see /work/shared/research/encoders.md §0-1)::
 
-    pos  = cumsum(ids != pad) * (ids != pad) + pad          # pads -> pad, tokens -> pad+1, pad+2, ...
+    pos  = cumsum(ids != pad) * (ids != pad) + pad          # pads -> pad, tokens -> pad+1, ...
     x    = LN(word[ids] + type[tt] + pos_emb[pos])
     a    = LN(x + Wo·softmax(Q·Kᵀ/√d + M)·V + bo)            # M: additive key mask
     y    = LN(a + W2·act(W1·a + b1) + b2)
@@ -142,7 +142,7 @@ class RobertaConfig:
         return self.max_position_embeddings - self.pad_token_id - 1
 
     @classmethod
-    def from_hf(cls, d: dict, source: str) -> "RobertaConfig":
+    def from_hf(cls, d: dict, source: str) -> RobertaConfig:
         if not isinstance(d, dict):
             raise ConfigError(f"{source}: config must be a JSON object, got {type(d).__name__}")
         model_type = d.get("model_type", "roberta")
@@ -193,7 +193,9 @@ class RobertaConfig:
                 f"'num_attention_heads' ({cfg.num_attention_heads})"
             )
         if not 0 <= cfg.pad_token_id < cfg.vocab_size:
-            raise ConfigError(f"{source}: field 'pad_token_id' {cfg.pad_token_id} is outside the vocabulary")
+            raise ConfigError(
+                f"{source}: field 'pad_token_id' {cfg.pad_token_id} is outside the vocabulary"
+            )
         if cfg.max_length < 1:
             raise ConfigError(
                 f"{source}: field 'max_position_embeddings' ({cfg.max_position_embeddings}) leaves "
@@ -224,7 +226,9 @@ class RobertaEmbeddings(nn.Module):
     def __init__(self, cfg: RobertaConfig):
         super().__init__()
         self.padding_idx = cfg.pad_token_id
-        self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size, padding_idx=cfg.pad_token_id)
+        self.word_embeddings = nn.Embedding(
+            cfg.vocab_size, cfg.hidden_size, padding_idx=cfg.pad_token_id
+        )
         self.position_embeddings = nn.Embedding(
             cfg.max_position_embeddings, cfg.hidden_size, padding_idx=cfg.pad_token_id
         )
@@ -232,7 +236,7 @@ class RobertaEmbeddings(nn.Module):
         self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
 
     def position_ids(self, ids: torch.Tensor) -> torch.Tensor:
-        """Padding-aware positions: pads get ``padding_idx``, tokens count up from ``padding_idx+1``."""
+        """Padding-aware positions: pads get ``padding_idx``, tokens count from ``padding_idx+1``."""
         not_pad = ids.ne(self.padding_idx).long()
         return torch.cumsum(not_pad, dim=1) * not_pad + self.padding_idx
 
@@ -279,7 +283,9 @@ class Layer(nn.Module):
     def __init__(self, cfg: RobertaConfig):
         super().__init__()
         self.attention = Attention(cfg)
-        self.intermediate = Intermediate(cfg.hidden_size, cfg.intermediate_size, activation(cfg.hidden_act))
+        self.intermediate = Intermediate(
+            cfg.hidden_size, cfg.intermediate_size, activation(cfg.hidden_act)
+        )
         self.output = AddNorm(cfg.intermediate_size, cfg.hidden_size, cfg.layer_norm_eps)
 
     def forward(self, x: torch.Tensor, mask_add: torch.Tensor) -> torch.Tensor:
@@ -319,7 +325,9 @@ class RobertaModel(nn.Module):
             type_vocab_size=cfg.type_vocab_size,
         )
 
-    def encode(self, ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor | None) -> torch.Tensor:
+    def encode(
+        self, ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor | None
+    ) -> torch.Tensor:
         """Last hidden state from already validated inputs."""
         x = self.embeddings(ids, types)
         return self.encoder(x, additive_mask(mask, x.dtype))
@@ -330,7 +338,9 @@ class RobertaModel(nn.Module):
     def pooled(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
         """``tanh(W·h[:, 0] + b)``, ``[B, H]``."""
         if self.pooler is None:
-            raise ConfigError("this model has no pooler weights (the checkpoint did not carry them)")
+            raise ConfigError(
+                "this model has no pooler weights (the checkpoint did not carry them)"
+            )
         return self.pooler(self.forward(input_ids, attention_mask, token_type_ids))
 
 
@@ -404,7 +414,9 @@ def build(cfg: RobertaConfig, task: str = "base", num_labels: int | None = None)
     elif task in _TASK_CLASSES:
         model = _TASK_CLASSES[task](cfg, num_labels)
     else:
-        raise ConfigError(f"unknown task {task!r}; expected one of base, {', '.join(_TASK_CLASSES)}")
+        raise ConfigError(
+            f"unknown task {task!r}; expected one of base, {', '.join(_TASK_CLASSES)}"
+        )
     model.task = task
     model.family = __name__
     model.calibration_ranges = {}
@@ -427,7 +439,7 @@ _QUANT_ACT_INIT = 1e-5  # QuantAct registers x_min=-1e-5, x_max=+1e-5
 
 
 def _rename_ibert(key: str) -> str:
-    return "roberta." + key[len("ibert."):] if key.startswith("ibert.") else key
+    return "roberta." + key[len("ibert.") :] if key.startswith("ibert.") else key
 
 
 def normalize_state_dict(sd: dict, cfg: RobertaConfig) -> dict:
@@ -462,7 +474,7 @@ def extract_calibration(sd: dict, cfg: RobertaConfig) -> dict:
             if not initial:
                 ranges[_rename_ibert(name)] = (lo_f, hi_f)
         elif key.endswith(".shift") and "LayerNorm" in key:
-            shift = int(round(float(value.reshape(-1)[0])))
+            shift = round(float(value.reshape(-1)[0]))
             if shift != 0:
                 shifts[_rename_ibert(key[: -len(".shift")])] = shift
     return {"calibration_ranges": ranges, "layernorm_shifts": shifts}
@@ -473,11 +485,14 @@ def to_hf_state_dict(sd: dict, model: nn.Module) -> dict:
     ``ibert.*`` with its calibrated QuantAct ranges and IntLayerNorm shifts restored."""
     if model.config.model_type != "ibert":
         return sd
-    out = {("ibert." + k[len("roberta."):] if k.startswith("roberta.") else k): v for k, v in sd.items()}
+    out = {
+        ("ibert." + k[len("roberta.") :] if k.startswith("roberta.") else k): v
+        for k, v in sd.items()
+    }
     base = "ibert." if any(k.startswith("ibert.") for k in out) else ""
 
     def key(name: str) -> str:
-        return base + name[len("roberta."):] if name.startswith("roberta.") else base + name
+        return base + name[len("roberta.") :] if name.startswith("roberta.") else base + name
 
     for name, (lo, hi) in getattr(model, "calibration_ranges", {}).items():
         out[key(name) + ".x_min"] = torch.tensor([lo], dtype=torch.float32)
