@@ -15,14 +15,18 @@ For ``u ≥ 0`` (an integer at input scale ``S``) the kernels compute
    in ``f`` as ``1 - β·f + α·f²``, ``α = 0.35815147·ln2²``, ``β = 0.96963238·ln2``,
    evaluated by Horner with the 31-bit constants ``ALPHA_I64, BETA_I64``::
 
-       h = (ALPHA·f) >> 20;  g = h - BETA;  L = 2^30 + ((g·f) >> 21)      (L ∈ (2^29, 2^30])
+       h = (ALPHA·f) >> 20;  g = h - BETA;  L = max(2^30 + ((g·f) >> 21), 2^29)     (L ∈ [2^29, 2^30])
+
+   The polynomial ends at ``1 - β + α = 0.499977 < 0.5``; the ``max`` with
+   ``2^29`` (active only for ``f/2^20 > 0.99993``) makes ``e`` non-increasing
+   in ``u`` across octave boundaries (and moves it towards the exact 0.5).
 
 3. **Power of two.**  ``e = L >> min(z, 31)`` (floor).  ``z ≥ 31`` gives 0, which
    is the clip of I-BERT (there at -30·ln2) without a separate step.
 
 Why not I-BERT's ``x0_int = ⌊-ln2/S⌋`` form: it replaces ln2 by ``⌊ln2/S⌋·S``
-(relative error up to ``S/ln2``: 1.4 % per halving at S = 0.01, and a
-collapse to ``2^-x`` for S ≥ ln2), and its ``L(r)`` lives at the scale
+(relative error up to ``S/ln2`` per halving: up to 1.4 % at S = 0.01, 14 %
+at S = 0.1, and a collapse to ``2^-x`` for S ≥ ln2), and its ``L(r)`` lives at the scale
 ``a·S²`` whose integer grows like ``1/S²`` (2^55 at S = 3e-4, overflowing
 int32 in the reference port).  Rescaling once by a dyadic multiplier keeps
 the polynomial at a fixed 20-bit precision for every scale.
@@ -30,7 +34,9 @@ the polynomial at a fixed 20-bit precision for every scale.
 Overflow bound (whole supported range ``S ∈ [SCALE_MIN, SCALE_MAX]`` =
 ``[2^-24, 2^8]``): ``m < 2^31`` and ``u < 2^32`` so ``u·m < 2^63``;
 ``ALPHA·f < 2^29·2^20``; ``|g·f| < 2^31·2^20``; everything else is smaller.
-All intermediates are int64; no int32 product is formed.
+All intermediates are int64; no int32 product is formed.  These bounds hold
+for *any* valid pair (``0 < m < 2^31``, ``1 ≤ shift ≤ 62``) and any input, so
+the kernels cannot overflow even with hand-made constants.
 
 Accuracy of the exponential (vs float64 ``exp(-u·S)``, relative to 1.0):
 the polynomial's own error is 1.913e-3 max on ``(-ln2, 0]`` (relative error
@@ -56,6 +62,7 @@ from .requant import MAX_SHIFT, MIN_SHIFT, MULT_BITS, as_rows, quantize_multipli
 T_FRAC_BITS = 20  # fractional bits of t = u·S/ln2
 EXP_FRAC_BITS = 30  # exp output scale 2^-30 (1.0 -> 2^30)
 EXP_ONE = 1 << EXP_FRAC_BITS
+EXP_HALF = EXP_ONE >> 1  # floor of L: keeps e non-increasing across octaves
 EXP_SCALE = 2.0**-EXP_FRAC_BITS
 Z_ZERO = 31  # z >= 31 -> e = 0 (L <= 2^30)
 # round(0.35815147 · ln2² · 2^31) and round(0.96963238 · ln2 · 2^31) (tests re-derive them)
@@ -201,7 +208,7 @@ def _exp_core_ref(u_i64: np.ndarray, m: int, shift: int) -> np.ndarray:
     z_i64 = t_i64 >> T_FRAC_BITS
     f_i64 = t_i64 & T_FRAC_MASK
     g_i64 = ((ALPHA_I64 * f_i64) >> T_FRAC_BITS) - BETA_I64
-    l_i64 = EXP_ONE + ((g_i64 * f_i64) >> POLY_SHIFT)
+    l_i64 = np.maximum(EXP_ONE + ((g_i64 * f_i64) >> POLY_SHIFT), EXP_HALF)
     return l_i64 >> np.minimum(z_i64, Z_ZERO)
 
 
@@ -212,7 +219,7 @@ def exp_ref(x: np.ndarray, m_i32: int, shift: int) -> np.ndarray:
     Formula (``u = -min(x, 0)``; ``m_i32, shift`` from :func:`exp_params`)::
 
         t = ⌊u·m / 2^shift⌋ ;  z = t >> 20 ;  f = t mod 2^20
-        L = 2^30 + ⌊(⌊ALPHA·f / 2^20⌋ - BETA) · f / 2^21⌋         (= 2^30·(1 - β f' + α f'²), f' = f/2^20)
+        L = max(2^30 + ⌊(⌊ALPHA·f / 2^20⌋ - BETA) · f / 2^21⌋, 2^29)   (≈ 2^30·(1 - β f' + α f'²), f' = f/2^20)
         y = ⌊L / 2^min(z, 31)⌋
 
     * ``x``: int8/int16/int32, any shape.  Positive entries are treated as 0
@@ -289,6 +296,8 @@ def exp_core(u_i64, m_i64, s_i64):
     f_i64 = t_i64 & T_FRAC_MASK
     g_i64 = ((ALPHA_I64 * f_i64) >> T_FRAC_BITS) - BETA_I64
     l_i64 = EXP_ONE + ((g_i64 * f_i64) >> POLY_SHIFT)
+    if l_i64 < EXP_HALF:
+        l_i64 = EXP_HALF
     if z_i64 > Z_ZERO:
         z_i64 = Z_ZERO
     return l_i64 >> z_i64

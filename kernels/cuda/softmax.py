@@ -17,6 +17,7 @@ from ..registry import register
 from ..softmax import (
     ALPHA_I64,
     BETA_I64,
+    EXP_HALF,
     EXP_ONE,
     INPUT_DTYPES,
     POLY_SHIFT,
@@ -46,7 +47,7 @@ def exp_core_dev(u_i64, m_i64, s_i64):
     z_i64 = t_i64 >> T_FRAC_BITS
     f_i64 = t_i64 & T_FRAC_MASK
     g_i64 = ((ALPHA_I64 * f_i64) >> T_FRAC_BITS) - BETA_I64
-    l_i64 = EXP_ONE + ((g_i64 * f_i64) >> POLY_SHIFT)
+    l_i64 = max(EXP_ONE + ((g_i64 * f_i64) >> POLY_SHIFT), EXP_HALF)
     return l_i64 >> min(z_i64, Z_ZERO)
 
 
