@@ -1,0 +1,403 @@
+"""i-sqrt and i-LayerNorm (integer-only LayerNorm over the last axis).
+
+Differences from I-BERT's ``IntLayerNorm`` (all deliberate):
+
+* exact integer ``⌊√n⌋`` by Newton's iteration (the port uses float sqrt);
+* the row is centred exactly, ``y = C·x - Σx`` (no rounded mean, whose
+  0.5-step error is unbounded relative to a tiny variance);
+* a per-row shift (left for small rows, right for large ones) puts ``Σy²``
+  just under ``2^62``: no overflow for any int32 input, and full precision for
+  rows of tiny variance;
+* ``eps`` is folded into the variance as an integer (a dyadic constant from
+  ``eps / S_in^2``), and a constant row returns ``β`` (no division by zero);
+* ``γ/S_out`` (sign allowed) and ``β/S_out`` are folded into per-channel
+  integer multipliers and biases, so the output is a plain int8 (or wider)
+  tensor at the scalar scale ``S_out``.
+
+:func:`layernorm_params` (float, lowering time) produces the integers;
+``*_ref`` (numpy) are the specification, ``*_cpu`` (numba) bit-exact with them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+
+from ._util import check_int, container_for_bits, qmax_for_bits
+from .errors import KernelInputError
+from .registry import register
+from .requant import MAX_SHIFT, MIN_SHIFT, MULT_BITS, quantize_multipliers, round_shift, saturate
+
+ISQRT_UPDATES = 6  # Newton updates that suffice for every n < 2^63 (see isqrt_ref)
+MAX_C = 1 << 20  # longest supported normalized axis
+NORM_BITS = 30  # |y_norm| ≤ 2^30; y_norm · 2^-30 · √C = (x - μ) / σ
+FACTOR_BITS = 62  # factor = ⌊2^62 / std⌋
+BIAS_FRAC = 16  # biases carry 16 fractional bits of the output step
+EPS_NONE = -(1 << 10)  # row-shift floor when eps == 0 (no constraint)
+
+
+# ----------------------------------------------------------------------------- i-sqrt
+
+
+def _bit_length_np(v_i64: np.ndarray) -> np.ndarray:
+    """Number of significant bits of non-negative int64 values (0 for 0), integer only."""
+    v = v_i64.copy()
+    n = np.zeros(v.shape, dtype=np.int64)
+    for step in (32, 16, 8, 4, 2, 1):
+        big = v >= (np.int64(1) << np.int64(step))
+        v = np.where(big, v >> np.int64(step), v)
+        n += np.where(big, step, 0)
+    return n + (v > 0)
+
+
+@register("isqrt", "ref")
+def isqrt_ref(n: np.ndarray) -> np.ndarray:
+    """Exact integer square root ``⌊√n⌋`` (Newton's iteration, integers only).
+
+    Formula: ``L = bit_length(n)``, ``x_0 = 2^⌈L/2⌉ > √n``, then
+    ``x_{k+1} = min(x_k, ⌊(x_k + ⌊n / x_k⌋) / 2⌋)`` for 6 updates.
+
+    * ``n``: int32 or int64, ``0 ≤ n ≤ 2^63 - 1`` (negative values raise
+      :class:`KernelInputError`); output int64 of the same shape.
+    * Exact: the integer Newton sequence from above decreases strictly while
+      ``x_k > ⌊√n⌋`` and is fixed at ``⌊√n⌋``.  ``x_0/√n ≤ 2`` so the real
+      relative error goes 1 → 0.25 → 2.5e-2 → 3.1e-4 → 4.7e-8 → 1.1e-15: after
+      5 updates ``x_5 < √n + 1`` (``√n < 2^31.5``), so ``x_5 ≤ ⌊√n⌋ + 1`` and
+      the 6th update lands on ``⌊√n⌋``.  An early-exit loop therefore takes at
+      most 7 passes (6 updates + the stop test); ``n ≤ 1`` returns ``n``.
+    * Overflow: ``x_k ≤ 2^32`` and ``⌊n/x_k⌋ < 2^32``, so the sum is below
+      2^33.  No float is used anywhere.
+    """
+    check_int("n", n, (np.int32, np.int64))
+    n_i64 = n.astype(np.int64)
+    if np.any(n_i64 < 0):
+        raise KernelInputError("n must be non-negative for isqrt")
+    x_i64 = np.int64(1) << ((_bit_length_np(n_i64) + 1) >> 1)
+    for _ in range(ISQRT_UPDATES):
+        y_i64 = (x_i64 + n_i64 // np.maximum(x_i64, 1)) >> 1
+        x_i64 = np.minimum(x_i64, y_i64)
+    return np.where(n_i64 <= 1, n_i64, x_i64)
+
+
+@numba.njit(inline="always")
+def bit_length(v_i64):
+    """Significant bits of a non-negative int64 (numba)."""
+    n = 0
+    if v_i64 >= (np.int64(1) << 32):
+        v_i64 >>= 32
+        n += 32
+    if v_i64 >= (np.int64(1) << 16):
+        v_i64 >>= 16
+        n += 16
+    if v_i64 >= (np.int64(1) << 8):
+        v_i64 >>= 8
+        n += 8
+    if v_i64 >= (np.int64(1) << 4):
+        v_i64 >>= 4
+        n += 4
+    if v_i64 >= (np.int64(1) << 2):
+        v_i64 >>= 2
+        n += 2
+    if v_i64 >= (np.int64(1) << 1):
+        v_i64 >>= 1
+        n += 1
+    return n + (1 if v_i64 > 0 else 0)
+
+
+@numba.njit(inline="always")
+def isqrt_scalar(n_i64):
+    """``⌊√n⌋`` for ``0 ≤ n < 2^63`` (numba); at most 7 loop passes."""
+    if n_i64 <= 1:
+        return n_i64
+    x_i64 = np.int64(1) << ((bit_length(n_i64) + 1) >> 1)
+    for _ in range(ISQRT_UPDATES + 1):
+        y_i64 = (x_i64 + n_i64 // x_i64) >> 1
+        if y_i64 >= x_i64:
+            break
+        x_i64 = y_i64
+    return x_i64
+
+
+@numba.njit(parallel=True, cache=True)
+def _isqrt_flat(n1, out1):
+    for i in numba.prange(n1.size):
+        out1[i] = isqrt_scalar(np.int64(n1[i]))
+
+
+@register("isqrt", "cpu")
+def isqrt_cpu(n: np.ndarray) -> np.ndarray:
+    """numba version of :func:`isqrt_ref` (bit-exact)."""
+    check_int("n", n, (np.int32, np.int64))
+    n = np.ascontiguousarray(n)
+    if n.size and n.min() < 0:
+        raise KernelInputError("n must be non-negative for isqrt")
+    out = np.empty(n.shape, dtype=np.int64)
+    if n.size:
+        _isqrt_flat(n.reshape(-1), out.reshape(-1))
+    return out
+
+
+# ----------------------------------------------------------------------------- i-LayerNorm
+
+
+@dataclass(frozen=True, eq=False)
+class LayerNormParams:
+    """Integers of one i-LayerNorm instance (from :func:`layernorm_params`)."""
+
+    m_i32: np.ndarray  # [C] int32, m·2^-shift ≈ γ_c·√C·2^(16-30) / S_out (sign allowed)
+    shift: np.ndarray  # [C] int32 in [1, 62]
+    bias_i64: np.ndarray  # [C] int64, round(β_c / S_out · 2^16)
+    eps_m: int  # eps folded: C^3·eps/S_in^2 ≈ eps_m · 2^-eps_e  (0 when eps == 0)
+    eps_e: int
+    out_bits: int
+    out_scale: float
+
+    @property
+    def kernel_args(self) -> dict:
+        """Keyword arguments of the ``layernorm`` kernels (integers only)."""
+        return dict(m_i32=self.m_i32, shift=self.shift, bias_i64=self.bias_i64, eps_m=self.eps_m,
+                    eps_e=self.eps_e, out_bits=self.out_bits)
+
+
+def layernorm_params(gamma, beta, eps: float, out_scale: float, out_bits: int = 8,
+                     in_scale: float | None = None) -> LayerNormParams:
+    """Integer constants of i-LayerNorm (lowering time).
+
+    * ``gamma``, ``beta``: float vectors of length ``C`` (``1 ≤ C ≤ 2^20``);
+      ``γ`` may be negative or zero.
+    * ``eps``: LayerNorm's epsilon (≥ 0), in the units of the real input.
+    * ``out_scale``: the output step ``S_out`` (> 0); ``out_bits``: 2..32
+      (int8 container for 8).
+    * ``in_scale``: the input step ``S_in``.  The normalized values do not
+      depend on it (``(x-μ)/σ`` is scale-invariant); it only converts eps to
+      integer units, ``eps_q = eps / S_in^2``.  Required when ``eps > 0``.
+
+    Folding (``ŷ = y_norm·√C·2^-30`` is the normalized value):
+
+    * ``m_c·2^-shift_c = γ_c·√C·2^(16-30) / S_out`` (``quantize_multiplier``;
+      needs ``|γ_c|·√C / S_out < 2^44``), ``bias_c = round(β_c/S_out·2^16)``
+      (needs ``|β_c/S_out| < 2^46``);
+    * ``eps_m·2^-eps_e = C^3·eps/S_in^2`` with ``eps_m ∈ [2^30, 2^31)`` (the
+      eps of ``Σ(Cx - Σx)^2``, which is ``C^3·`` the per-element variance).
+    """
+    g = np.asarray(gamma, dtype=np.float64).ravel()
+    b = np.asarray(beta, dtype=np.float64).ravel()
+    c = g.size
+    if not 1 <= c <= MAX_C:
+        raise KernelInputError(f"layernorm_params: gamma must have 1..{MAX_C} entries, got {c}")
+    if b.size != c:
+        raise KernelInputError(f"layernorm_params: beta must have the length of gamma ({c}), got {b.size}")
+    if not (np.all(np.isfinite(g)) and np.all(np.isfinite(b))):
+        raise KernelInputError("layernorm_params: gamma and beta must be finite")
+    s_out = float(out_scale)
+    if not (math.isfinite(s_out) and s_out > 0):
+        raise KernelInputError(f"layernorm_params: out_scale must be finite and > 0, got {out_scale!r}")
+    container_for_bits(out_bits)
+    eps = float(eps)
+    if not (math.isfinite(eps) and eps >= 0):
+        raise KernelInputError(f"layernorm_params: eps must be finite and >= 0, got {eps!r}")
+    mult = g * math.sqrt(c) * 2.0 ** (BIAS_FRAC - NORM_BITS) / s_out
+    if np.any(np.abs(mult) >= 2.0**30):
+        raise KernelInputError("layernorm_params: |gamma|·sqrt(C)/out_scale must be < 2^44")
+    m_i32, shift_i32 = quantize_multipliers(mult)
+    bias = b / s_out * 2.0**BIAS_FRAC
+    if np.any(np.abs(bias) >= 2.0**62):
+        raise KernelInputError("layernorm_params: |beta|/out_scale must be < 2^46")
+    bias_i64 = np.floor(bias + 0.5).astype(np.int64)
+    if eps > 0:
+        if in_scale is None:
+            raise KernelInputError("layernorm_params: in_scale is required to fold eps > 0 into integer units")
+        s_in = float(in_scale)
+        if not (math.isfinite(s_in) and s_in > 0):
+            raise KernelInputError(f"layernorm_params: in_scale must be finite and > 0, got {in_scale!r}")
+        eps_sum = float(c) ** 3 * eps / (s_in * s_in)
+        if not math.isfinite(eps_sum) or eps_sum == 0.0:
+            raise KernelInputError(f"layernorm_params: eps / in_scale^2 is out of range ({eps_sum!r})")
+        mant, ex = math.frexp(eps_sum)
+        eps_m = math.floor(mant * (1 << MULT_BITS) + 0.5)
+        eps_e = MULT_BITS - ex
+        if eps_m == 1 << MULT_BITS:
+            eps_m >>= 1
+            eps_e -= 1
+        if not -900 < eps_e < 900:
+            raise KernelInputError("layernorm_params: eps / in_scale^2 is out of range")
+    else:
+        eps_m, eps_e = 0, 0
+    for a in (m_i32, shift_i32, bias_i64):
+        a.flags.writeable = False
+    return LayerNormParams(m_i32=m_i32, shift=shift_i32, bias_i64=bias_i64, eps_m=eps_m, eps_e=eps_e,
+                           out_bits=int(out_bits), out_scale=s_out)
+
+
+def _eps_min_shift(eps_m: int, eps_e: int) -> int:
+    """Smallest row shift ``sh`` with ``eps_m·2^(-eps_e-2sh) < 2^62`` (EPS_NONE without eps)."""
+    if eps_m == 0:
+        return EPS_NONE
+    return max(EPS_NONE, -((31 + eps_e) // 2))
+
+
+def _check_layernorm_args(x, m_i32, shift, bias_i64, eps_m, eps_e, out_bits):
+    check_int("x", x, (np.int32,))
+    if x.ndim < 1:
+        raise KernelInputError("x must have at least one axis (the normalized axis is the last)")
+    c = x.shape[-1]
+    if not 1 <= c <= MAX_C:
+        raise KernelInputError(f"x: the normalized (last) axis must have 1..{MAX_C} entries, got {c}")
+    out_dtype = container_for_bits(out_bits)
+    vecs = []
+    for name, v, dt in (("m_i32", m_i32, np.int32), ("shift", shift, np.int32), ("bias_i64", bias_i64, np.int64)):
+        a = np.asarray(v)
+        if a.dtype.kind not in "iu":
+            raise KernelInputError(f"{name} must be an integer vector, got dtype {a.dtype}")
+        if a.shape != (c,):
+            raise KernelInputError(f"{name} must be a vector of length C={c} (last axis of x), got shape {a.shape}")
+        vecs.append(np.ascontiguousarray(a, dtype=np.int64))
+    m_vec, s_vec, b_vec = vecs
+    if np.any(np.abs(m_vec) >= (1 << MULT_BITS)):
+        raise KernelInputError("m_i32 must satisfy |m_i32| < 2^31")
+    if np.any((s_vec < MIN_SHIFT) | (s_vec > MAX_SHIFT)):
+        raise KernelInputError(f"shift must lie in [{MIN_SHIFT}, {MAX_SHIFT}]")
+    if np.any(np.abs(b_vec) >= (1 << 62)):
+        raise KernelInputError("bias_i64 must satisfy |bias| < 2^62")
+    for name, v in (("eps_m", eps_m), ("eps_e", eps_e)):
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool):
+            raise KernelInputError(f"{name} must be an integer, got {type(v).__name__}")
+    if not (eps_m == 0 or (1 << 30) <= eps_m < (1 << 31)):
+        raise KernelInputError(f"eps_m must be 0 or lie in [2^30, 2^31), got {eps_m}")
+    if not -900 < eps_e < 900:
+        raise KernelInputError(f"eps_e must lie in (-900, 900), got {eps_e}")
+    return out_dtype, m_vec, s_vec, b_vec
+
+
+@register("layernorm", "ref")
+def layernorm_ref(x: np.ndarray, m_i32, shift, bias_i64, eps_m: int, eps_e: int, out_bits: int = 8) -> np.ndarray:
+    """Integer LayerNorm over the last axis with a folded per-channel affine.
+
+    Formula, per row of length ``C`` (``R(v, m, s) = floor((v·m + 2^(s-1)) / 2^s)``;
+    integers from :func:`layernorm_params`)::
+
+        y_i    = C·x_i - Σ_j x_j                                  # exact C·(x_i - μ), int64
+        M      = max_i |y_i|;  if M == 0: y_norm = 0              # constant row → out = β
+        sh     = max(bit_length(M) - ⌊(62 - ⌈log2 C⌉)/2⌋, sh_eps)   # per-row shift
+        ys_i   = y_i >> sh  if sh ≥ 0  else  y_i << -sh            # (shift capped at 62)
+        V      = Σ ys_i^2 + eps_s,   eps_s = ⌊eps_m · 2^(-eps_e - 2·sh)⌋   # eps folded
+        std    = isqrt(V);  factor = ⌊2^62 / std⌋
+        y_norm = R(ys_i · factor, 1, 32)                  # (x-μ)/√(σ²+eps) ≈ y_norm·√C·2^-30
+        v_c    = R(y_norm · m[c], shift[c]) + bias[c]      # output step · 2^-16
+        out    = clip(R(v_c, 1, 16), -Q, Q),  Q = 2^(out_bits-1) - 1
+
+    with ``sh_eps = -⌊(31 + eps_e)/2⌋`` when ``eps_m > 0`` (keeps ``eps_s <
+    2^62``) and no constraint otherwise.
+
+    * ``x``: int32 ``[..., C]``, **any** int32 value (|x| ≤ 2^31 - 1; the
+      22-bit residual sums of I-BERT are well inside), ``1 ≤ C ≤ 2^20``.
+    * ``m_i32``, ``shift``, ``bias_i64``: length-``C`` integer vectors;
+      ``eps_m``, ``eps_e``: Python ints.  Output: ``out_bits`` container
+      (int8 by default), at scale ``S_out``, symmetric saturation.
+    * Rounding: every ``R`` rounds half up; ``std`` and ``factor`` are floors.
+    * Overflow bound (int64): ``|Σx| < 2^51``, ``|y| < 2^52``; after the shift
+      ``|ys| ≤ 2^⌊(62-⌈log2 C⌉)/2⌋`` so ``Σys² ≤ 2^62`` and ``eps_s < 2^62``,
+      ``V < 2^63``; ``|ys| ≤ std`` so ``|ys·factor| ≤ 2^62``;
+      ``|y_norm| ≤ 2^30`` so ``|y_norm·m| < 2^61``; ``|v| < 2^62``.
+    * A constant row (``M == 0``) never divides (out = ``R(bias, 1, 16)``);
+      otherwise ``std ≥ 2^22`` (``std ≥ max|ys| ≥ 2^(⌊(62-⌈log2 C⌉)/2⌋-1)``,
+      or ``≥ 2^30`` when eps sets the shift), so the normalization carries a
+      relative error below ``2^-21``.
+    * Error bound vs exact LayerNorm (before saturation):
+      ``|out - LN(x)/S_out| ≤ 0.5 + 2^-15 + 2^-20·|γ_c|·|x̂|/S_out`` steps.
+    """
+    out_dtype, m_vec, s_vec, b_vec = _check_layernorm_args(x, m_i32, shift, bias_i64, eps_m, eps_e, out_bits)
+    q = qmax_for_bits(out_bits)
+    c = x.shape[-1]
+    x2 = x.reshape(-1, c).astype(np.int64)
+    y2 = np.int64(c) * x2 - x2.sum(axis=1, keepdims=True)
+    mx = np.abs(y2).max(axis=1, keepdims=True)
+    keep = (62 - _bit_length_np(np.array([c - 1], dtype=np.int64))[0]) // 2
+    sh = np.maximum(_bit_length_np(mx) - keep, _eps_min_shift(eps_m, eps_e))
+    ys = np.where(sh >= 0, y2 >> np.minimum(np.maximum(sh, 0), 62), y2 << np.maximum(-sh, 0))
+    var = (ys * ys).sum(axis=1, keepdims=True)
+    if eps_m:
+        e_tot = eps_e + 2 * sh
+        eps_s = np.where(e_tot >= 0, np.int64(eps_m) >> np.minimum(np.maximum(e_tot, 0), 62),
+                         np.int64(eps_m) << np.minimum(np.maximum(-e_tot, 0), 62))
+        var = var + eps_s
+    std = isqrt_ref(var)
+    factor = np.where(std > 0, (np.int64(1) << np.int64(FACTOR_BITS)) // np.maximum(std, 1), 0)
+    factor = np.where(mx > 0, factor, 0)
+    y_norm = ((ys * factor >> np.int64(FACTOR_BITS - NORM_BITS - 1)) + 1) >> 1
+    v = ((((y_norm * m_vec) >> (s_vec - 1)) + 1) >> 1) + b_vec
+    out = ((v >> np.int64(BIAS_FRAC - 1)) + 1) >> 1
+    return np.clip(out, -q, q).astype(out_dtype).reshape(x.shape)
+
+
+# ----------------------------------------------------------------------------- numba CPU
+
+
+@numba.njit(inline="always")
+def shift_signed(v_i64, sh):
+    if sh >= 0:
+        return v_i64 >> (sh if sh < 62 else 62)
+    return v_i64 << (-sh)
+
+
+@numba.njit(inline="always")
+def eps_scaled(eps_m, eps_e, sh):
+    if eps_m == 0:
+        return np.int64(0)
+    e_tot = eps_e + 2 * sh
+    if e_tot >= 0:
+        return np.int64(eps_m) >> (e_tot if e_tot < 62 else 62)
+    return np.int64(eps_m) << (-e_tot)
+
+
+@numba.njit(parallel=True, cache=True)
+def _layernorm_rows(x2, m_i64, s_i64, b_i64, eps_m, eps_e, keep, sh_eps, q, out2):
+    rows, c = x2.shape
+    one_i64 = np.int64(1)
+    for r in numba.prange(rows):
+        total = np.int64(0)
+        for i in range(c):
+            total += np.int64(x2[r, i])
+        mx = np.int64(0)
+        for i in range(c):
+            y = c * np.int64(x2[r, i]) - total
+            if y < 0:
+                y = -y
+            if y > mx:
+                mx = y
+        factor = np.int64(0)
+        sh = np.int64(0)
+        if mx > 0:
+            sh = bit_length(mx) - keep
+            if sh < sh_eps:
+                sh = sh_eps
+            var = np.int64(0)
+            for i in range(c):
+                ys = shift_signed(c * np.int64(x2[r, i]) - total, sh)
+                var += ys * ys
+            var += eps_scaled(eps_m, eps_e, sh)
+            std = isqrt_scalar(var)
+            if std > 0:
+                factor = (one_i64 << FACTOR_BITS) // std
+        for i in range(c):
+            ys = shift_signed(c * np.int64(x2[r, i]) - total, sh)
+            y_norm = round_shift(ys * factor, one_i64, FACTOR_BITS - NORM_BITS)
+            v = round_shift(y_norm, m_i64[i], s_i64[i]) + b_i64[i]
+            out2[r, i] = saturate(round_shift(v, one_i64, BIAS_FRAC), q)
+
+
+@register("layernorm", "cpu")
+def layernorm_cpu(x: np.ndarray, m_i32, shift, bias_i64, eps_m: int, eps_e: int, out_bits: int = 8) -> np.ndarray:
+    """numba version of :func:`layernorm_ref` (bit-exact, parallel over rows)."""
+    out_dtype, m_vec, s_vec, b_vec = _check_layernorm_args(x, m_i32, shift, bias_i64, eps_m, eps_e, out_bits)
+    c = x.shape[-1]
+    x2 = np.ascontiguousarray(x).reshape(-1, c)
+    out = np.empty(x2.shape, dtype=out_dtype)
+    if x2.size:
+        keep = (62 - int(c - 1).bit_length()) // 2
+        _layernorm_rows(x2, m_vec, s_vec, b_vec, np.int64(eps_m), np.int64(eps_e), np.int64(keep),
+                        np.int64(_eps_min_shift(eps_m, eps_e)), np.int64(qmax_for_bits(out_bits)), out)
+    return out.reshape(x.shape)
