@@ -160,6 +160,7 @@ def check_mask(mask, x_shape) -> np.ndarray | None:
         mask = mask.copy_to_host()
     check_int("mask", mask, MASK_DTYPES)
     mask = np.asarray(mask)
+    x_shape = tuple(x_shape)
     if mask.ndim > len(x_shape):
         raise KernelInputError(f"mask of shape {mask.shape} has more dimensions than the input {tuple(x_shape)}")
     try:
@@ -173,10 +174,11 @@ def check_mask(mask, x_shape) -> np.ndarray | None:
 
 def check_softmax_input(x) -> None:
     check_int("x", x, INPUT_DTYPES)
-    if len(x.shape) < 1:
+    shape = tuple(x.shape)  # (a plain tuple: simulated device arrays have a custom shape type)
+    if len(shape) < 1:
         raise KernelInputError("x must have at least one dimension (softmax runs over the last axis)")
-    if x.shape[-1] > SOFTMAX_MAX_KEYS:
-        raise KernelInputError(f"x: rows longer than 2^31 - 1 keys are not supported, got {x.shape[-1]}")
+    if shape[-1] > SOFTMAX_MAX_KEYS:
+        raise KernelInputError(f"x: rows longer than 2^31 - 1 keys are not supported, got {shape[-1]}")
 
 
 def mask_rows(mask: np.ndarray | None, x_shape) -> tuple[bool, np.ndarray, np.ndarray]:
@@ -186,6 +188,7 @@ def mask_rows(mask: np.ndarray | None, x_shape) -> tuple[bool, np.ndarray, np.nd
     input (rows = all axes but the last, C order) uses ``mask2[row_idx[r]]``.
     Only the mask's own leading axes are materialised, never the input's shape.
     """
+    x_shape = tuple(x_shape)
     n = x_shape[-1]
     rows = int(np.prod(x_shape[:-1], dtype=np.int64))
     if mask is None:

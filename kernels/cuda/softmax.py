@@ -136,13 +136,14 @@ def softmax_cuda(x, mask, m_i32: int, shift: int):
     """
     check_softmax_input(x)
     keep_on_device = any_device(x, mask)
-    mask = check_mask(mask, x.shape)
+    shape = tuple(x.shape)
+    mask = check_mask(mask, shape)
     m, s = check_multiplier(m_i32, shift)
-    out_d = cuda.device_array(x.shape, dtype=np.uint8)
-    size = int(np.prod(x.shape, dtype=np.int64))
+    out_d = cuda.device_array(shape, dtype=np.uint8)
+    size = int(np.prod(shape, dtype=np.int64))
     if size:
-        has_mask, mask2, row_idx = mask_rows(mask, x.shape)
-        n = x.shape[-1]
+        has_mask, mask2, row_idx = mask_rows(mask, shape)
+        n = shape[-1]
         rows = size // n
         _softmax_kernel[rows, SOFTMAX_TPB](
             _flat(to_device(x)), np.int64(n), has_mask, to_device(mask2), to_device(row_idx),
