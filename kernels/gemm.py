@@ -98,26 +98,28 @@ def check_weight(w) -> None:
 
 def check_linear_x(x, k: int) -> None:
     check_int("x_i8", x, (np.int8,))
-    if len(x.shape) < 1 or x.shape[-1] != k:
-        raise KernelInputError(f"x_i8 must have shape [..., K={k}] to match the packed weight, got {tuple(x.shape)}")
+    shape = tuple(x.shape)  # (device arrays of the CUDA simulator do not index shapes from the end)
+    if len(shape) < 1 or shape[-1] != k:
+        raise KernelInputError(f"x_i8 must have shape [..., K={k}] to match the packed weight, got {shape}")
 
 
 def matmul_shapes(a, b) -> tuple[tuple[int, ...], int, int, int]:
     """Validate ``matmul`` operands; return ``(batch_shape, M, N, K)``."""
     check_int("a", a, (np.int8, np.uint8))
     check_int("b", b, (np.int8,))
-    if len(a.shape) < 2 or len(b.shape) < 2:
-        raise KernelInputError(f"a [..., M, K] and b [..., N, K] must be at least 2-D, got {tuple(a.shape)}, {tuple(b.shape)}")
-    if a.shape[-1] != b.shape[-1]:
-        raise KernelInputError(f"a and b must share the last (K) axis, got a {tuple(a.shape)} and b {tuple(b.shape)}")
+    a_shape, b_shape = tuple(a.shape), tuple(b.shape)
+    if len(a_shape) < 2 or len(b_shape) < 2:
+        raise KernelInputError(f"a [..., M, K] and b [..., N, K] must be at least 2-D, got {a_shape}, {b_shape}")
+    if a_shape[-1] != b_shape[-1]:
+        raise KernelInputError(f"a and b must share the last (K) axis, got a {a_shape} and b {b_shape}")
     try:
-        batch = np.broadcast_shapes(tuple(a.shape[:-2]), tuple(b.shape[:-2]))
+        batch = np.broadcast_shapes(a_shape[:-2], b_shape[:-2])
     except ValueError:
         raise KernelInputError(
-            f"leading (batch) dims of a {tuple(a.shape)} and b {tuple(b.shape)} do not broadcast"
+            f"leading (batch) dims of a {a_shape} and b {b_shape} do not broadcast"
         ) from None
-    _check_k(a.shape[-1])
-    return batch, a.shape[-2], b.shape[-2], a.shape[-1]
+    _check_k(a_shape[-1])
+    return batch, a_shape[-2], b_shape[-2], a_shape[-1]
 
 
 def batch_maps(batch, a_batch, b_batch) -> tuple[np.ndarray, np.ndarray]:
@@ -241,6 +243,10 @@ def matmul_ref(a: np.ndarray, b: np.ndarray, m_i32=None, shift=None, out_bits: i
 
 
 # ----------------------------------------------------------------------------- cpu: packing
+
+
+def _prod(dims) -> int:
+    return int(np.prod(dims, dtype=np.int64))
 
 
 def _round_up(v: int, to: int) -> int:
@@ -381,7 +387,7 @@ def linear_portable(x_i8: np.ndarray, packed: CpuPackedWeight, bias_i32=None, m_
     bias = check_bias(bias_i32, packed.n)
     ep = epilogue_params(packed.n, m_i32, shift, out_bits)
     n, k = packed.n, packed.k
-    x2 = np.ascontiguousarray(x_i8).reshape(-1, k)
+    x2 = np.ascontiguousarray(x_i8).reshape(_prod(x_i8.shape[:-1]), k)
     init = np.zeros((1, n), np.int32) if bias is None else bias.reshape(1, n)
     zero = np.zeros(1, np.int64)
     out = _run_portable(x2[None], packed.nk()[None], zero, zero, init, ep, x2.shape[0], n)
@@ -393,8 +399,8 @@ def matmul_portable(a: np.ndarray, b: np.ndarray, m_i32=None, shift=None, out_bi
     batch, mm, nn, kk = matmul_shapes(a, b)
     ep = epilogue_params(nn, m_i32, shift, out_bits)
     ia, ib = batch_maps(batch, tuple(a.shape[:-2]), tuple(b.shape[:-2]))
-    a3 = np.ascontiguousarray(a).reshape(-1, mm, kk)
-    b3 = np.ascontiguousarray(b).reshape(-1, nn, kk)
+    a3 = np.ascontiguousarray(a).reshape(_prod(a.shape[:-2]), mm, kk)
+    b3 = np.ascontiguousarray(b).reshape(_prod(b.shape[:-2]), nn, kk)
     init = np.zeros((b3.shape[0], nn), np.int32)
     return _run_portable(a3, b3, ia, ib, init, ep, mm, nn).reshape(batch + (mm, nn))
 
@@ -511,7 +517,7 @@ def linear_vnni(x_i8: np.ndarray, packed: CpuPackedWeight, bias_i32=None, m_i32=
     bias = check_bias(bias_i32, packed.n)
     ep = epilogue_params(packed.n, m_i32, shift, out_bits)
     n, k = packed.n, packed.k
-    x2 = np.ascontiguousarray(x_i8).reshape(-1, k)
+    x2 = np.ascontiguousarray(x_i8).reshape(_prod(x_i8.shape[:-1]), k)
     init = -packed.corr_i32
     if bias is not None:
         init = init.copy()
@@ -528,8 +534,8 @@ def matmul_vnni(a: np.ndarray, b: np.ndarray, m_i32=None, shift=None, out_bits: 
     batch, mm, nn, kk = matmul_shapes(a, b)
     ep = epilogue_params(nn, m_i32, shift, out_bits)
     ia, ib = batch_maps(batch, tuple(a.shape[:-2]), tuple(b.shape[:-2]))
-    a3 = np.ascontiguousarray(a).reshape(-1, mm, kk)
-    b3 = np.ascontiguousarray(b).reshape(-1, nn, kk)
+    a3 = np.ascontiguousarray(a).reshape(_prod(a.shape[:-2]), mm, kk)
+    b3 = np.ascontiguousarray(b).reshape(_prod(b.shape[:-2]), nn, kk)
     wp, corr = pack_vnni(b3)
     if a.dtype == np.int8:
         flip, init = 0x80, -corr

@@ -205,7 +205,7 @@ def linear_cuda(x_i8, packed: CudaPackedWeight, bias_i32=None, m_i32=None, shift
     bias = check_bias(bias_i32, packed.n)
     ep = epilogue_params(packed.n, m_i32, shift, out_bits)
     n, k = packed.n, packed.k
-    lead = tuple(x_i8.shape[:-1])
+    lead = tuple(x_i8.shape)[:-1]
     rows = int(np.prod(lead, dtype=np.int64))
     init1 = np.zeros(n, np.int32) if bias is None else bias
     if rows and n and k and rows > 16 and k % 8 == 0 and n % 8 == 0 and _torch_route_available():
@@ -222,9 +222,9 @@ def matmul_cuda(a, b, m_i32=None, shift=None, out_bits: int = 8):
     """CUDA :func:`~intengine.kernels.gemm.matmul_ref` (bit-exact)."""
     batch, mm, nn, kk = matmul_shapes(a, b)
     ep = epilogue_params(nn, m_i32, shift, out_bits)
-    ia, ib = batch_maps(batch, tuple(a.shape[:-2]), tuple(b.shape[:-2]))
-    na = int(np.prod(a.shape[:-2], dtype=np.int64))
-    nb = int(np.prod(b.shape[:-2], dtype=np.int64))
+    ia, ib = batch_maps(batch, tuple(a.shape)[:-2], tuple(b.shape)[:-2])
+    na = int(np.prod(tuple(a.shape)[:-2], dtype=np.int64))
+    nb = int(np.prod(tuple(b.shape)[:-2], dtype=np.int64))
     a3 = _reshape_dev(a, (na, mm, kk))
     b3 = _reshape_dev(b, (nb, nn, kk))
     out_d = _launch(a3, b3, ia, ib, np.zeros((nb, nn), np.int32), ep, mm, nn)

@@ -1,0 +1,246 @@
+"""int8 GEMM family: reference vs plain int64 numpy, edges, errors, VNNI codegen, portable path.
+
+Cross-backend bit-exactness on drawn cases lives in test_kernels_exact.py
+(cases in cases_gemm.py); here the forced portable path and the VNNI path are
+checked directly against ``ref`` as well.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cases_gemm import _linear_inputs, int8_operand, requant_args
+from intengine.kernels import _vnni, gemm
+from intengine.kernels.errors import KernelInputError
+from intengine.kernels.registry import get_kernel, load_cuda
+from intengine.kernels.requant import quantize_multiplier
+from strategies import dims, int_arrays
+
+CPU_PATHS = {
+    "cpu": (gemm.pack_weight_cpu, gemm.linear_cpu),
+    "portable": (gemm.pack_weight_portable, gemm.linear_portable),
+    "portable-on-vnni-layout": (gemm.pack_weight_vnni, gemm.linear_portable),
+}
+if _vnni.HAVE_VNNI:
+    CPU_PATHS["vnni"] = (gemm.pack_weight_vnni, gemm.linear_vnni)
+MATMUL_PATHS = {"cpu": gemm.matmul_cpu, "portable": gemm.matmul_portable}
+if _vnni.HAVE_VNNI:
+    MATMUL_PATHS["vnni"] = gemm.matmul_vnni
+
+
+def int64_linear(x, w, bias=None):
+    acc = np.einsum("...k,nk->...n", x.astype(np.int64), w.astype(np.int64))
+    return acc if bias is None else acc + bias.astype(np.int64)
+
+
+def int64_requant(acc, m, s, bits):
+    q = (1 << (bits - 1)) - 1
+    m = np.asarray(m, np.int64)
+    s = np.asarray(s, np.int64)
+    y = (acc * m + (np.int64(1) << (s - 1))) >> s  # exact here: |acc·m| < 2^62
+    return np.clip(y, -q, q)
+
+
+def linear_all(x, w, bias, kw):
+    """Output of every CPU path and ref; asserts they agree bit for bit; returns ref."""
+    want = get_kernel("linear", "ref")(x, get_kernel("pack_weight", "ref")(w), bias, **kw)
+    for name, (pack, lin) in CPU_PATHS.items():
+        got = lin(x, pack(w), bias, **kw)
+        assert got.dtype == want.dtype and got.shape == want.shape, name
+        np.testing.assert_array_equal(got, want, err_msg=name)
+    return want
+
+
+# ----------------------------------------------------------------------------- reference semantics
+
+
+@settings(max_examples=30)
+@given(st.data())
+def test_linear_matches_int64_numpy_on_every_cpu_path(data):
+    x, w, bias = data.draw(_linear_inputs(False))
+    kw, _ = data.draw(requant_args(w.shape[0]))
+    got = linear_all(x, w, bias, kw)
+    acc = int64_linear(x, w, bias)
+    if not kw:
+        assert got.dtype == np.int32
+        np.testing.assert_array_equal(got, acc)
+    else:
+        want = int64_requant(acc, kw["m_i32"], kw["shift"], kw["out_bits"])
+        np.testing.assert_array_equal(got.astype(np.int64), want)
+        assert got.dtype == {8: np.int8, 16: np.int16, 32: np.int32}[kw["out_bits"]]
+
+
+@settings(max_examples=30)
+@given(st.data())
+def test_matmul_matches_int64_numpy_with_broadcast(data):
+    b_batch = tuple(data.draw(st.lists(dims(4), max_size=2)))
+    a_batch = tuple(data.draw(st.lists(dims(3), max_size=1))) + b_batch
+    mm, nn, kk = data.draw(dims(40)), data.draw(dims(40)), data.draw(st.one_of(dims(80), st.just(1000)))
+    if data.draw(st.booleans()):
+        a = data.draw(int_arrays(np.uint8, a_batch + (mm, kk)))
+    else:
+        a = data.draw(int8_operand(a_batch + (mm, kk)))
+    b = data.draw(int8_operand(b_batch + (nn, kk)))
+    kw, _ = data.draw(requant_args(nn))
+    acc = np.matmul(a.astype(np.int64), np.swapaxes(b.astype(np.int64), -1, -2))
+    want = acc if not kw else int64_requant(acc, kw["m_i32"], kw["shift"], kw["out_bits"])
+    ref = gemm.matmul_ref(a, b, **kw)
+    np.testing.assert_array_equal(ref.astype(np.int64), want)
+    for name, fn in MATMUL_PATHS.items():
+        got = fn(a, b, **kw)
+        assert got.dtype == ref.dtype and got.shape == ref.shape, name
+        np.testing.assert_array_equal(got, ref, err_msg=name)
+
+
+def test_deberta_position_table_broadcast():
+    rng = np.random.default_rng(0)
+    q = rng.integers(-127, 128, (2, 3, 5, 8)).astype(np.int8)  # [B, H, M, K]
+    pos = rng.integers(-127, 128, (3, 7, 8)).astype(np.int8)  # [H, 2·span, K]
+    out = get_kernel("matmul", "cpu")(q, pos)
+    assert out.shape == (2, 3, 5, 7)
+    np.testing.assert_array_equal(out, np.einsum("bhmk,hnk->bhmn", q.astype(np.int64), pos.astype(np.int64)))
+
+
+def test_requantized_linear_is_within_half_a_step_of_the_real_value():
+    rng = np.random.default_rng(1)
+    x = rng.integers(-127, 128, (33, 768)).astype(np.int8)
+    w = rng.integers(-127, 128, (70, 768)).astype(np.int8)
+    bias = rng.integers(-(2**16), 2**16, 70).astype(np.int32)
+    real = 3.1e-4
+    m, s = quantize_multiplier(real)
+    y = get_kernel("linear", "cpu")(x, get_kernel("pack_weight", "cpu")(w), bias, m, s)
+    exact = int64_linear(x, w, bias) * real
+    err = np.abs(y - np.clip(exact, -127, 127))
+    assert err.max() <= 0.5 + 1e-6
+
+
+# ----------------------------------------------------------------------------- edges and overflow bound
+
+
+@pytest.mark.parametrize("lead,n,k", [((0,), 5, 7), ((3,), 0, 7), ((2,), 5, 0), ((), 4, 3), ((1, 1), 1, 1), ((2, 0, 3), 3, 4)])
+def test_empty_and_degenerate_shapes(lead, n, k):
+    rng = np.random.default_rng(2)
+    x = rng.integers(-127, 128, lead + (k,)).astype(np.int8)
+    w = rng.integers(-127, 128, (n, k)).astype(np.int8)
+    bias = rng.integers(-100, 100, n).astype(np.int32)
+    for kw in ({}, {"m_i32": 1 << 30, "shift": 3, "out_bits": 8}):
+        y = linear_all(x, w, bias, kw)
+        assert y.shape == lead + (n,)
+        if k == 0 and not kw:
+            np.testing.assert_array_equal(y, np.broadcast_to(bias, y.shape))
+
+
+def test_accumulator_reaches_int32_max_at_the_documented_limits():
+    k = gemm.MAX_K
+    x = np.full((5, k), -128, np.int8)
+    w = np.full((17, k), -128, np.int8)
+    bias = np.full(17, (1 << 30) - 1, np.int32)
+    y = linear_all(x, w, bias, {})
+    assert int(y.min()) == int(y.max()) == 2**31 - 1
+    y8 = linear_all(x, w, bias, {"m_i32": 1 << 30, "shift": 31, "out_bits": 8})  # r = 0.5
+    assert int(y8.min()) == 127
+
+
+def test_uint8_probabilities_at_the_k_limit():
+    k = gemm.MAX_K
+    p = np.full((1, 5, k), 255, np.uint8)
+    v = np.full((1, 3, k), -128, np.int8)
+    want = np.full((1, 5, 3), -255 * 128 * k, np.int64)
+    for name, fn in MATMUL_PATHS.items():
+        np.testing.assert_array_equal(fn(p, v), want, err_msg=name)
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def _packed():
+    return gemm.pack_weight_cpu(np.zeros((4, 8), np.int8))
+
+
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda: gemm.pack_weight_cpu(np.zeros((4, 8), np.int16)), r"w_i8 must have dtype in \(int8\)"),
+        (lambda: gemm.pack_weight_ref(np.zeros(8, np.int8)), r"w_i8 must be 2-D \[N, K\]"),
+        (lambda: gemm.pack_weight_ref(np.zeros((1, gemm.MAX_K + 1), np.int8)), "exceeds MAX_K"),
+        (lambda: gemm.linear_cpu(np.zeros((2, 8), np.float32), _packed()), r"x_i8 must have dtype in \(int8\), got float32"),
+        (lambda: gemm.linear_cpu(np.zeros((2, 8), np.uint8), _packed()), r"x_i8 must have dtype in \(int8\)"),
+        (lambda: gemm.linear_cpu(np.zeros((2, 9), np.int8), _packed()), r"x_i8 must have shape \[\.\.\., K=8\]"),
+        (lambda: gemm.linear_cpu(np.zeros((2, 8), np.int8), _packed(), np.zeros(4, np.int64)), r"bias_i32 must have dtype in \(int32\)"),
+        (lambda: gemm.linear_cpu(np.zeros((2, 8), np.int8), _packed(), np.zeros(5, np.int32)), r"bias_i32 must have shape \(4,\)"),
+        (lambda: gemm.linear_cpu(np.zeros((2, 8), np.int8), _packed(), np.full(4, 1 << 30, np.int32)), r"\|bias\| < 2\^30"),
+        (lambda: gemm.linear_cpu(np.zeros((2, 8), np.int8), _packed(), None, 1 << 30), "m_i32 and shift must be given together"),
+        (lambda: gemm.linear_cpu(np.zeros((2, 8), np.int8), _packed(), None, 1 << 30, 0), "shift must lie in"),
+        (lambda: gemm.linear_cpu(np.zeros((2, 8), np.int8), _packed(), None, np.ones(3, np.int32), 4), "m_i32 must be a scalar or a vector of length 4"),
+        (lambda: gemm.linear_cpu(np.zeros((2, 8), np.int8), _packed(), None, 1 << 30, 4, 33), "out_bits must be an integer"),
+        (lambda: gemm.linear_cpu(np.zeros((2, 8), np.int8), gemm.pack_weight_ref(np.zeros((4, 8), np.int8))), r"get_kernel\('pack_weight', 'cpu'\)"),
+        (lambda: gemm.linear_ref(np.zeros((2, 8), np.int8), np.zeros((4, 8), np.int8)), r"get_kernel\('pack_weight', 'ref'\)"),
+        (lambda: gemm.matmul_cpu(np.zeros((2, 8), np.int16), np.zeros((3, 8), np.int8)), r"a must have dtype in \(int8, uint8\), got int16"),
+        (lambda: gemm.matmul_cpu(np.zeros((2, 8), np.uint8), np.zeros((3, 8), np.uint8)), r"b must have dtype in \(int8\), got uint8"),
+        (lambda: gemm.matmul_cpu(np.zeros(8, np.int8), np.zeros((3, 8), np.int8)), "at least 2-D"),
+        (lambda: gemm.matmul_ref(np.zeros((2, 8), np.int8), np.zeros((3, 7), np.int8)), r"share the last \(K\) axis"),
+        (lambda: gemm.matmul_cpu(np.zeros((2, 2, 8), np.int8), np.zeros((3, 3, 8), np.int8)), "do not broadcast"),
+    ],
+)
+def test_bad_arguments_raise_kernel_input_error(call, match):
+    with pytest.raises(KernelInputError, match=match):
+        call()
+
+
+# ----------------------------------------------------------------------------- VNNI code generation
+
+
+@pytest.mark.skipif(not _vnni.HAVE_VNNI, reason="host CPU (as seen by numba/LLVM) lacks AVX-512 VNNI; the portable path runs instead")
+def test_vnni_micro_kernel_emits_vpdpbusd_and_is_exact():
+    @numba.njit  # not cached: inspect_asm needs freshly compiled code
+    def tile(xu, wp, init, c):
+        _vnni.ukernel_4(xu.ctypes.data, xu.shape[1], wp.ctypes.data, wp.shape[1] * 64, wp.shape[1],
+                        init.ctypes.data, c.ctypes.data, c.shape[1])
+
+    rng = np.random.default_rng(3)
+    x = rng.integers(-128, 128, (4, 40)).astype(np.int8)
+    w = rng.integers(-128, 128, (64, 40)).astype(np.int8)
+    wp, corr = gemm.pack_vnni(w[None])
+    c = np.zeros((4, 64), np.int32)
+    tile(x.view(np.uint8) ^ np.uint8(0x80), wp[0], -corr[0], c)
+    np.testing.assert_array_equal(c, int64_linear(x, w))
+    asm = tile.inspect_asm(tile.signatures[0])
+    assert "vpdpbusd" in asm and "zmm" in asm
+
+    # the GEMM driver (compiled uncached, serial, from the same source) uses it too, with the fused epilogue
+    drv = numba.njit(gemm._gemm_vnni.py_func)
+    xu = gemm.aligned_zeros((1, 4, 40), np.uint8)
+    xu[0] = x.view(np.uint8) ^ np.uint8(0x80)
+    out = np.empty((1, 4, 64), np.int8)
+    zero = np.zeros(1, np.int64)
+    drv(xu, wp, -corr, zero, zero, 4, 64, 1, True, np.full(64, 1 << 30, np.int64), np.full(64, 40, np.int64), 127, out)
+    assert "vpdpbusd" in drv.inspect_asm(drv.signatures[0])
+
+
+def test_cpu_dispatch_matches_host_features():
+    packed = gemm.pack_weight_cpu(np.zeros((3, 5), np.int8))
+    assert packed.layout == ("vnni" if _vnni.HAVE_VNNI else "nk")
+
+
+# ----------------------------------------------------------------------------- CUDA convention
+
+
+def test_cuda_device_in_device_out():
+    if not load_cuda():
+        pytest.skip("cuda backend unavailable")
+    from numba import cuda
+
+    from intengine.kernels.cuda._util import is_device
+
+    rng = np.random.default_rng(4)
+    x = rng.integers(-127, 128, (3, 5)).astype(np.int8)
+    w = rng.integers(-127, 128, (4, 5)).astype(np.int8)
+    packed = get_kernel("pack_weight", "cuda")(w)
+    y_d = get_kernel("linear", "cuda")(cuda.to_device(x), packed, None, 1 << 30, 8)
+    assert is_device(y_d)
+    want = get_kernel("linear", "ref")(x, get_kernel("pack_weight", "ref")(w), None, 1 << 30, 8)
+    np.testing.assert_array_equal(y_d.copy_to_host(), want)
