@@ -472,3 +472,101 @@ def test_task_checkpoint_loads_as_base(tmp_path):
         ref = hf.deberta(ids, attention_mask=mask).last_hidden_state
         got = ours(ids, mask)
     assert _max_diff("base", got, ref, mask) <= TOL
+
+
+def _hub_mlm_folder(model_type: str, extra: dict, path, *, keep_untied: bool = False):
+    """A folder laid out like microsoft/deberta-base, deberta-v3-base: MS head weights
+    ``lm_predictions.lm_head.{dense,LayerNorm,bias}`` but no ``legacy`` key in config.json.
+
+    Made from a transformers ``legacy=False`` model (``tie_word_embeddings=False`` as in the
+    parity configs); ``keep_untied`` keeps ``tie_word_embeddings: false`` in the config."""
+    hf = _hf_model(
+        model_type, dict(extra, legacy=False, tie_word_embeddings=False), "masked-lm", 2, 21
+    )
+    hf.save_pretrained(str(path))
+    cfg_path = path / "config.json"
+    d = json.loads(cfg_path.read_text())
+    del d["legacy"]
+    if not keep_untied:
+        del d["tie_word_embeddings"]
+    cfg_path.write_text(json.dumps(d))
+    keys = set(load_file(str(path / "model.safetensors")))
+    assert {k for k in keys if not k.startswith("deberta.")} == {
+        "lm_predictions.lm_head.dense.weight",
+        "lm_predictions.lm_head.dense.bias",
+        "lm_predictions.lm_head.LayerNorm.weight",
+        "lm_predictions.lm_head.LayerNorm.bias",
+        "lm_predictions.lm_head.bias",
+    }
+    return hf
+
+
+_HUB_MLM = [V1_CONFIGS[0], V2_CONFIGS[0]]
+
+
+@pytest.mark.parametrize("model_type,name,extra", _HUB_MLM, ids=[c[1] for c in _HUB_MLM])
+def test_hub_mlm_without_legacy_key_loads(model_type, name, extra, tmp_path):
+    from intengine import load_fp32
+    from intengine.checkpoint import save_hf_folder
+
+    hf = _hub_mlm_folder(model_type, extra, tmp_path / "hub")
+    ours = load_fp32(str(tmp_path / "hub"), task="masked-lm")
+    assert ours.config.legacy and ours.config.tie_word_embeddings
+    assert ours.cls.predictions.decoder.weight is ours.deberta.embeddings.word_embeddings.weight
+    ids, mask, _ = _inputs(7, False)
+    ref = _hf_out(hf, "masked-lm", ids, mask, None)
+    with torch.no_grad():
+        got = ours(ids, attention_mask=mask)
+    assert got.shape == ref.shape
+    assert _max_diff("masked-lm", got, ref, mask) <= TOL
+
+    # the same folder loads as base (head ignored)
+    base = load_fp32(str(tmp_path / "hub"), task="base")
+    assert sorted(base.ignored_keys) == [
+        "cls.predictions.bias",
+        "cls.predictions.transform.LayerNorm.bias",
+        "cls.predictions.transform.LayerNorm.weight",
+        "cls.predictions.transform.dense.bias",
+        "cls.predictions.transform.dense.weight",
+    ]
+    with torch.no_grad():
+        ref_h = hf.deberta(ids, attention_mask=mask).last_hidden_state
+        assert _max_diff("base", base(ids, mask), ref_h, mask) <= TOL
+
+    # re-saved, it is a legacy folder that transformers itself loads with the real head
+    out = save_hf_folder(ours, tmp_path / "resaved")
+    cls = getattr(transformers, HF_CLASSES[model_type]["masked-lm"])
+    again = cls.from_pretrained(str(out)).eval()
+    assert _max_diff("masked-lm", _hf_out(again, "masked-lm", ids, mask, None), ref, mask) <= TOL
+
+
+def test_hub_mlm_untied_and_direct_load_state_dict(tmp_path):
+    """``tie_word_embeddings: false`` without ``legacy``: the untied decoder gets the word table;
+    plain ``load_state_dict`` of the hub file works too; ``legacy: false`` is left as is."""
+    from intengine import load_fp32
+    from intengine.errors import CheckpointError
+
+    _, _, extra = V2_CONFIGS[0]
+    hf = _hub_mlm_folder("deberta-v2", extra, tmp_path, keep_untied=True)
+    ours = load_fp32(str(tmp_path), task="masked-lm")
+    assert ours.config.legacy and not ours.config.tie_word_embeddings
+    dec = ours.cls.predictions.decoder.weight
+    assert dec is not ours.deberta.embeddings.word_embeddings.weight
+    assert torch.equal(dec, ours.deberta.embeddings.word_embeddings.weight)
+    ids, mask, _ = _inputs(8, False)
+    ref = _hf_out(hf, "masked-lm", ids, mask, None)
+    with torch.no_grad():
+        assert _max_diff("masked-lm", ours(ids, mask), ref, mask) <= TOL
+
+    saved = load_file(str(tmp_path / "model.safetensors"))
+    for tie in (True, False):
+        direct = deberta_v2.build(ours.config.replace(tie_word_embeddings=tie), "masked-lm")
+        direct.load_state_dict(dict(saved), strict=True)
+        with torch.no_grad():
+            assert _max_diff("masked-lm", direct(ids, mask), ref, mask) <= TOL
+
+    # an explicit legacy=false config keeps the MS head; a task head is still reported missing
+    ms = deberta_v2.build(ours.config.replace(legacy=False), "masked-lm")
+    ms.load_state_dict(dict(saved), strict=True)
+    with pytest.raises(CheckpointError, match="classifier"):
+        load_fp32(str(tmp_path), task="token-classification")

@@ -52,6 +52,7 @@ __all__ = [
     "Config",
     "DebertaConfig",
     "build",
+    "normalize_state_dict",
 ]
 
 MODEL_TYPES: tuple[str, ...] = ("deberta",)
@@ -726,6 +727,8 @@ def _load_pre_hook(
     module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
 ):
     """Fill tied weights that a saved file omits, and drop keys transformers ignores."""
+    if getattr(module, "legacy", False):  # hub MLM weights with the MS head (see above)
+        _ms_head_to_legacy(state_dict, prefix, module.config.tie_word_embeddings)
     own = module.state_dict(keep_vars=True)
     for alias, src in module.tied_weights().items():
         a, s = prefix + alias, prefix + src
@@ -836,6 +839,50 @@ class _LMPredictions(nn.Module):
     def __init__(self, cfg: Any):
         super().__init__()
         self.lm_head = _LMHead(cfg)
+
+
+_MS_HEAD = "lm_predictions.lm_head."
+_LEGACY_HEAD = "cls.predictions."
+
+
+def _ms_head_to_legacy(sd: dict, prefix: str, tie_word_embeddings: bool) -> bool:
+    """Rename an MS head ``lm_predictions.lm_head.*`` to ``cls.predictions.*`` in place.
+
+    Only when ``sd`` has the MS head and no legacy head; returns whether it renamed.  The two
+    heads compute the same function, ``LN(act(dense h)) @ E_word^T + bias``, when the legacy
+    decoder is the word table, so ``dense``/``LayerNorm`` go to ``transform.*``, ``bias`` stays
+    ``bias``, and with ``tie_word_embeddings=false`` the untied decoder is filled with a copy of
+    the word table.  Other ``lm_head.*`` keys are left alone (reported as unexpected).
+    """
+    ms, legacy = prefix + _MS_HEAD, prefix + _LEGACY_HEAD
+    if not any(k.startswith(ms) for k in sd) or any(k.startswith(legacy) for k in sd):
+        return False
+    for key in [k for k in sd if k.startswith(ms)]:
+        rest = key[len(ms) :]
+        if rest == "bias":
+            sd[legacy + "bias"] = sd.pop(key)
+        elif rest.startswith(("dense.", "LayerNorm.")):
+            sd[legacy + "transform." + rest] = sd.pop(key)
+    word = prefix + "deberta.embeddings.word_embeddings.weight"
+    if not tie_word_embeddings and word in sd:
+        sd[legacy + "decoder.weight"] = sd[word]
+    return True
+
+
+def normalize_state_dict(sd: dict, cfg: Any) -> dict:
+    """Family quirk for :func:`intengine.checkpoint.load_folder`: hub masked-LM checkpoints.
+
+    ``microsoft/deberta-base`` and ``microsoft/deberta-v3-base`` have no ``legacy`` key in
+    ``config.json`` (so ``legacy=True`` and a ``cls.predictions.*`` head, as in transformers)
+    but their weights carry the MS head ``lm_predictions.lm_head.*``.  With ``legacy`` true
+    such weights are renamed onto the equivalent legacy head (:func:`_ms_head_to_legacy`);
+    the module then also saves in a layout transformers loads without re-initialising the head.
+    """
+    if not getattr(cfg, "legacy", False):
+        return sd
+    out = dict(sd)
+    _ms_head_to_legacy(out, "", cfg.tie_word_embeddings)
+    return out
 
 
 class MaskedLM(_TaskModel):

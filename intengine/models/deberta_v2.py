@@ -37,6 +37,7 @@ from .deberta import (
     LayerNorm,
     build_task,
     check_model_type,
+    normalize_state_dict,
     common_to_hf,
     merge_heads,
     pair_mask,
@@ -60,6 +61,7 @@ __all__ = [
     "DebertaV2Config",
     "build",
     "log_bucket_position",
+    "normalize_state_dict",
     "relative_positions",
 ]
 
