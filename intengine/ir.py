@@ -42,7 +42,7 @@ NUMPY_DTYPES = {
 # Ops of the fp32 stage (captured from the torch modules).
 FP32_OPS = frozenset({
     "embedding", "add", "mul", "linear", "matmul", "softmax", "gelu", "tanh", "layernorm",
-    "conv1d", "gather", "reshape", "transpose", "mask_fill",
+    "conv1d", "gather", "reshape", "transpose", "mask_fill", "position_ids", "scatter_add", "select",
 })
 # Integer ops: the kernel registry's run-time ops plus integer data movement.
 INTEGER_OPS = frozenset({
