@@ -179,7 +179,7 @@ def gelu_ref(x: np.ndarray, in_shift: int, b_int: int, c_int: int, m_erf: int, s
       -c_int) < 2^31`` (int32); ``|L·m_erf| < 2^62``; ``0 ≤ 2^29 + E ≤ 2^30``
       so ``|x·(2^29+E)| < 2^61``.  For ``|x| ≤ 2^(in_bits-1)-1``,
       ``|y| ≤ |x|·2^out_frac < 2^31`` (no saturation).
-    * Accuracy (tests/test_gelu.py): the wide output is within ~1e-5 (plus
+    * Accuracy (tests/test_gelu.py): the wide output is within 6e-5 (plus
       half an output step) of I-BERT's real polynomial, i.e. on ``[-4, 4]``
       RMS ≈ 0.0082 and max ≈ 0.0182 against exact erf-GELU, for 8-bit and
       int32 scales alike.
@@ -267,7 +267,7 @@ def gelu_cpu(x: np.ndarray, in_shift: int, b_int: int, c_int: int, m_erf: int, s
     out_dtype, q, m_vec, s_vec = _check_gelu_args(x, in_shift, b_int, c_int, m_erf, shift_erf, out_shift,
                                                   m_i32, shift, out_bits)
     consts = gelu_args_scalar(in_shift, b_int, c_int, m_erf, shift_erf, out_shift)
-    x = np.ascontiguousarray(x)
+    x = np.ascontiguousarray(x).reshape(x.shape)  # (keeps 0-d inputs 0-d)
     out = np.empty(x.shape, dtype=out_dtype)
     if x.size == 0:
         return out

@@ -131,7 +131,7 @@ def _isqrt_flat(n1, out1):
 def isqrt_cpu(n: np.ndarray) -> np.ndarray:
     """numba version of :func:`isqrt_ref` (bit-exact)."""
     check_int("n", n, (np.int32, np.int64))
-    n = np.ascontiguousarray(n)
+    n = np.ascontiguousarray(n).reshape(n.shape)  # (keeps 0-d inputs 0-d)
     if n.size and n.min() < 0:
         raise KernelInputError("n must be non-negative for isqrt")
     out = np.empty(n.shape, dtype=np.int64)
