@@ -79,6 +79,9 @@ SOFTMAX_OUT_LEVELS = 255  # uint8 probability q means q/255; 1.0 -> 255 exactly
 SOFTMAX_OUT_SCALE = 1.0 / SOFTMAX_OUT_LEVELS
 SOFTMAX_NORM_BITS = 54  # factor = floor(255·2^54 / sum)
 SOFTMAX_MAX_KEYS = (1 << 31) - 1
+SOFTMAX_NORM_NUM = SOFTMAX_OUT_LEVELS << SOFTMAX_NORM_BITS
+SOFTMAX_NORM_HALF = 1 << (SOFTMAX_NORM_BITS - 1)
+I64_MIN = -(1 << 63)
 
 INPUT_DTYPES = (np.int8, np.int16, np.int32)
 MASK_DTYPES = (np.bool_, np.uint8)
@@ -326,54 +329,52 @@ def exp_cpu(x: np.ndarray, m_i32: int, shift: int) -> np.ndarray:
     return out.reshape(x.shape)
 
 
+@numba.njit(inline="always")
+def _softmax_row(xr, has_mask, mr, m_i64, s_i64, e_buf, orow):
+    """One row of i-softmax (numba); branch-free inner loops so LLVM vectorises them."""
+    n = xr.shape[0]
+    # 1. row max over kept keys (I64_MIN when none is kept)
+    mx = np.int64(I64_MIN)
+    if has_mask:
+        for c in range(n):
+            v = np.int64(xr[c]) if mr[c] != 0 else np.int64(I64_MIN)
+            mx = max(mx, v)
+    else:
+        for c in range(n):
+            mx = max(mx, np.int64(xr[c]))
+    if mx == I64_MIN:
+        for c in range(n):
+            orow[c] = 0
+        return
+    # 2. i-exp and int64 sum
+    total = np.int64(0)
+    if has_mask:
+        for c in range(n):
+            keep = np.int64(mr[c] != 0)
+            u = (mx - np.int64(xr[c])) * keep  # masked keys: u = 0, then e * 0
+            e = exp_core(u, m_i64, s_i64) * keep
+            e_buf[c] = np.int32(e)
+            total += e
+    else:
+        for c in range(n):
+            e = exp_core(mx - np.int64(xr[c]), m_i64, s_i64)
+            e_buf[c] = np.int32(e)
+            total += e
+    # 3. normalise: one division per row
+    factor = SOFTMAX_NORM_NUM // total
+    for c in range(n):
+        orow[c] = np.uint8((np.int64(e_buf[c]) * factor + SOFTMAX_NORM_HALF) >> SOFTMAX_NORM_BITS)
+
+
 @numba.njit(parallel=True, cache=True)
 def _softmax_rows(x2, has_mask, mask2, row_idx, m_i64, s_i64, nchunks, out2):
     rows, n = x2.shape
     for ch in numba.prange(nchunks):
         r0 = ch * rows // nchunks
         r1 = (ch + 1) * rows // nchunks
-        e_buf = np.empty(n, np.int64)
+        e_buf = np.empty(n, np.int32)  # e <= 2^30
         for r in range(r0, r1):
-            xr = x2[r]
-            mr = mask2[row_idx[r]]
-            # 1. row max over kept keys
-            any_keep = False
-            mx = np.int64(0)
-            if has_mask:
-                for c in range(n):
-                    if mr[c] != 0:
-                        v = np.int64(xr[c])
-                        if not any_keep or v > mx:
-                            mx = v
-                        any_keep = True
-            else:
-                any_keep = n > 0
-                mx = np.int64(xr[0]) if n > 0 else np.int64(0)
-                for c in range(1, n):
-                    v = np.int64(xr[c])
-                    if v > mx:
-                        mx = v
-            orow = out2[r]
-            if not any_keep:
-                for c in range(n):
-                    orow[c] = 0
-                continue
-            # 2. i-exp and int64 sum
-            total = np.int64(0)
-            if has_mask:
-                for c in range(n):
-                    e = exp_core(mx - np.int64(xr[c]), m_i64, s_i64) if mr[c] != 0 else np.int64(0)
-                    e_buf[c] = e
-                    total += e
-            else:
-                for c in range(n):
-                    e = exp_core(mx - np.int64(xr[c]), m_i64, s_i64)
-                    e_buf[c] = e
-                    total += e
-            # 3. normalize: one division per row
-            factor = (np.int64(255) << 54) // total
-            for c in range(n):
-                orow[c] = np.uint8((e_buf[c] * factor + (np.int64(1) << 53)) >> 54)
+            _softmax_row(x2[r], has_mask, mask2[row_idx[r]], m_i64, s_i64, e_buf, out2[r])
 
 
 @register("softmax", "cpu")
