@@ -1,0 +1,319 @@
+"""i-sqrt exactness and i-LayerNorm accuracy against float LayerNorm
+(float64 exact and torch float32), constant/zero-variance rows, eps folding,
+overflow at the documented extremes (against unbounded Python ints), argument
+errors, and cpu == ref on a realistic shape.  Bit-exactness of every backend on
+drawn cases is in test_kernels_exact.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from intengine.kernels.errors import KernelInputError
+from intengine.kernels.layernorm import (BIAS_FRAC, FACTOR_BITS, ISQRT_UPDATES, NORM_BITS, isqrt_cpu, isqrt_ref,
+                                         layernorm_cpu, layernorm_params, layernorm_ref)
+
+# ----------------------------------------------------------------------------- isqrt
+
+
+def boundary_set() -> np.ndarray:
+    """k^2 - 1, k^2, k^2 + 1 for many k up to 2^31.5, powers of two and the int64 extremes."""
+    rng = np.random.default_rng(0)
+    k = np.concatenate([
+        np.arange(0, 30_000),
+        rng.integers(0, 3037000499, size=60_000, endpoint=True),
+        (1 << np.arange(32)) - 1, 1 << np.arange(32), (1 << np.arange(32)) + 1,
+        np.arange(3037000499 - 2000, 3037000500),
+    ]).astype(np.int64)
+    sq = k * k  # k ≤ 3037000499: k^2 < 2^63
+    n = np.concatenate([sq, sq - 1, sq + 1, rng.integers(0, 2**63 - 1, size=40_000, dtype=np.int64, endpoint=True),
+                        (np.int64(1) << np.arange(63)), (np.int64(1) << np.arange(63)) - 1,
+                        np.array([2**63 - 1, 2**63 - 2, 2**62], dtype=np.int64)])
+    return n[n >= 0]
+
+
+def _newton_passes(n: int) -> tuple[int, int]:
+    """(⌊√n⌋, loop passes) of the early-exit loop, in Python ints."""
+    if n <= 1:
+        return n, 0
+    x, passes = 1 << ((n.bit_length() + 1) >> 1), 0
+    while True:
+        passes += 1
+        y = (x + n // x) >> 1
+        if y >= x:
+            return x, passes
+        x = y
+
+
+def test_isqrt_exact_on_boundary_set():
+    n = boundary_set()
+    want = np.array([math.isqrt(int(v)) for v in n], dtype=np.int64)
+    got_ref, got_cpu = isqrt_ref(n), isqrt_cpu(n)
+    assert got_ref.dtype == got_cpu.dtype == np.int64
+    np.testing.assert_array_equal(got_ref, want)
+    np.testing.assert_array_equal(got_cpu, want)
+    n32 = n[n < 2**31].astype(np.int32)
+    np.testing.assert_array_equal(isqrt_cpu(n32), want[n < 2**31])
+
+
+def test_isqrt_iteration_bound():
+    """The documented bound: at most ISQRT_UPDATES (6) updates + 1 stop test, for every n < 2^63."""
+    n = boundary_set()[::7]
+    worst = max(_newton_passes(int(v))[1] for v in n)
+    assert worst <= ISQRT_UPDATES + 1
+    # 31-bit inputs (the paper's INT32 claim of 4) need up to 5 updates + stop test here
+    worst31 = max(_newton_passes(int(v))[1] for v in n[n < 2**31])
+    assert worst31 <= 6
+
+
+def test_isqrt_rejects_negative_and_floats():
+    for fn in (isqrt_ref, isqrt_cpu):
+        with pytest.raises(KernelInputError, match="n must be non-negative"):
+            fn(np.array([4, -1], dtype=np.int64))
+        with pytest.raises(KernelInputError, match="n must have dtype"):
+            fn(np.array([4.0]))
+
+
+# ----------------------------------------------------------------------------- layernorm
+
+
+def ln_exact(x: np.ndarray, gamma, beta, eps: float, s_in: float) -> np.ndarray:
+    """float64 LayerNorm of the real input x·S_in (two-pass, exact enough)."""
+    xf = x.astype(np.float64)
+    mu = xf.mean(axis=-1, keepdims=True)
+    var = ((xf - mu) ** 2).mean(axis=-1, keepdims=True)
+    den = np.sqrt(var + eps / (s_in * s_in))
+    return np.divide(xf - mu, den, out=np.zeros_like(xf), where=den > 0) * gamma + beta  # 0/0 row: β
+
+
+def norm_error(c: int) -> float:
+    """Documented bound on the normalized value's error: 2^(3 + ⌈log2 C⌉/2 - keep)."""
+    lc = (c - 1).bit_length()
+    keep = (62 - lc) // 2
+    return 2.0 ** (3 + lc / 2 - keep)
+
+
+def check_bound(x, gamma, beta, eps, s_in, s_out, out_bits=8):
+    """Run ref and cpu (bit-exact), and return the error in output steps beyond the documented bound."""
+    p = layernorm_params(gamma, beta, eps, s_out, out_bits, in_scale=s_in)
+    out = layernorm_ref(x, **p.kernel_args)
+    np.testing.assert_array_equal(layernorm_cpu(x, **p.kernel_args), out)
+    q = 2 ** (out_bits - 1) - 1
+    want = np.clip(ln_exact(x, gamma, beta, eps, s_in) / s_out, -q, q)
+    bound = 0.5 + 2.0**-15 + np.abs(gamma) * norm_error(x.shape[-1]) / s_out
+    return float((np.abs(out - want) - bound).max()), out, p
+
+
+C_SIZES = [1, 2, 7, 64, 768, 1024]
+
+
+@pytest.mark.parametrize("c", C_SIZES)
+def test_error_bound_random_rows(c):
+    rng = np.random.default_rng(c)
+    gamma = rng.normal(1.0, 0.4, size=c) * np.where(rng.random(c) < 0.2, -1, 1)
+    beta = rng.normal(0.0, 0.5, size=c)
+    for mag in (1, 7, 2**10, 2**21, 2**31 - 1):  # 22-bit residual sums and the full int32 range
+        x = rng.integers(-mag, mag, size=(40, c), endpoint=True).astype(np.int32)
+        for eps, s_in in ((1e-5, 0.01), (0.0, 1.0), (1e-12, 1e-6), (1e-3, 0.5)):
+            excess, _, _ = check_bound(x, gamma, beta, eps, s_in, 0.05)
+            assert excess <= 0, (mag, eps, s_in, excess)
+    # wider outputs and a fine output step (the bound is in output steps)
+    x = rng.integers(-(2**21), 2**21, size=(20, c), endpoint=True).astype(np.int32)
+    excess, _, _ = check_bound(x, gamma, beta, 1e-5, 1e-3, 1e-4, out_bits=16)
+    assert excess <= 0
+
+
+def test_error_bound_outliers_and_tiny_variance():
+    rng = np.random.default_rng(7)
+    for c in (2, 7, 64, 768, 1024):
+        gamma = rng.normal(1.0, 0.3, size=c)
+        beta = rng.normal(0.0, 0.3, size=c)
+        x = rng.integers(-100, 100, size=(12, c), endpoint=True)
+        x[0, 0] = 2**31 - 1  # one outlier dominates the variance
+        x[1, c // 2] = -(2**31)
+        x[2, :] = 2**31 - 1  # extreme constant-ish row with one step
+        x[2, -1] -= 1
+        x[3] = 123456 + rng.integers(0, 1, size=c, endpoint=True)  # values in {v, v+1}
+        x[4] = -(2**31) + rng.integers(0, 1, size=c, endpoint=True)
+        x[5] = np.where(rng.random(c) < 0.5, -(2**31), 2**31 - 1)  # full-range ±
+        x = x.astype(np.int32)
+        for eps, s_in in ((0.0, 1.0), (1e-5, 0.01), (1e-5, 1.0), (1e-5, 1e-4)):
+            excess, out, _ = check_bound(x, gamma, beta, eps, s_in, 0.03)
+            assert excess <= 0, (c, eps, s_in, excess)
+
+
+def test_matches_torch_layer_norm_within_one_step():
+    rng = np.random.default_rng(3)
+    for c in (7, 768, 1024):
+        s_in, s_out = 2.0**-10, 0.04
+        x = np.round(rng.normal(0, 3, size=(64, c)) / s_in).astype(np.int32)  # ~13-bit values
+        gamma = rng.normal(1.0, 0.3, size=c).astype(np.float32)
+        beta = rng.normal(0.0, 0.3, size=c).astype(np.float32)
+        p = layernorm_params(gamma, beta, 1e-5, s_out, in_scale=s_in)
+        out = layernorm_cpu(x, **p.kernel_args).astype(np.int64)
+        t = torch.nn.functional.layer_norm(torch.from_numpy(x.astype(np.float32) * s_in), (c,),
+                                           torch.from_numpy(gamma), torch.from_numpy(beta), 1e-5)
+        want = np.clip(np.round(t.numpy().astype(np.float64) / s_out), -127, 127)
+        diff = np.abs(out - want)
+        assert diff.max() <= 1 and diff.mean() < 0.01, (c, diff.max(), diff.mean())
+
+
+@pytest.mark.parametrize("eps", [0.0, 1e-5])
+def test_constant_rows_return_beta(eps):
+    c = 768
+    rng = np.random.default_rng(1)
+    gamma = rng.normal(1.0, 0.5, size=c)
+    beta = rng.normal(0.0, 1.0, size=c)
+    x = np.zeros((5, c), dtype=np.int32)
+    x[1] = 5
+    x[2] = 2**31 - 1
+    x[3] = -(2**31)
+    x[4] = -3
+    p = layernorm_params(gamma, beta, eps, 0.02, in_scale=0.1)
+    want = np.clip(np.floor(beta / 0.02 + 0.5), -127, 127)
+    with np.errstate(all="raise"):
+        out = layernorm_ref(x, **p.kernel_args)
+    np.testing.assert_array_equal(layernorm_cpu(x, **p.kernel_args), out)
+    for r in range(5):
+        np.testing.assert_array_equal(out[r], want)
+    # C = 1 is always a constant row
+    p1 = layernorm_params([2.0], [0.3], eps, 0.1, in_scale=1.0)
+    for fn in (layernorm_ref, layernorm_cpu):
+        np.testing.assert_array_equal(fn(np.array([[7], [-(2**31)]], np.int32), **p1.kernel_args), [[3], [3]])
+
+
+def test_eps_is_folded_and_dominates_tiny_variance():
+    """var ≪ eps: the output follows (x-μ)/√eps, not a blown-up (x-μ)/σ."""
+    c = 64
+    gamma, beta = np.ones(c), np.zeros(c)
+    x = (1000 + (np.arange(c) % 2)).astype(np.int32).reshape(1, c)  # σ = 0.5 steps
+    s_in = 1e-4  # σ_real = 5e-5, var = 2.5e-9 ≪ eps
+    for eps in (1e-5, 1e-3, 1.0):
+        excess, out, p = check_bound(x, gamma, beta, eps, s_in, 0.001, out_bits=16)
+        assert excess <= 0
+        expect = 0.5 * s_in / math.sqrt(0.25 * s_in**2 + eps) / 0.001
+        assert abs(int(out[0, 1]) - expect) <= 0.5 + 1e-3, (eps, out[0, :2], expect)
+    # without eps the same row normalizes to ±1
+    _, out, _ = check_bound(x, gamma, beta, 0.0, s_in, 0.01)
+    np.testing.assert_array_equal(out[0, :2], [-100, 100])
+
+
+def test_input_scale_only_enters_through_eps():
+    rng = np.random.default_rng(5)
+    c = 96
+    gamma, beta = rng.normal(1, 0.2, c), rng.normal(0, 0.2, c)
+    x = rng.integers(-5000, 5000, size=(8, c)).astype(np.int32)
+    outs = [layernorm_ref(x, **layernorm_params(gamma, beta, 0.0, 0.05, in_scale=s).kernel_args)
+            for s in (1e-6, 1e-2, 3.0)]
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_array_equal(outs[0], outs[2])
+    p_a = layernorm_params(gamma, beta, 1e-5, 0.05, in_scale=1e-2)
+    p_b = layernorm_params(gamma, beta, 1e-5 * 4, 0.05, in_scale=2e-2)  # same eps / S_in^2
+    assert (p_a.eps_m, p_a.eps_e) == (p_b.eps_m, p_b.eps_e)
+
+
+def _layernorm_python(row, p) -> list[int]:
+    """layernorm_ref's formula in unbounded Python ints, asserting the documented bounds."""
+    c = len(row)
+    total = sum(row)
+    y = [c * v - total for v in row]
+    mx = max(abs(v) for v in y)
+    keep = (62 - (c - 1).bit_length()) // 2
+    assert abs(total) < 2**51 and mx < 2**52
+    factor, sh = 0, 0
+    if mx:
+        sh_eps = -((31 + p.eps_e) // 2) if p.eps_m else -(10**9)
+        sh = max(mx.bit_length() - keep, sh_eps)
+    ys = [(v >> min(sh, 62)) if sh >= 0 else (v << -sh) for v in y]
+    if mx:
+        var = sum(v * v for v in ys)
+        assert var <= 2**62
+        if p.eps_m:
+            e_tot = p.eps_e + 2 * sh
+            eps_s = p.eps_m >> min(e_tot, 62) if e_tot >= 0 else p.eps_m << -e_tot
+            assert eps_s < 2**62
+            var += eps_s
+        std = math.isqrt(var)
+        factor = (1 << FACTOR_BITS) // std
+        assert all(abs(v) <= std for v in ys)
+    out = []
+    q = 2 ** (p.out_bits - 1) - 1
+    for i, v in enumerate(ys):
+        assert abs(v * factor) <= 2**62
+        y_norm = ((v * factor >> (FACTOR_BITS - NORM_BITS - 1)) + 1) >> 1
+        m, s, b = int(p.m_i32[i]), int(p.shift[i]), int(p.bias_i64[i])
+        assert abs(y_norm) <= 2**NORM_BITS and abs(y_norm * m) < 2**61
+        acc = (((y_norm * m) >> (s - 1)) + 1 >> 1) + b
+        assert abs(acc) < 2**62
+        out.append(max(-q, min(q, ((acc >> (BIAS_FRAC - 1)) + 1) >> 1)))
+    return out
+
+
+def test_no_overflow_at_documented_extremes():
+    """int64 kernels == unbounded Python ints on the worst rows (full int32 range, C up to 2^12)."""
+    rng = np.random.default_rng(11)
+    for c in (2, 3, 768, 1024, 4096):
+        rows = np.array([
+            np.where(np.arange(c) % 2 == 0, -(2**31), 2**31 - 1),  # maximal variance
+            np.full(c, 2**31 - 1) - (np.arange(c) == 0),  # maximal mean, one step
+            np.full(c, -(2**31)) + (np.arange(c) == c - 1),
+            rng.integers(-(2**31), 2**31 - 1, size=c),
+            np.where(np.arange(c) == 0, 2**31 - 1, -(2**31)),  # one outlier
+        ], dtype=np.int64).astype(np.int32)
+        gamma = rng.normal(0, 30, size=c)
+        beta = rng.normal(0, 30, size=c)
+        for eps, s_in, out_bits in ((0.0, 1.0, 8), (1e-5, 1e-8, 32), (1e3, 1e-3, 16), (1e-12, 10.0, 32)):
+            p = layernorm_params(gamma, beta, eps, 1e-3, out_bits, in_scale=s_in)
+            want = np.array([_layernorm_python([int(v) for v in r], p) for r in rows])
+            np.testing.assert_array_equal(layernorm_ref(rows, **p.kernel_args), want)
+            np.testing.assert_array_equal(layernorm_cpu(rows, **p.kernel_args), want)
+
+
+def test_realistic_shape_cpu_matches_ref():
+    """BERT-base LayerNorm input: 1024 x 768 22-bit residual sums."""
+    rng = np.random.default_rng(2)
+    c = 768
+    x = np.clip(np.round(rng.standard_t(4, size=(1024, c)) * 2**17), -(2**21), 2**21).astype(np.int32)
+    x[0] = 17  # a constant row
+    gamma, beta = rng.normal(1, 0.3, c), rng.normal(0, 0.3, c)
+    p = layernorm_params(gamma, beta, 1e-5, 0.05, in_scale=2.0**-18)
+    np.testing.assert_array_equal(layernorm_cpu(x, **p.kernel_args), layernorm_ref(x, **p.kernel_args))
+    p16 = layernorm_params(gamma, beta, 1e-12, 1e-4, 16, in_scale=2.0**-18)
+    np.testing.assert_array_equal(layernorm_cpu(x, **p16.kernel_args), layernorm_ref(x, **p16.kernel_args))
+
+
+def test_bad_arguments_name_the_argument():
+    c = 8
+    p = layernorm_params(np.ones(c), np.zeros(c), 1e-5, 0.05, in_scale=0.1)
+    x = np.zeros((2, c), np.int32)
+    for fn in (layernorm_ref, layernorm_cpu):
+        with pytest.raises(KernelInputError, match="x must have dtype"):
+            fn(x.astype(np.int8), **p.kernel_args)
+        with pytest.raises(KernelInputError, match="x must have dtype"):
+            fn(x.astype(np.float32), **p.kernel_args)
+        with pytest.raises(KernelInputError, match="m_i32 must be a vector of length C=9"):
+            fn(np.zeros((2, 9), np.int32), **p.kernel_args)
+        with pytest.raises(KernelInputError, match="x must have at least one axis"):
+            fn(np.array(3, np.int32), **p.kernel_args)
+        for name, val in (("shift", np.zeros(c, np.int32)), ("m_i32", np.full(c, 2**31)),
+                          ("bias_i64", np.full(c, 2.0)), ("eps_m", 5), ("eps_e", 10**4), ("eps_m", 1.5)):
+            with pytest.raises(KernelInputError, match=name):
+                fn(x, **{**p.kernel_args, name: val})
+        with pytest.raises(KernelInputError, match="out_bits"):
+            fn(x, **{**p.kernel_args, "out_bits": 64})
+    with pytest.raises(KernelInputError, match="in_scale is required"):
+        layernorm_params(np.ones(c), np.zeros(c), 1e-5, 0.05)
+    with pytest.raises(KernelInputError, match="beta must have the length"):
+        layernorm_params(np.ones(c), np.zeros(c + 1), 0.0, 0.05)
+    with pytest.raises(KernelInputError, match="out_scale"):
+        layernorm_params(np.ones(c), np.zeros(c), 0.0, 0.0)
+    with pytest.raises(KernelInputError, match="eps"):
+        layernorm_params(np.ones(c), np.zeros(c), -1.0, 0.05, in_scale=1.0)
+    with pytest.raises(KernelInputError, match="gamma"):
+        layernorm_params(np.full(c, np.nan), np.zeros(c), 0.0, 0.05)
+    # eps = 0 needs no input scale
+    layernorm_params(np.ones(c), np.zeros(c), 0.0, 0.05)
