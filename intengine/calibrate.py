@@ -128,7 +128,9 @@ def calibrate(
     ``{module: (x_min, x_max)}`` (``model.calibration_ranges``), see :func:`ibert_ranges`.
     """
     if graph.stage != "fp32":
-        raise CalibrationError(f"calibrate needs an fp32-stage graph (capture(model)), got stage {graph.stage!r}")
+        raise CalibrationError(
+            f"calibrate needs an fp32-stage graph (capture(model)), got stage {graph.stage!r}"
+        )
     names = activation_values(graph)
     policy = activation_bits(graph)
     if isinstance(bits, int):
@@ -142,8 +144,13 @@ def calibrate(
     n_batches = 0
     for k, batch in enumerate(batches):
         if not isinstance(batch, Mapping) or "input_ids" not in batch:
-            raise CalibrationError(f"calibration batch {k} must be a dict with 'input_ids' (got {type(batch).__name__})")
-        inputs = prepare_inputs(batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"))
+            raise CalibrationError(
+                f"calibration batch {k} must be a dict with 'input_ids' "
+                f"(got {type(batch).__name__})"
+            )
+        inputs = prepare_inputs(
+            batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids")
+        )
         mask = inputs["attention_mask"]
 
         def observe(name, x, _mask=mask):
@@ -162,12 +169,16 @@ def calibrate(
     out: dict[str, QParams] = {}
     for n, obs in observers.items():
         if obs.batches == 0:
-            raise CalibrationError(f"value {n!r} saw no valid token in {n_batches} batch(es): every attention_mask is all zeros")
+            raise CalibrationError(
+                f"value {n!r} saw no valid token in {n_batches} batch(es): "
+                "every attention_mask is all zeros"
+            )
         out[n] = obs.compute_qparams(policy[n])
     if overrides:
         out.update(ibert_ranges(graph, overrides))
     for c, axis in weight_constants(graph).items():
-        out[c] = weight_qparams(graph.constants[c], axis=axis if per_channel else None, bits=weight_bits)
+        axis = axis if per_channel else None
+        out[c] = weight_qparams(graph.constants[c], axis=axis, bits=weight_bits)
     return out
 
 
@@ -210,7 +221,9 @@ def ibert_ranges(graph: ir.Graph, ranges: Mapping[str, tuple[float, float]]) -> 
                 continue
             name = value.format(*m.groups())
             if name not in known:
-                raise CalibrationError(f"I-BERT range {module!r} maps to {name!r}, which the graph does not have")
+                raise CalibrationError(
+                    f"I-BERT range {module!r} maps to {name!r}, which the graph does not have"
+                )
             t = max(abs(float(lo)), abs(float(hi)))
             if name not in out or t > float(out[name].threshold):
                 out[name] = QParams(np.float64(t), nbits)
@@ -221,13 +234,17 @@ def ibert_ranges(graph: ir.Graph, ranges: Mapping[str, tuple[float, float]]) -> 
 # ----------------------------------------------------------------------------- batch sources
 
 
-def random_batches(model_or_config, n: int, batch: int, seq: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+def random_batches(
+    model_or_config, n: int, batch: int, seq: int, seed: int = 0
+) -> list[dict[str, np.ndarray]]:
     """``n`` batches of random token ids ``[batch, seq]`` (never the pad id), each row padded
     after a random length in ``[max(1, seq // 2), seq]``; token types 0/1 halves when the model
     has two or more types.  ``seq`` is capped at the model's maximum length."""
     cfg = getattr(model_or_config, "config", model_or_config)
     if n < 0 or batch < 1 or seq < 1:
-        raise CalibrationError(f"random_batches: need n >= 0, batch >= 1, seq >= 1 (got {n}, {batch}, {seq})")
+        raise CalibrationError(
+            f"random_batches: need n >= 0, batch >= 1, seq >= 1 (got {n}, {batch}, {seq})"
+        )
     max_len = getattr(cfg, "max_length", None) or getattr(cfg, "max_position_embeddings", seq)
     seq = min(seq, max_len)
     pad = getattr(cfg, "pad_token_id", None)
@@ -249,7 +266,9 @@ def random_batches(model_or_config, n: int, batch: int, seq: int, seed: int = 0)
     return out
 
 
-def text_batches(path: str | os.PathLike, tokenizer, batch: int, seq: int) -> Iterator[dict[str, np.ndarray]]:
+def text_batches(
+    path: str | os.PathLike, tokenizer, batch: int, seq: int
+) -> Iterator[dict[str, np.ndarray]]:
     """Batches from a text file, one example per non-empty line, tokenized with ``tokenizer``
     (an :func:`intengine.load_tokenizer` tokenizer, or a checkpoint folder to load one from),
     truncated to ``seq`` tokens and padded to the longest row of each batch.  Streams the file."""

@@ -150,7 +150,8 @@ class _Builder:
 
     def split_heads(self, x: str, out: str, heads: int) -> str:
         d = self.shape(x)[-1] // heads
-        r = self.op("reshape", [x], out + "_split", ("B", "T", heads, d), shape=("B", "T", heads, d))
+        s = ("B", "T", heads, d)
+        r = self.op("reshape", [x], out + "_split", s, shape=s)
         return self.op("transpose", [r], out, ("B", heads, "T", d), perm=(0, 2, 1, 3))
 
     def merge_heads(self, x: str, out: str) -> str:
@@ -172,7 +173,11 @@ class _Builder:
 
 
 def _inputs(b: _Builder) -> tuple[str, str, str]:
-    return b.input("input_ids", "i64"), b.input("attention_mask", "bool"), b.input("token_type_ids", "i64")
+    return (
+        b.input("input_ids", "i64"),
+        b.input("attention_mask", "bool"),
+        b.input("token_type_ids", "i64"),
+    )
 
 
 def _ffn(b: _Builder, x: str, p: str, fc1, act_name: str, fc2, ln) -> str:
@@ -209,14 +214,21 @@ def _bert_layer(b: _Builder, x: str, mask: str, i: int, layer, cfg, rel=None) ->
         relk = b.op("gather", [qr], f"{p}.attn.rel_k", s4, index=index)
         scores = b.add(scores, relk, f"{p}.attn.scores")
     probs = b.op("softmax", [scores, mask], f"{p}.attn.probs", s4, mask="key")
-    ctx = b.op("matmul", [probs, v], f"{p}.attn.ctx_heads", ("B", h, "T", d), transpose_b=False, scale=1.0)
+    s_ctx = ("B", h, "T", d)
+    ctx = b.op("matmul", [probs, v], f"{p}.attn.ctx_heads", s_ctx, transpose_b=False, scale=1.0)
     if rel is not None:
-        buckets = b.op("scatter_add", [probs], f"{p}.attn.rel_v_buckets", ("B", h, "T", nrel), index=index, size=nrel)
-        relv = b.op("linear", [buckets], f"{p}.attn.rel_v", ("B", h, "T", d), weight=vtab, bias=None)
+        buckets = b.op(
+            "scatter_add", [probs], f"{p}.attn.rel_v_buckets", ("B", h, "T", nrel),
+            index=index, size=nrel,
+        )
+        relv = b.op("linear", [buckets], f"{p}.attn.rel_v", s_ctx, weight=vtab, bias=None)
         ctx = b.add(ctx, relv, f"{p}.attn.ctx_sum")
     ctx = b.merge_heads(ctx, f"{p}.attn.ctx")
     a = _attn_out(b, ctx, x, p, layer.attention.output.dense, layer.attention.output.LayerNorm)
-    return _ffn(b, a, p, layer.intermediate.dense, cfg.hidden_act, layer.output.dense, layer.output.LayerNorm)
+    return _ffn(
+        b, a, p, layer.intermediate.dense, cfg.hidden_act, layer.output.dense,
+        layer.output.LayerNorm,
+    )
 
 
 def _capture_roberta(model) -> ir.Graph:
@@ -310,7 +322,9 @@ def _deberta_embeddings(b: _Builder, base, cfg, ids: str, mask: str, types: str)
     emb = base.embeddings
     terms = [b.embedding(ids, "emb.word", emb.word_embeddings.weight)]
     if emb.position_embeddings is not None:
-        pos_ids = b.op("position_ids", [ids], "emb.position_ids", ("B", "T"), dtype="i64", kind="arange")
+        pos_ids = b.op(
+            "position_ids", [ids], "emb.position_ids", ("B", "T"), dtype="i64", kind="arange"
+        )
         terms.append(b.embedding(pos_ids, "emb.pos", emb.position_embeddings.weight))
     if emb.token_type_embeddings is not None:
         terms.append(b.embedding(types, "emb.type", emb.token_type_embeddings.weight))
@@ -358,12 +372,16 @@ def _deberta_attention(b: _Builder, x: str, mask: str, i: int, layer, rel, v2: b
         if rel["qr"][i] is not None:
             qr = rel["qr"][i]
             n = b.constants[qr].shape[1]
-            all_ = b.op("matmul", [k, qr], f"{p}.attn.p2c_all", ("B", h, "T", n), transpose_b=True, scale=1.0)
+            all_ = b.op(
+                "matmul", [k, qr], f"{p}.attn.p2c_all", ("B", h, "T", n),
+                transpose_b=True, scale=1.0,
+            )
             g = b.op("gather", [all_], f"{p}.attn.p2c_kq", s4, index=rel["p2c_index"])
             terms.append(b.op("transpose", [g], f"{p}.attn.p2c", s4, perm=(0, 1, 3, 2)))
     s = b.sum(terms, f"{p}.attn.scores")
     probs = b.op("softmax", [s, mask], f"{p}.attn.probs", s4, mask="pair")
-    ctx = b.op("matmul", [probs, v], f"{p}.attn.ctx_heads", ("B", h, "T", d), transpose_b=False, scale=1.0)
+    s_ctx = ("B", h, "T", d)
+    ctx = b.op("matmul", [probs, v], f"{p}.attn.ctx_heads", s_ctx, transpose_b=False, scale=1.0)
     ctx = b.merge_heads(ctx, f"{p}.attn.ctx")
     return _attn_out(b, ctx, x, p, layer.attention.output.dense, layer.attention.output.LayerNorm)
 

@@ -6,27 +6,26 @@ produces (never stored here).
 
 Op semantics (fp32 stage; ``x`` is ``inputs[0]``; constant names sit in ``attrs``)::
 
-    embedding(ids) {table}               table[ids]                                (ids out of range: InputError)
-    position_ids(ids) {kind, padding_idx} "padding": cumsum(ids != pad)·(ids != pad) + pad (RoBERTa)
-                                         "arange":  [0, 1, ..., T-1] per row                  → i64 [B,T]
-    add(a, b)                            a + b (broadcasting)
-    mul(a, b)                            a · b
-    linear(x) {weight, bias}             x @ weightᵀ (+ bias); weight [out, in], any leading dims
-    matmul(a, b) {transpose_b, scale}    scale · (a @ bᵀ or a @ b), batched/broadcast (b may be a constant)
-    reshape(x) {shape}                   symbols "B"/"T" resolve from the inputs
+    embedding(ids) {table}             table[ids]   (an id outside the table: InputError)
+    position_ids(ids) {kind, padding_idx}   → i64 [B,T]
+        "padding": cumsum(ids != pad)·(ids != pad) + pad   (RoBERTa)
+        "arange":  0, 1, ..., T-1 in every row              (DeBERTa absolute positions)
+    add(a, b) / mul(a, b)              elementwise, broadcasting
+    linear(x) {weight, bias}           x @ weightᵀ (+ bias); weight [out, in], any leading dims
+    matmul(a, b) {transpose_b, scale}  scale · (a @ bᵀ | a @ b), batched; b may be a constant
+    reshape(x) {shape}                 symbols "B"/"T" resolve from the inputs
     transpose(x) {perm}
-    select(x) {axis, index}              x.take(index, axis)  (first token for the pooler heads)
-    gather(x) {index}                    out[..., i, j] = x[..., i, I[i, j]],  I = const index[:T, :T]
-    scatter_add(x) {index, size}         out[..., i, p] = Σ_{j: I[i,j] = p} x[..., i, j]     (NEZHA)
-    softmax(s, mask) {mask}              over the last axis; mask [B,T] (1 = token):
-                                         "key":  s + (0 | finfo.min) on masked keys (RoBERTa/NEZHA)
-                                         "pair": XSoftmax, valid = m_i ∧ m_j, masked → finfo.min, then
-                                                 the output is zeroed where not valid (DeBERTa)
-    mask_fill(x, mask) {value}           rows of padded tokens ([B,T,...]) set to value
-    layernorm(x) {weight, bias, eps}     over the last axis, eps inside the square root
-    gelu(x) {approximate}                "none" (erf) or "tanh"
+    select(x) {axis, index}            x.take(index, axis)   (first token for pooler heads)
+    gather(x) {index}                  out[..., i, j] = x[..., i, I[i, j]], I = index[:T, :T]
+    scatter_add(x) {index, size}       out[..., i, p] = Σ_{j: I[i, j] = p} x[..., i, j]  (NEZHA)
+    softmax(s, mask) {mask}            last axis; mask [B,T] bool (True = token):
+        "key":  s + (0 | finfo.min) on padded keys       (RoBERTa, NEZHA)
+        "pair": XSoftmax: valid = m_i ∧ m_j, invalid → finfo.min, output zeroed where invalid
+    mask_fill(x, mask) {value}         rows of padded tokens ([B,T,...]) set to value
+    layernorm(x) {weight, bias, eps}   last axis, eps inside the square root
+    gelu(x) {approximate}              "none" (erf) or "tanh"
     tanh(x)
-    conv1d(x) {weight, bias, padding, groups}   x [B,T,C] channels-last; weight [O, C/g, k] (torch)
+    conv1d(x) {weight, bias, padding, groups}   x [B,T,C] channels-last; weight [O, C/g, k]
 """
 
 from __future__ import annotations
@@ -50,7 +49,8 @@ def erf(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     a = np.abs(x)
     t = 1.0 / (1.0 + 0.3275911 * a)
-    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
+    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (
+        -1.453152027 + t * 1.061405429))))
     return np.sign(x) * (1.0 - poly * np.exp(-a * a))
 
 
@@ -87,7 +87,9 @@ def prepare_inputs(input_ids, attention_mask=None, token_type_ids=None) -> dict[
     else:
         mask = arr(attention_mask, "attention_mask")
         if mask.shape != ids.shape:
-            raise InputError(f"attention_mask must have the shape of input_ids {ids.shape}, got {mask.shape}")
+            raise InputError(
+                f"attention_mask must have the shape of input_ids {ids.shape}, got {mask.shape}"
+            )
         if mask.dtype != np.bool_ and not np.all((mask == 0) | (mask == 1)):
             raise InputError("attention_mask must hold only 0 and 1")
         mask = mask.astype(bool)
@@ -96,7 +98,9 @@ def prepare_inputs(input_ids, attention_mask=None, token_type_ids=None) -> dict[
     else:
         types = arr(token_type_ids, "token_type_ids")
         if types.shape != ids.shape:
-            raise InputError(f"token_type_ids must have the shape of input_ids {ids.shape}, got {types.shape}")
+            raise InputError(
+                f"token_type_ids must have the shape of input_ids {ids.shape}, got {types.shape}"
+            )
         if types.dtype.kind not in "iu":
             raise InputError(f"token_type_ids must be an integer array, got dtype {types.dtype}")
         types = types.astype(np.int64)
@@ -187,8 +191,10 @@ def _run_node(g: ir.Graph, node: ir.Node, env: dict, B: int, T: int) -> np.ndarr
         t = x.shape[-2]
         idx = _index(g, node, t)  # [t, t]
         lead = int(np.prod(x.shape[:-2], dtype=np.int64))
-        flat = (np.arange(lead)[:, None, None] * t * size + np.arange(t)[None, :, None] * size + idx[None])
-        out = np.bincount(flat.ravel(), weights=x.reshape(-1).astype(np.float64), minlength=lead * t * size)
+        rows = np.arange(lead)[:, None, None] * t + np.arange(t)[None, :, None]  # (n, i)
+        flat = (rows * size + idx[None]).ravel()
+        w = x.reshape(-1).astype(np.float64)
+        out = np.bincount(flat, weights=w, minlength=lead * t * size)
         return out.reshape(x.shape[:-1] + (size,)).astype(np.float32)
     if op == "softmax":
         m = ins[1]

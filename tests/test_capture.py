@@ -22,7 +22,13 @@ PRESETS = [
     "deberta-v3-base-tiny",
     "deberta-v2-xlarge-tiny",
 ]
-TASKS = ["base", "sequence-classification", "token-classification", "question-answering", "masked-lm"]
+TASKS = [
+    "base",
+    "sequence-classification",
+    "token-classification",
+    "question-answering",
+    "masked-lm",
+]
 TOL = 1e-4
 
 
@@ -129,7 +135,8 @@ def test_tied_decoder_is_one_constant():
 def test_deberta_relative_terms_are_gathers_over_folded_tables():
     g = capture(load("deberta-v3-base-tiny", "base"))
     ops = {n.outputs[0]: n for n in g.nodes}
-    assert ops["layer0.attn.c2p"].op == "gather" and ops["layer0.attn.c2p"].attr("index") == "rel.c2p_index"
+    c2p = ops["layer0.attn.c2p"]
+    assert c2p.op == "gather" and c2p.attr("index") == "rel.c2p_index"
     assert ops["layer0.attn.p2c"].op == "transpose"
     assert g.constants["layer0.attn.c2p_table"].shape == (4, 16, 8)  # [heads, 2·buckets, d]
     assert g.constants["rel.c2p_index"].shape == (64, 64)
