@@ -260,10 +260,36 @@ def _gelu_requant_2d(x2, lsh, rsh, half, clip, b_int, c_int, m_erf, shift_erf, o
             out2[r, c] = saturate(round_shift(y, m_i64[c], s_i64[c]), q)
 
 
+@numba.njit(parallel=True, cache=True)
+def _lut_flat(x1, table, out1):
+    """``out = table[x + 128]`` (int8 inputs: the i-GELU of all 256 values, precomputed)."""
+    n = x1.size
+    nchunk = (n + 8191) // 8192
+    for k in numba.prange(nchunk):
+        hi = min(n, (k + 1) * 8192)
+        for i in range(k * 8192, hi):
+            out1[i] = table[np.int64(x1[i]) + 128]
+
+
+@numba.njit(parallel=True, cache=True)
+def _lut_requant_2d(x2, table, m_i64, s_i64, q, out2):
+    rows, cols = x2.shape
+    for r in numba.prange(rows):
+        for c in range(cols):
+            out2[r, c] = saturate(round_shift(table[np.int64(x2[r, c]) + 128], m_i64[c], s_i64[c]), q)
+
+
+INT8_VALUES = np.arange(-128, 128, dtype=np.int8)
+LUT_MIN_SIZE = 4096  # below this, evaluating directly is cheaper than building the table
+
+
 @register("gelu", "cpu")
 def gelu_cpu(x: np.ndarray, in_shift: int, b_int: int, c_int: int, m_erf: int, shift_erf: int, out_shift: int,
              m_i32=None, shift=None, out_bits: int = 8) -> np.ndarray:
-    """numba version of :func:`gelu_ref` (bit-exact, parallel over chunks/rows)."""
+    """numba version of :func:`gelu_ref` (bit-exact, parallel over chunks/rows).
+
+    Large int8 inputs go through a 256-entry table of the same scalar code.
+    """
     out_dtype, q, m_vec, s_vec = _check_gelu_args(x, in_shift, b_int, c_int, m_erf, shift_erf, out_shift,
                                                   m_i32, shift, out_bits)
     consts = gelu_args_scalar(in_shift, b_int, c_int, m_erf, shift_erf, out_shift)
@@ -271,9 +297,16 @@ def gelu_cpu(x: np.ndarray, in_shift: int, b_int: int, c_int: int, m_erf: int, s
     out = np.empty(x.shape, dtype=out_dtype)
     if x.size == 0:
         return out
-    if m_vec is None:
+    x2 = x.reshape(-1, x.shape[-1] if x.ndim else 1)
+    if x.dtype == np.int8 and x.size >= LUT_MIN_SIZE:  # same scalar code, tabulated over the 256 inputs
+        table = np.empty(256, dtype=np.int32)
+        _gelu_flat(INT8_VALUES, *consts, table)
+        if m_vec is None:
+            _lut_flat(x.reshape(-1), table, out.reshape(-1))
+        else:
+            _lut_requant_2d(x2, table.astype(np.int64), m_vec, s_vec, np.int64(q), out.reshape(x2.shape))
+    elif m_vec is None:
         _gelu_flat(x.reshape(-1), *consts, out.reshape(-1))
     else:
-        x2 = x.reshape(-1, x.shape[-1] if x.ndim else 1)
         _gelu_requant_2d(x2, *consts, m_vec, s_vec, np.int64(q), out.reshape(x2.shape))
     return out

@@ -170,6 +170,20 @@ def test_realistic_shape_cpu_matches_ref():
                                   gelu_ref(x, **p.kernel_args, m_i32=m, shift=sh))
 
 
+def test_int8_table_path_matches_ref():
+    """Large int8 inputs use a 256-entry table on cpu; it must equal the direct formula."""
+    rng = np.random.default_rng(1)
+    x = rng.integers(-128, 127, size=(64, 3072), endpoint=True).astype(np.int8)
+    for s in (4 / 127, 10 / 127, 1.0):
+        p = gelu_params(s)
+        np.testing.assert_array_equal(gelu_cpu(x, **p.kernel_args), gelu_ref(x, **p.kernel_args))
+        m = np.full(3072, quantize_multiplier(p.out_scale / 0.03)[0])
+        m[::2] *= -1
+        sh = quantize_multiplier(p.out_scale / 0.03)[1]
+        np.testing.assert_array_equal(gelu_cpu(x, **p.kernel_args, m_i32=m, shift=sh, out_bits=16),
+                                      gelu_ref(x, **p.kernel_args, m_i32=m, shift=sh, out_bits=16))
+
+
 def test_bad_arguments_name_the_argument():
     p = gelu_params(0.05)
     x = np.zeros(4, np.int8)
