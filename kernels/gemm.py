@@ -9,11 +9,11 @@ Backends
 --------
 * ``ref``   numpy (exact float64 BLAS products, see :func:`linear_ref`).
 * ``cpu``   numba.  On hosts with AVX-512 VNNI (``_vnni.HAVE_VNNI``) a register
-  blocked 4×64 micro-kernel calls ``vpdpbusd`` directly (``kernels/_vnni.py``):
+  blocked 8×48 micro-kernel calls ``vpdpbusd`` directly (``kernels/_vnni.py``):
   weights prepacked as ``[N/16, K/4, 16, 4]``, int8 activations offset to
   uint8 (``x ^ 0x80 = x + 128``) and the offset removed with the precomputed
-  ``128·Σ_k w[n, k]``; the requantize epilogue runs per 4×64 tile from an
-  L1-resident int32 tile, parallel over (batch, 64-column panel, row chunk).
+  ``128·Σ_k w[n, k]``; the requantize epilogue runs per 8×48 tile from an
+  L1-resident int32 tile, parallel over (batch, 48-column panel, row chunk).
   Elsewhere :func:`linear_portable` / :func:`matmul_portable` (plain numba,
   bit-exact, callable directly on any host) run instead.
 * ``cuda``  numba.cuda, ``kernels/cuda/gemm.py``.
@@ -42,7 +42,7 @@ from .requant import _check_requant_args, requantize_ref, round_shift, saturate
 
 MAX_K = 1 << 16  # reduction length limit (int32 accumulators cannot overflow below it)
 MAX_ABS_BIAS = 1 << 30  # |bias| must be < 2^30
-PANEL = _vnni.NR_BLOCK * _vnni.NBLK_MAX  # 64 output columns per VNNI task
+PANEL = _vnni.NR_BLOCK * _vnni.NBLK_MAX  # output columns per VNNI task (48)
 
 
 # ----------------------------------------------------------------------------- argument checks
@@ -421,66 +421,107 @@ def _to_u8_padded(a3, flip, out):
             dst[k] = src[k] ^ flip
 
 
+MR = _vnni.MR
+
+
 @numba.njit(inline="always")
-def _ukernel(nblk, a_addr, lda, b_addr, b_stride, kg, init_addr, c_addr, ldc):
-    if nblk == 4:
-        _vnni.ukernel_4(a_addr, lda, b_addr, b_stride, kg, init_addr, c_addr, ldc)
-    elif nblk == 3:
-        _vnni.ukernel_3(a_addr, lda, b_addr, b_stride, kg, init_addr, c_addr, ldc)
-    elif nblk == 2:
-        _vnni.ukernel_2(a_addr, lda, b_addr, b_stride, kg, init_addr, c_addr, ldc)
-    else:
-        _vnni.ukernel_1(a_addr, lda, b_addr, b_stride, kg, init_addr, c_addr, ldc)
+def _ukernel(mode, nblk, a, lda, b, bstr, kg, init, m, s, q, o, ldo, rows):
+    """Dispatch to the compile-time micro-kernel variant (``_vnni.make_ukernel``)."""
+    if mode == 0:
+        if nblk == 3:
+            _vnni.ukernel_raw_3(a, lda, b, bstr, kg, init, m, s, q, o, ldo, rows)
+        elif nblk == 2:
+            _vnni.ukernel_raw_2(a, lda, b, bstr, kg, init, m, s, q, o, ldo, rows)
+        else:
+            _vnni.ukernel_raw_1(a, lda, b, bstr, kg, init, m, s, q, o, ldo, rows)
+    elif mode == 1:
+        if nblk == 3:
+            _vnni.ukernel_rq8_3(a, lda, b, bstr, kg, init, m, s, q, o, ldo, rows)
+        elif nblk == 2:
+            _vnni.ukernel_rq8_2(a, lda, b, bstr, kg, init, m, s, q, o, ldo, rows)
+        else:
+            _vnni.ukernel_rq8_1(a, lda, b, bstr, kg, init, m, s, q, o, ldo, rows)
+    elif mode == 2:
+        if nblk == 3:
+            _vnni.ukernel_rq16_3(a, lda, b, bstr, kg, init, m, s, q, o, ldo, rows)
+        elif nblk == 2:
+            _vnni.ukernel_rq16_2(a, lda, b, bstr, kg, init, m, s, q, o, ldo, rows)
+        else:
+            _vnni.ukernel_rq16_1(a, lda, b, bstr, kg, init, m, s, q, o, ldo, rows)
+    elif mode == 3:
+        if nblk == 3:
+            _vnni.ukernel_rq32_3(a, lda, b, bstr, kg, init, m, s, q, o, ldo, rows)
+        elif nblk == 2:
+            _vnni.ukernel_rq32_2(a, lda, b, bstr, kg, init, m, s, q, o, ldo, rows)
+        else:
+            _vnni.ukernel_rq32_1(a, lda, b, bstr, kg, init, m, s, q, o, ldo, rows)
 
 
 @numba.njit(parallel=True, cache=True)
-def _gemm_vnni(xu, wp, init2, ia, ib, mm, nn, m_chunks, requant, m_i64, s_i64, q, out3):
-    """Batched VNNI GEMM with fused epilogue.
+def _gemm_vnni(xu, wp, init2, ia, ib, mm, nn, m_chunks, mode, m_i32, s_i64, q, out3):
+    """Batched VNNI GEMM with the epilogue fused into the micro-kernel.
 
-    xu [Ba, Mp, Kp] uint8 (Mp % 4 == 0), wp [Bb, NB, KB, 16, 4] int8,
-    init2 [Bb, Np] int32 (bias − offset correction), out3 [Bt, mm, nn].
-    Tasks: (batch, 64-column panel, chunk of 4-row tiles), split across threads.
+    xu [Ba, Mp, Kp] uint8 (Mp % MR == 0), wp [Bb, NB, KB, 16, 4] int8,
+    init2 [Bb, Np] int32 (bias − offset correction), out3 [Bt, mm, nn];
+    ``mode`` is ``_vnni.RAW32`` (int32 out) or ``RQ8/RQ16/RQ32`` (matching
+    out3's dtype).  Tasks: (batch, PANEL-column panel, chunk of MR-row tiles),
+    split across threads.  Full panels requantize straight from the
+    accumulator registers and store the final dtype; a partial last panel
+    (``N % 16 != 0``) goes through an int32 scratch tile and the scalar ``round_shift``/``saturate`` helpers.
     """
     nt = ia.shape[0]
     mp = xu.shape[1]
     kp = xu.shape[2]
     nb_total = wp.shape[1]
     kb = wp.shape[2]
-    n_panels = (nb_total + 3) // 4
-    m_tiles = mp // 4
+    nblk_max = PANEL // 16
+    n_panels = (nb_total + nblk_max - 1) // nblk_max
+    m_tiles = mp // MR
     tiles_per_chunk = (m_tiles + m_chunks - 1) // m_chunks
     b_stride = kb * 64
     ntasks = nt * n_panels * m_chunks
+    esize = out3.itemsize
     for task in numba.prange(ntasks):
         t = task // (n_panels * m_chunks)
         rem = task - t * (n_panels * m_chunks)
         p = rem // m_chunks
         ch = rem - p * m_chunks
-        ctile = np.empty((4, 64), np.int32)
-        a_mat = xu[ia[t]]
+        ctile = np.empty((MR, PANEL), np.int32)
+        a_base = xu[ia[t]].ctypes.data
         b_mat = wp[ib[t]]
         ini = init2[ib[t]]
-        nb0 = p * 4
-        nblk = min(4, nb_total - nb0)
+        out2 = out3[t]
+        o_base = out2.ctypes.data
+        nb0 = p * nblk_max
+        nblk = min(nblk_max, nb_total - nb0)
         n0 = nb0 * 16
         ncols = min(nblk * 16, nn - n0)
+        full = ncols == nblk * 16
         b_addr = b_mat[nb0].ctypes.data
-        init_addr = ini[n0:].ctypes.data
-        c_addr = ctile.ctypes.data
+        init_addr = ini.ctypes.data + n0 * 4
+        m_addr = m_i32.ctypes.data + n0 * 4
+        s_addr = s_i64.ctypes.data + n0 * 8
         mt_end = min(m_tiles, (ch + 1) * tiles_per_chunk)
         for mt in range(ch * tiles_per_chunk, mt_end):
-            m0 = mt * 4
-            _ukernel(nblk, a_mat[m0].ctypes.data, kp, b_addr, b_stride, kb, init_addr, c_addr, 64)
-            rows = min(4, mm - m0)
-            for i in range(rows):
-                orow = out3[t, m0 + i, n0:n0 + ncols]
-                crow = ctile[i]
-                if requant:
+            m0 = mt * MR
+            rows = min(MR, mm - m0)
+            a_addr = a_base + m0 * kp
+            if full:
+                o_addr = o_base + (m0 * nn + n0) * esize
+                _ukernel(mode, nblk, a_addr, kp, b_addr, b_stride, kb, init_addr, m_addr, s_addr, q, o_addr, nn, rows)
+            else:
+                _ukernel(0, nblk, a_addr, kp, b_addr, b_stride, kb, init_addr, m_addr, s_addr, q, ctile.ctypes.data, PANEL, MR)
+                for i in range(rows):
+                    orow = out2[m0 + i]
                     for j in range(ncols):
-                        orow[j] = saturate(round_shift(np.int64(crow[j]), m_i64[n0 + j], s_i64[n0 + j]), q)
-                else:
-                    for j in range(ncols):
-                        orow[j] = crow[j]
+                        if mode == 0:
+                            orow[n0 + j] = ctile[i, j]
+                        else:
+                            v = round_shift(np.int64(ctile[i, j]), np.int64(m_i32[n0 + j]), s_i64[n0 + j])
+                            orow[n0 + j] = saturate(v, q)
+
+
+_VNNI_MODES = {1: _vnni.RQ8, 2: _vnni.RQ16, 4: _vnni.RQ32}
 
 
 def _m_chunks(tasks_without_split: int, m_tiles: int) -> int:
@@ -493,18 +534,19 @@ def _m_chunks(tasks_without_split: int, m_tiles: int) -> int:
 def _run_vnni(a3, flip: int, wp, init2, ia, ib, ep: Epilogue, mm: int, nn: int) -> np.ndarray:
     nbat_a, _, kk = a3.shape
     kp = wp.shape[2] * 4
-    mp = _round_up(max(mm, 1), 4)
+    mp = _round_up(max(mm, 1), MR)
     out3 = np.empty((ia.shape[0], mm, nn), dtype=ep.out_dtype)
     if out3.size == 0:
         return out3
     xu = aligned_zeros((nbat_a, mp, kp), np.uint8)
     if kk:
         _to_u8_padded(a3.view(np.uint8), np.uint8(flip), xu)
-    n_panels = (wp.shape[1] + 3) // 4
-    chunks = _m_chunks(ia.shape[0] * n_panels, mp // 4)
-    m_vec = ep.m_i64 if ep.m_i64.shape[0] >= nn else np.zeros(nn, np.int64)
-    s_vec = ep.s_i64 if ep.s_i64.shape[0] >= nn else np.ones(nn, np.int64)
-    _gemm_vnni(xu, wp, init2, ia, ib, mm, nn, chunks, ep.requant, m_vec, s_vec, ep.q, out3)
+    nblk_max = PANEL // 16
+    n_panels = (wp.shape[1] + nblk_max - 1) // nblk_max
+    chunks = _m_chunks(ia.shape[0] * n_panels, mp // MR)
+    m_vec = ep.m_i64.astype(np.int32)  # |m| < 2^31 (checked)
+    mode = _VNNI_MODES[np.dtype(ep.out_dtype).itemsize] if ep.requant else _vnni.RAW32
+    _gemm_vnni(xu, wp, init2, ia, ib, mm, nn, chunks, mode, m_vec, ep.s_i64, ep.q, out3)
     return out3
 
 

@@ -198,14 +198,14 @@ def test_bad_arguments_raise_kernel_input_error(call, match):
 def test_vnni_micro_kernel_emits_vpdpbusd_and_is_exact():
     @numba.njit  # not cached: inspect_asm needs freshly compiled code
     def tile(xu, wp, init, c):
-        _vnni.ukernel_4(xu.ctypes.data, xu.shape[1], wp.ctypes.data, wp.shape[1] * 64, wp.shape[1],
-                        init.ctypes.data, c.ctypes.data, c.shape[1])
+        _vnni.ukernel_raw_3(xu.ctypes.data, xu.shape[1], wp.ctypes.data, wp.shape[1] * 64, wp.shape[1],
+                            init.ctypes.data, 0, 0, 0, c.ctypes.data, c.shape[1], xu.shape[0])
 
     rng = np.random.default_rng(3)
-    x = rng.integers(-128, 128, (4, 40)).astype(np.int8)
-    w = rng.integers(-128, 128, (64, 40)).astype(np.int8)
+    x = rng.integers(-128, 128, (8, 40)).astype(np.int8)
+    w = rng.integers(-128, 128, (48, 40)).astype(np.int8)
     wp, corr = gemm.pack_vnni(w[None])
-    c = np.zeros((4, 64), np.int32)
+    c = np.zeros((8, 48), np.int32)
     tile(x.view(np.uint8) ^ np.uint8(0x80), wp[0], -corr[0], c)
     np.testing.assert_array_equal(c, int64_linear(x, w))
     asm = tile.inspect_asm(tile.signatures[0])
@@ -213,12 +213,15 @@ def test_vnni_micro_kernel_emits_vpdpbusd_and_is_exact():
 
     # the GEMM driver (compiled uncached, serial, from the same source) uses it too, with the fused epilogue
     drv = numba.njit(gemm._gemm_vnni.py_func)
-    xu = gemm.aligned_zeros((1, 4, 40), np.uint8)
+    xu = gemm.aligned_zeros((1, 8, 40), np.uint8)
     xu[0] = x.view(np.uint8) ^ np.uint8(0x80)
-    out = np.empty((1, 4, 64), np.int8)
+    out = np.empty((1, 8, 48), np.int8)
     zero = np.zeros(1, np.int64)
-    drv(xu, wp, -corr, zero, zero, 4, 64, 1, True, np.full(64, 1 << 30, np.int64), np.full(64, 40, np.int64), 127, out)
-    assert "vpdpbusd" in drv.inspect_asm(drv.signatures[0])
+    drv(xu, wp, -corr, zero, zero, 8, 48, 1, _vnni.RQ8, np.full(48, 1 << 30, np.int32), np.full(48, 40, np.int64), 127, out)
+    asm = drv.inspect_asm(drv.signatures[0])
+    assert "vpdpbusd" in asm and "vpmuldq" in asm  # requantized from the registers: 32×32→64 multiplies
+    want = gemm.requantize_ref(int64_linear(x, w).astype(np.int32), 1 << 30, 40)
+    np.testing.assert_array_equal(out[0], want)
 
 
 def test_cpu_dispatch_matches_host_features():

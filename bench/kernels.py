@@ -1,0 +1,237 @@
+"""Kernel benchmarks: intengine kernels against torch / onnxruntime, measured side by side.
+
+    python bench/kernels.py [--quick] [--only SUBSTRING] [--reps N]
+
+Prints the command line that made it, then one table.  Every group of rows
+(one kernel, one shape) is measured *interleaved*: each repetition runs every
+candidate once, round robin, so load from other processes hits all of them
+alike; the table shows medians (and the best run), the rate (GOPS for
+products, Melem/s for elementwise kernels) and, on intengine rows, the speedup
+over every comparison of the group (``>1`` = intengine faster).
+
+Adding a kernel family is one function::
+
+    @bench("gelu")
+    def gelu_rows(cfg):
+        x = ...
+        yield Group("gelu", f"{x.shape}", work=x.size, unit="Melem/s",
+                    ours={"cpu": lambda: gelu_cpu(x, ...)},
+                    baselines={"torch GELU fp32": lambda: F.gelu(xt)})
+
+Threads: torch, numba and onnxruntime are all limited to ``--threads`` (2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import numpy as np
+
+
+@dataclass
+class Group:
+    """One kernel at one shape: our implementations and the comparisons, timed together."""
+
+    kernel: str
+    shape: str
+    work: float  # operations (GOPS) or elements (Melem/s) per call
+    unit: str  # "GOPS" or "Melem/s"
+    ours: dict[str, Callable[[], object]]
+    baselines: dict[str, Callable[[], object]] = field(default_factory=dict)
+
+
+@dataclass
+class Config:
+    quick: bool
+    reps: int
+    warmup: int
+    threads: int
+
+
+BENCHES: dict[str, Callable[[Config], Iterable[Group]]] = {}
+
+
+def bench(name: str):
+    """Register a row generator ``fn(cfg) -> iterable of Group``."""
+
+    def deco(fn):
+        BENCHES[name] = fn
+        return fn
+
+    return deco
+
+
+def time_interleaved(fns: dict[str, Callable[[], object]], reps: int, warmup: int) -> dict[str, list[float]]:
+    for f in fns.values():
+        for _ in range(warmup):
+            f()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t0)
+    return times
+
+
+def _rate(work: float, unit: str, seconds: float) -> float:
+    return work / seconds / (1e9 if unit == "GOPS" else 1e6)
+
+
+def run_group(g: Group, cfg: Config) -> list[list[str]]:
+    fns = {**{f"intengine {k}": v for k, v in g.ours.items()}, **g.baselines}
+    times = time_interleaved(fns, cfg.reps, cfg.warmup)
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    best = {k: float(np.min(v)) for k, v in times.items()}
+    rows = []
+    for k in fns:
+        ours = k.startswith("intengine ")
+        speedups = " ".join(f"{b}:{med[b] / med[k]:.2f}x" for b in g.baselines) if ours else ""
+        rows.append([
+            g.kernel, k, g.shape, f"{med[k] * 1e3:.3f}", f"{best[k] * 1e3:.3f}",
+            f"{_rate(g.work, g.unit, med[k]):.0f} {g.unit}", speedups,
+        ])
+    return rows
+
+
+HEADER = ["kernel", "impl", "shape", "median ms", "best ms", "rate (median)", "speedup vs (median/median)"]
+
+
+def print_table(rows: list[list[str]]) -> None:
+    widths = [max(len(r[i]) for r in rows + [HEADER]) for i in range(len(HEADER))]
+    line = " | ".join(h.ljust(w) for h, w in zip(HEADER, widths))
+    print(line)
+    print("-+-".join("-" * w for w in widths))
+    for r in rows:
+        print(" | ".join(c.ljust(w) for c, w in zip(r, widths)), flush=True)
+
+
+# ============================================================================= GEMM family
+
+BERT_LINEAR = [(768, 768), (768, 3072), (3072, 768)]  # (K, N)
+
+
+def _ort_matmul_integer(k: int, w_kn_i8: np.ndarray, threads: int):
+    """An in-memory ONNX MatMulInteger (uint8 activations with zero point 128 × int8 weights)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    w_init = numpy_helper.from_array(w_kn_i8, "W")
+    azp = numpy_helper.from_array(np.array(128, np.uint8), "a_zp")
+    node = helper.make_node("MatMulInteger", ["A", "W", "a_zp"], ["Y"])
+    graph = helper.make_graph(
+        [node], "mmi",
+        [helper.make_tensor_value_info("A", TensorProto.UINT8, ["M", k])],
+        [helper.make_tensor_value_info("Y", TensorProto.INT32, ["M", w_kn_i8.shape[1]])],
+        initializer=[w_init, azp],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return lambda a_u8: sess.run(None, {"A": a_u8})[0]
+
+
+@bench("gemm")
+def gemm_rows(cfg: Config) -> Iterable[Group]:
+    import torch
+
+    from intengine.kernels import _vnni, gemm
+    from intengine.kernels.requant import quantize_multipliers
+
+    rng = np.random.default_rng(0)
+    ms = [128] if cfg.quick else [128, 1024]
+    for m in ms:
+        for k, n in BERT_LINEAR:
+            x = rng.integers(-127, 128, (m, k), dtype=np.int64).astype(np.int8)
+            w = rng.integers(-127, 128, (n, k), dtype=np.int64).astype(np.int8)
+            bias = rng.integers(-(2**16), 2**16, n, dtype=np.int64).astype(np.int32)
+            m_i32, shift = quantize_multipliers(rng.uniform(1e-4, 3e-4, n))
+            packed = gemm.pack_weight_cpu(w)
+            ours = {
+                "cpu linear+requant(int8, per-channel)": lambda: gemm.linear_cpu(x, packed, bias, m_i32, shift),
+                "cpu linear int32": lambda: gemm.linear_cpu(x, packed, bias),
+            }
+            if not cfg.quick or m == 128 and k == n:
+                ours["portable linear+requant"] = (
+                    lambda p=gemm.pack_weight_portable(w): gemm.linear_portable(x, p, bias, m_i32, shift)
+                )
+            xt, wt = torch.from_numpy(x), torch.from_numpy(w)
+            xf, wf = xt.float(), wt.float().t().contiguous()
+            wt_t = wt.t()  # [K, N] column-major view: what _int_mm wants
+            ort_mm = _ort_matmul_integer(k, np.ascontiguousarray(w.T), cfg.threads)
+            xu = (x.view(np.uint8) ^ np.uint8(0x80))
+            baselines = {
+                "torch fp32 matmul": lambda: torch.matmul(xf, wf),
+                "torch._int_mm": lambda: torch._int_mm(xt, wt_t),
+                "ORT MatMulInteger": lambda: ort_mm(xu),
+            }
+            path = "vnni" if _vnni.HAVE_VNNI else "portable"
+            yield Group(f"linear[{path}]", f"M={m} K={k} N={n}", 2.0 * m * n * k, "GOPS", ours, baselines)
+
+    # attention products (batched NT matmul): Q·Kᵀ (int8) and P·V (uint8 P, V passed transposed)
+    heads, dh = 12, 64
+    for seq in ([128] if cfg.quick else [128, 512]):
+        q = rng.integers(-127, 128, (1, heads, seq, dh), dtype=np.int64).astype(np.int8)
+        kk = rng.integers(-127, 128, (1, heads, seq, dh), dtype=np.int64).astype(np.int8)
+        p = rng.integers(0, 256, (1, heads, seq, seq), dtype=np.int64).astype(np.uint8)
+        vt = rng.integers(-127, 128, (1, heads, dh, seq), dtype=np.int64).astype(np.int8)
+        qf, kf = torch.from_numpy(q).float(), torch.from_numpy(kk).float()
+        pf, vf = torch.from_numpy(p).float(), torch.from_numpy(vt).float().transpose(-1, -2).contiguous()
+        ops_qk = 2.0 * heads * seq * seq * dh
+        yield Group(
+            "matmul Q·Kᵀ", f"B=1 H={heads} S={seq} d={dh}", ops_qk, "GOPS",
+            {"cpu int8 +requant": lambda: gemm.matmul_cpu(q, kk, 1 << 30, 20),
+             "portable int8 +requant": lambda: gemm.matmul_portable(q, kk, 1 << 30, 20)},
+            {"torch fp32 matmul": lambda: torch.matmul(qf, kf.transpose(-1, -2))},
+        )
+        yield Group(
+            "matmul P·V", f"B=1 H={heads} S={seq} d={dh}", ops_qk, "GOPS",
+            {"cpu uint8 P +requant": lambda: gemm.matmul_cpu(p, vt, 1 << 30, 20),
+             "portable uint8 P +requant": lambda: gemm.matmul_portable(p, vt, 1 << 30, 20)},
+            {"torch fp32 matmul": lambda: torch.matmul(pf, vf)},
+        )
+
+
+# ============================================================================= main
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer shapes and repetitions")
+    ap.add_argument("--only", default="", help="run only benches whose name contains this")
+    ap.add_argument("--reps", type=int, default=None, help="timed repetitions per candidate (default 21, quick 11)")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    import numba
+    import torch
+
+    torch.set_num_threads(args.threads)
+    numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+
+    cfg = Config(quick=args.quick, reps=args.reps or (11 if args.quick else 21), warmup=3, threads=args.threads)
+    print("$ python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0])] + sys.argv[1:]))
+    print(f"# threads={args.threads} reps={cfg.reps} (medians of interleaved runs), torch {torch.__version__}, numba {numba.__version__}")
+    rows: list[list[str]] = []
+    for name, fn in BENCHES.items():
+        if args.only and args.only not in name:
+            continue
+        for g in fn(cfg):
+            rows.extend(run_group(g, cfg))
+    print_table(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
