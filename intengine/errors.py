@@ -39,3 +39,7 @@ class InputError(IntengineError, ValueError):
     """Inputs to a model (ids, masks, token types) have the wrong dtype, shape or range."""
 
 # Modules add their own exception classes below this line (append only).
+
+
+class LoweringError(IntengineError, ValueError):
+    """An fp32 graph cannot be lowered to integers (names the op, the node and the model family)."""

@@ -1,0 +1,453 @@
+"""Lowering: fp32-stage graph + calibrated ranges → integer-stage graph.
+
+One small rule per fp32 op kind (:data:`RULES`) rewrites a node into integer nodes.  All float
+math happens here, once: weight quantization, bias folding, dyadic multipliers
+(:func:`~intengine.kernels.requant.quantize_multiplier`) and the ``*_params`` of the nonlinear
+kernels.  The result holds only integer constants (``graph.constants``) and integer attrs; the
+single float op is the final ``dequantize`` of each graph output.
+
+Quantization points (I-BERT, research/ibert.md §1.4):
+
+* embeddings: int8 tables (per tensor), lookups summed with ``rescale_add`` into the 16-bit
+  ``emb.sum`` scale (a partial sum feeding another add is also kept at 16 bits);
+* linear: int8 weights per output channel, int32 bias at ``S_x·S_w``; the output is requantized
+  in the fused epilogue to the calibrated 8-bit scale, or kept as int32 accumulators (per-channel
+  scale ``S_x·S_w[c]``) when every consumer is an ``add`` (residuals: I-BERT's QuantAct(22)
+  with identity reads the accumulators directly);
+* attention: ``Q·Kᵀ`` with ``1/√d`` folded into the multiplier → int16 scores at the calibrated
+  scale (int32 accumulators when they feed an add), ``softmax`` with the key mask → u8 at 1/255,
+  ``P·V`` (u8 × int8, Vᵀ) requantized to int8;
+* residual adds: ``rescale_add`` into the 22-bit calibrated scale (int32), then ``layernorm``
+  → int8; ``gelu`` with fused requant to int8 (int32 wide output when a LayerNorm reads it);
+  pooler ``tanh`` → int8 at 1/127;
+* outputs: int32 accumulators of the head (pre-shifted so ``|q| < 2^24``) or int8, then
+  ``dequantize``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Mapping
+
+import numpy as np
+
+from . import ir
+from .errors import LoweringError
+from .kernels.gelu import gelu_params
+from .kernels.layernorm import layernorm_params
+from .kernels.quant import quantize_ref, symmetric_scale
+from .kernels.requant import quantize_multiplier, quantize_multipliers
+from .kernels.softmax import SOFTMAX_OUT_SCALE, softmax_params
+from .kernels.tanh import tanh_params
+
+__all__ = ["lower", "RULES", "LoweringError"]
+
+_DTYPE_OF_BITS = ((8, "i8"), (16, "i16"), (32, "i32"))
+DEQUANT_BOUND = 1 << 23  # integer outputs stay below 2^24 (exact in float32 for dequantize)
+
+
+def _dtype_for_bits(bits: int) -> str:
+    for w, d in _DTYPE_OF_BITS:
+        if bits <= w:
+            return d
+    raise LoweringError(f"no integer container for {bits} bits")
+
+
+def _qmax(bits: int) -> int:
+    return (1 << (bits - 1)) - 1
+
+
+class _Lowerer:
+    """State of one lowering: the fp32 graph, the ranges, and the integer graph being built."""
+
+    def __init__(self, g: ir.Graph, qparams: Mapping, family: str):
+        self.g, self.qp, self.family = g, qparams, family
+        self.values: dict[str, ir.Value] = {}
+        self.nodes: list[ir.Node] = []
+        self.constants: dict[str, np.ndarray] = {}
+        self.env: dict[str, str] = {}  # fp32 value name -> integer value name
+        self._consumers: dict[str, list[ir.Node]] = {}
+        for n in g.nodes:
+            for i in n.inputs:
+                self._consumers.setdefault(i, []).append(n)
+
+    # ---------------------------------------------------------------- graph building
+    def consumers(self, name: str) -> list[ir.Node]:
+        return self._consumers.get(name, [])
+
+    def int_name(self, fp_name: str) -> str:
+        return fp_name + ".q" if fp_name in self.g.outputs else fp_name
+
+    def value(self, fp_name: str) -> ir.Value:
+        """The integer value standing for fp32 value ``fp_name``."""
+        try:
+            return self.values[self.env[fp_name]]
+        except KeyError:
+            raise LoweringError(f"internal: fp32 value {fp_name!r} has not been lowered") from None
+
+    def const(self, name: str, arr: np.ndarray, dtype: str) -> str:
+        arr = np.ascontiguousarray(arr, dtype=ir.NUMPY_DTYPES[dtype])
+        if name in self.constants:
+            if not np.array_equal(self.constants[name], arr):
+                raise LoweringError(f"internal: constant {name!r} defined twice with different data")
+            return name
+        self.constants[name] = arr
+        self.values[name] = ir.Value(name, dtype, arr.shape)
+        return name
+
+    def emit(self, op: str, inputs, out: str, vdtype: str, vshape, scale=None, *, fp: str | None = None,
+             **attrs) -> str:
+        """Append an integer node; ``fp`` names the fp32 value it stands for (then ``out`` is
+        derived from it)."""
+        if fp is not None:
+            out = self.int_name(fp)
+        if isinstance(scale, np.ndarray):
+            scale = float(scale) if scale.size == 1 else tuple(float(s) for s in scale.ravel())
+        elif scale is not None and not isinstance(scale, tuple):
+            scale = float(scale)
+        if out in self.values:
+            raise LoweringError(f"internal: integer value {out!r} declared twice")
+        self.values[out] = ir.Value(out, vdtype, tuple(vshape), scale)
+        self.nodes.append(ir.Node(op, tuple(inputs), (out,), tuple(attrs.items()), name=out))
+        if fp is not None:
+            self.env[fp] = out
+        return out
+
+    def multiplier(self, name: str, real) -> tuple[str | int, str | int]:
+        """``real`` (scalar or per-channel) → (m_i32, shift): ints for a scalar, else constants."""
+        real = np.asarray(real, dtype=np.float64)
+        if real.size == 1:
+            return quantize_multiplier(float(real.ravel()[0]))
+        m, s = quantize_multipliers(real)
+        return self.const(f"{name}.m_i32", m, "i32"), self.const(f"{name}.shift", s, "i32")
+
+    # ---------------------------------------------------------------- ranges
+    def act_qp(self, fp_name: str):
+        if fp_name not in self.qp:
+            raise LoweringError(f"no calibrated range for value {fp_name!r}: calibrate(graph, batches) first")
+        return self.qp[fp_name]
+
+    def act_scale(self, fp_name: str, bits: int) -> float:
+        """Step of ``fp_name`` at ``bits`` from its calibrated threshold."""
+        t = float(np.max(np.asarray(self.act_qp(fp_name).threshold)))
+        return max(t, 1e-8) / _qmax(bits)
+
+    def out_bits(self, fp_name: str, partial_sum: bool = False) -> int:
+        """Bits of an activation: the calibrated width; 16 for scores feeding softmax and (when
+        ``partial_sum``, i.e. produced by an add) for sums feeding another add."""
+        bits = int(self.act_qp(fp_name).bits)
+        ops = {c.op for c in self.consumers(fp_name)}
+        if "softmax" in ops or (partial_sum and "add" in ops):
+            bits = max(bits, 16)
+        return bits
+
+    def feeds_only_adds(self, fp_name: str) -> bool:
+        """Every use is an ``add`` (possibly through data movement): int32 may flow there."""
+        cons = self.consumers(fp_name)
+        if not cons or fp_name in self.g.outputs:
+            return False
+        for c in cons:
+            if c.op == "add":
+                continue
+            if c.op in ("gather", "transpose", "reshape") and self.feeds_only_adds(c.outputs[0]):
+                continue
+            return False
+        return True
+
+    def scalar_scale(self, fp_name: str, what: str) -> float:
+        s = self.value(fp_name).scale
+        if s is None or isinstance(s, tuple):
+            raise LoweringError(f"{what}: input {fp_name!r} must carry one per-tensor scale, got {s!r}")
+        return float(s)
+
+    def fail(self, node: ir.Node, why: str):
+        raise LoweringError(f"cannot lower op {node.op!r} (node {node.label}, family {self.family}): {why}")
+
+
+# =============================================================================== rules
+
+
+def lower_embedding(L: _Lowerer, node: ir.Node) -> None:
+    """int8 table (per tensor) + ``embedding_lookup``; output at the table scale."""
+    tname = node.attr("table")
+    table = L.g.constants[tname]
+    s = symmetric_scale(np.abs(table).max(), 8)
+    tq = L.const(f"{tname}.table_i8", quantize_ref(table, s, None, 8), "i8")
+    (ids,) = node.inputs
+    out = node.outputs[0]
+    L.emit("embedding_lookup", [L.env[ids]], "", "i8", L.g.value(out).shape, float(s), fp=out, table=tq)
+
+
+def lower_position_ids(L: _Lowerer, node: ir.Node) -> None:
+    out = node.outputs[0]
+    L.emit("position_ids", [L.env[node.inputs[0]]], "", "i64", L.g.value(out).shape, fp=out,
+           **dict(node.attrs))
+
+
+def lower_add(L: _Lowerer, node: ir.Node) -> None:
+    """``rescale_add`` of both operands into the calibrated output scale (22 bits for residuals,
+    16 for the embedding sum and for partial sums)."""
+    out = node.outputs[0]
+    a, b = node.inputs
+    bits = L.out_bits(out, partial_sum=True)
+    s_out = L.act_scale(out, bits)
+    va, vb = L.value(a), L.value(b)
+    if tuple(va.shape) != tuple(vb.shape):
+        L.fail(node, f"operands have different shapes {va.shape} and {vb.shape}")
+    ma, sa = L.multiplier(f"{out}.a", np.asarray(va.scale, np.float64) / s_out)
+    mb, sb = L.multiplier(f"{out}.b", np.asarray(vb.scale, np.float64) / s_out)
+    L.emit("rescale_add", [va.name, vb.name], "", _dtype_for_bits(bits), L.g.value(out).shape, s_out,
+           fp=out, m_a=ma, shift_a=sa, m_b=mb, shift_b=sb, out_bits=bits)
+
+
+def _quantize_weight(L: _Lowerer, wname: str, per_channel: bool) -> tuple[str, np.ndarray]:
+    w = L.g.constants[wname]
+    absmax = np.abs(w).max(axis=1)
+    if not per_channel:
+        absmax = np.full_like(absmax, absmax.max())
+    s_w = symmetric_scale(absmax, 8)  # float32 [N]
+    tag = "w_i8" if per_channel else "w_i8_pt"
+    return L.const(f"{wname}.{tag}", quantize_ref(w, s_w, 0, 8), "i8"), s_w.astype(np.float64)
+
+
+def lower_linear(L: _Lowerer, node: ir.Node) -> None:
+    """int8 per-channel weight, int32 bias at ``S_x·S_w``, fused requant to the output scale.
+
+    Output forms: int8 at the calibrated scale (default); int32 accumulators at the per-channel
+    ``S_x·S_w[c]`` when every consumer is an add; at a graph output, the accumulators
+    pre-shifted by ``2^-k`` so that ``|q| < 2^24`` for the float32 dequantize.
+    """
+    out = node.outputs[0]
+    (x,) = node.inputs
+    vx = L.value(x)
+    if vx.dtype != "i8":
+        L.fail(node, f"input {x!r} is {vx.dtype}; integer linear reads int8")
+    s_x = L.scalar_scale(x, "linear")
+    # a gather along the output axis would mix channels: per-tensor weight scale there
+    per_channel = not any(c.op == "gather" for c in L.consumers(out))
+    wq, s_w = _quantize_weight(L, node.attr("weight"), per_channel)
+    acc_scale = s_x * s_w  # [N]
+    bias = None
+    bname = node.attr("bias")
+    max_bias = 0.0
+    if bname is not None:
+        b = np.rint(L.g.constants[bname].astype(np.float64) / acc_scale)
+        max_bias = float(np.abs(b).max()) if b.size else 0.0
+        if max_bias >= 2**30:
+            L.fail(node, f"bias {bname!r} does not fit the int32 accumulator at S_x·S_w (|b| ≥ 2^30)")
+        bias = L.const(f"{out}.bias_i32", b, "i32")
+    shape = L.g.value(out).shape
+    attrs = dict(weight=wq, bias=bias)
+    if out in L.g.outputs:
+        k_dim = L.g.constants[node.attr("weight")].shape[1]
+        bound = k_dim * 127 * 127 + max_bias
+        k = max(0, math.ceil(math.log2(bound / DEQUANT_BOUND))) if bound > DEQUANT_BOUND else 0
+        if k:
+            m, s = quantize_multiplier(2.0 ** -k)
+            L.emit("linear", [vx.name], "", "i32", shape, acc_scale * 2.0**k, fp=out, **attrs,
+                   m_i32=m, shift=s, out_bits=32)
+        else:
+            L.emit("linear", [vx.name], "", "i32", shape, acc_scale, fp=out, **attrs)
+        return
+    if L.feeds_only_adds(out):
+        L.emit("linear", [vx.name], "", "i32", shape, acc_scale, fp=out, **attrs)
+        return
+    bits = L.out_bits(out)
+    s_out = L.act_scale(out, bits)
+    m, s = L.multiplier(out, acc_scale / s_out)
+    L.emit("linear", [vx.name], "", _dtype_for_bits(bits), shape, s_out, fp=out, **attrs,
+           m_i32=m, shift=s, out_bits=bits)
+
+
+def lower_matmul(L: _Lowerer, node: ir.Node) -> None:
+    """Batched ``A·Bᵀ`` (the kernel's NT layout; B is transposed when the fp32 op is NN).
+
+    ``scale`` (1/√d) is folded into the multiplier.  Scores feeding softmax become int16 at the
+    calibrated scale; accumulators feeding an add stay int32; everything else int8.
+    """
+    out = node.outputs[0]
+    a, b = node.inputs
+    if b in L.g.constants:
+        L.fail(node, "a constant right operand (DeBERTa relative tables) is not lowered yet")
+    va, vb = L.value(a), L.value(b)
+    if va.dtype not in ("i8", "u8") or vb.dtype != "i8":
+        L.fail(node, f"operands are {va.dtype} × {vb.dtype}; the integer matmul takes i8/u8 × i8")
+    s_a, s_b = L.scalar_scale(a, "matmul"), L.scalar_scale(b, "matmul")
+    bname = vb.name
+    if not node.attr("transpose_b"):
+        shp = tuple(vb.shape)
+        perm = tuple(range(len(shp) - 2)) + (len(shp) - 1, len(shp) - 2)
+        bname = L.emit("transpose", [vb.name], f"{out}.bT", "i8", tuple(shp[p] for p in perm), s_b,
+                       perm=perm)
+    real = s_a * s_b * float(node.attr("scale", 1.0))
+    shape = L.g.value(out).shape
+    if L.feeds_only_adds(out):
+        # the accumulators carry S_a·S_b·scale: the scale folds into the consumer's multiplier
+        L.emit("matmul", [va.name, bname], "", "i32", shape, real, fp=out)
+        return
+    bits = L.out_bits(out)
+    s_out = L.act_scale(out, bits)
+    m, s = quantize_multiplier(real / s_out)
+    L.emit("matmul", [va.name, bname], "", _dtype_for_bits(bits), shape, s_out, fp=out,
+           m_i32=m, shift=s, out_bits=bits)
+
+
+def _key_mask(L: _Lowerer, mask: str) -> str:
+    name = f"{mask}.keys"
+    if name not in L.values:
+        L.emit("reshape", [L.env[mask]], name, "bool", ("B", 1, 1, "T"), shape=("B", 1, 1, "T"))
+    return name
+
+
+def lower_softmax(L: _Lowerer, node: ir.Node) -> None:
+    """i-softmax over keys (mask ``[B,1,1,T]``); u8 probabilities at scale 1/255."""
+    out = node.outputs[0]
+    x, mask = node.inputs
+    if node.attr("mask") != "key":
+        L.fail(node, f"softmax mask kind {node.attr('mask')!r} (DeBERTa's pair mask) is not lowered yet")
+    vx = L.value(x)
+    if vx.dtype not in ("i8", "i16", "i32"):
+        L.fail(node, f"scores are {vx.dtype}")
+    p = softmax_params(L.scalar_scale(x, "softmax"))
+    L.emit("softmax", [vx.name, _key_mask(L, mask)], "", "u8", L.g.value(out).shape, SOFTMAX_OUT_SCALE,
+           fp=out, m_i32=int(p.m_i32), shift=int(p.shift))
+
+
+def lower_layernorm(L: _Lowerer, node: ir.Node) -> None:
+    """i-LayerNorm on int32 input (narrower inputs are widened first) → int8 at the calibrated scale."""
+    out = node.outputs[0]
+    (x,) = node.inputs
+    vx = L.value(x)
+    s_in = L.scalar_scale(x, "layernorm")
+    src = vx.name
+    if vx.dtype != "i32":
+        src = L.emit("cast_int", [vx.name], f"{x}.i32", "i32", vx.shape, s_in, to="i32")
+    bits = 8 if out in L.g.outputs else L.out_bits(out)
+    s_out = L.act_scale(out, bits)
+    g = L.g.constants
+    p = layernorm_params(g[node.attr("weight")], g[node.attr("bias")], node.attr("eps"), s_out, bits,
+                         in_scale=s_in)
+    L.emit("layernorm", [src], "", _dtype_for_bits(bits), L.g.value(out).shape, s_out, fp=out,
+           m_i32=L.const(f"{out}.m_i32", p.m_i32, "i32"), shift=L.const(f"{out}.shift", p.shift, "i32"),
+           bias_i64=L.const(f"{out}.bias_i64", p.bias_i64, "i64"), eps_m=int(p.eps_m), eps_e=int(p.eps_e),
+           out_bits=bits)
+
+
+def lower_gelu(L: _Lowerer, node: ir.Node) -> None:
+    """i-GELU; fused requant to int8, or the wide int32 output when a LayerNorm reads it."""
+    out = node.outputs[0]
+    (x,) = node.inputs
+    vx = L.value(x)
+    in_bits = {"i8": 8, "i16": 16, "i32": 32}.get(vx.dtype)
+    if in_bits is None:
+        L.fail(node, f"input is {vx.dtype}")
+    p = gelu_params(L.scalar_scale(x, "gelu"), in_bits)
+    kw = dict(in_shift=p.in_shift, b_int=p.b_int, c_int=p.c_int, m_erf=p.m_erf, shift_erf=p.shift_erf,
+              out_shift=p.out_shift)
+    kw = {k: int(v) for k, v in kw.items()}
+    shape = L.g.value(out).shape
+    cons = L.consumers(out)
+    if cons and all(c.op == "layernorm" for c in cons) and out not in L.g.outputs:
+        L.emit("gelu", [vx.name], "", "i32", shape, p.out_scale, fp=out, **kw)
+        return
+    bits = 8
+    s_out = L.act_scale(out, bits)
+    m, s = quantize_multiplier(p.out_scale / s_out)
+    L.emit("gelu", [vx.name], "", "i8", shape, s_out, fp=out, **kw, m_i32=m, shift=s, out_bits=bits)
+
+
+def lower_tanh(L: _Lowerer, node: ir.Node) -> None:
+    """i-tanh → int8 at scale 1/127."""
+    out = node.outputs[0]
+    (x,) = node.inputs
+    p = tanh_params(L.scalar_scale(x, "tanh"), 8)
+    L.emit("tanh", [L.env[x]], "", "i8", L.g.value(out).shape, p.scale_out, fp=out,
+           m_i32=int(p.m_i32), shift=int(p.shift), out_bits=8)
+
+
+def _passthrough(op: str, *keys: str) -> Callable[[_Lowerer, ir.Node], None]:
+    def rule(L: _Lowerer, node: ir.Node) -> None:
+        out = node.outputs[0]
+        v = L.value(node.inputs[0])
+        if isinstance(v.scale, tuple) and op != "reshape":
+            L.fail(node, "a per-channel scale cannot pass through this op")
+        attrs = {k: node.attr(k) for k in keys}
+        L.emit(op, [v.name], "", v.dtype, L.g.value(out).shape, v.scale, fp=out, **attrs)
+
+    rule.__name__ = f"lower_{op}"
+    rule.__doc__ = f"Integer data movement ``{op}``: same dtype and scale."
+    return rule
+
+
+def lower_reshape(L: _Lowerer, node: ir.Node) -> None:
+    """Reshape keeps dtype and scale (a per-channel scale only if the last axis is kept)."""
+    out = node.outputs[0]
+    v = L.value(node.inputs[0])
+    shape = L.g.value(out).shape
+    if isinstance(v.scale, tuple) and shape[-1] != v.shape[-1]:
+        L.fail(node, "reshape would split the per-channel axis")
+    L.emit("reshape", [v.name], "", v.dtype, shape, v.scale, fp=out, shape=node.attr("shape"))
+
+
+def _unsupported(why: str) -> Callable[[_Lowerer, ir.Node], None]:
+    def rule(L: _Lowerer, node: ir.Node) -> None:
+        L.fail(node, why)
+
+    return rule
+
+
+RULES: dict[str, Callable[[_Lowerer, ir.Node], None]] = {
+    "embedding": lower_embedding,
+    "position_ids": lower_position_ids,
+    "add": lower_add,
+    "linear": lower_linear,
+    "matmul": lower_matmul,
+    "softmax": lower_softmax,
+    "layernorm": lower_layernorm,
+    "gelu": lower_gelu,
+    "tanh": lower_tanh,
+    "reshape": lower_reshape,
+    "transpose": _passthrough("transpose", "perm"),
+    "select": _passthrough("select", "axis", "index"),
+    "gather": _unsupported("relative-position gather is not lowered yet"),
+    "scatter_add": _unsupported("relative-position scatter_add is not lowered yet"),
+    "mask_fill": _unsupported("mask_fill is not lowered yet"),
+    "conv1d": _unsupported("conv1d is not lowered yet"),
+    "mul": _unsupported("elementwise mul is not lowered"),
+}
+
+
+def lower(graph: ir.Graph, qparams: Mapping, family: str = "?") -> ir.Graph:
+    """The integer-stage graph of an fp32-stage ``graph`` with calibrated ``qparams``
+    (:func:`intengine.calibrate.calibrate`).  ``verify_integer`` holds on the result."""
+    if graph.stage != "fp32":
+        raise LoweringError(f"lower expects an fp32-stage graph, got stage {graph.stage!r}")
+    if not qparams:
+        raise LoweringError("lower needs calibrated ranges: calibrate(graph, batches) returned nothing")
+    L = _Lowerer(graph, qparams, family)
+    for name in graph.inputs:
+        v = graph.value(name)
+        L.values[name] = ir.Value(name, v.dtype, v.shape)
+        L.env[name] = name
+    for node in graph.nodes:
+        rule = RULES.get(node.op)
+        if rule is None:
+            raise LoweringError(f"cannot lower op {node.op!r} (node {node.label}, family {family}): no rule")
+        rule(L, node)
+    outs = []
+    for o in graph.outputs:
+        v = L.value(o)
+        if v.scale is None:
+            raise LoweringError(f"graph output {o!r} carries no scale")
+        scale = v.scale
+        if isinstance(scale, tuple):
+            scale_attr, axis = tuple(np.float32(s).item() for s in scale), -1
+        else:
+            scale_attr, axis = float(np.float32(scale)), None
+        L.values[o] = ir.Value(o, "f32", v.shape)
+        L.nodes.append(ir.Node("dequantize", (v.name,), (o,), (("scale", scale_attr), ("axis", axis)), name=o))
+        outs.append(o)
+    g = ir.Graph(stage="integer", inputs=graph.inputs, outputs=tuple(outs), nodes=tuple(L.nodes),
+                 values=tuple(L.values.values()), constants=L.constants)
+    ir.verify_integer(g)
+    return g

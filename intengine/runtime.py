@@ -1,0 +1,185 @@
+"""Executor for integer-stage graphs: each node dispatches to ``get_kernel(op, backend)``.
+
+Backends ``ref`` (numpy), ``cpu`` (numba) and ``cuda`` (numba.cuda) share this one executor.
+At construction (:class:`Executor`) every node is bound once into a closure: weights are packed
+with the backend's ``pack_weight``, constant vectors are fetched, integer attrs are read; a call
+then only runs the closures in order and drops intermediates after their last use.  No float
+math happens here (the integer graph carries ready-made multipliers and params); the only float
+op is the graph-output ``dequantize`` kernel.
+
+Integer data movement (``embedding_lookup``, ``position_ids``, ``reshape``, ``transpose``,
+``select``, ``cast_int``, ``gather``) runs in numpy on the host for every backend; the kernels of
+the ``cuda`` backend accept host arrays and return host arrays.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from . import ir
+from .errors import InputError
+from .interp import prepare_inputs
+from .kernels.registry import get_kernel
+
+__all__ = ["Executor", "run_integer"]
+
+_Fn = Callable[[list, int, int], np.ndarray]
+
+
+def _resolve(shape, B: int, T: int) -> tuple[int, ...]:
+    return tuple(B if d == "B" else T if d == "T" else int(d) for d in shape)
+
+
+def _host(x):
+    return x.copy_to_host() if hasattr(x, "copy_to_host") else x
+
+
+class Executor:
+    """An integer graph bound to one backend (weights packed once, here)."""
+
+    def __init__(self, graph: ir.Graph, backend: str = "ref"):
+        if graph.stage != "integer":
+            raise ir.GraphError(f"the runtime executes integer-stage graphs, got stage {graph.stage!r}")
+        ir.verify_integer(graph)
+        self.graph, self.backend = graph, backend
+        self._steps: list[tuple[ir.Node, _Fn]] = [(n, self._bind(n)) for n in graph.nodes]
+        last: dict[str, int] = {}
+        for k, n in enumerate(graph.nodes):
+            for i in n.inputs:
+                last[i] = k
+        keep = set(graph.outputs)
+        self._free = [[i for i in n.inputs if last.get(i) == k and i not in keep and i not in graph.constants]
+                      for k, n in enumerate(graph.nodes)]
+
+    # ---------------------------------------------------------------- binding
+    def _c(self, name):
+        """A constant array by name, an int attr as is, None as None."""
+        if isinstance(name, str):
+            return self.graph.constants[name]
+        return name
+
+    def _bind(self, node: ir.Node) -> _Fn:
+        op, a, be = node.op, node.attr, self.backend
+        C = self._c
+        if op == "linear":
+            packed = get_kernel("pack_weight", be)(self.graph.constants[a("weight")])
+            k = get_kernel("linear", be)
+            bias = C(a("bias"))
+            m, s, bits = C(a("m_i32")), C(a("shift")), a("out_bits", 8)
+            return lambda ins, B, T: k(ins[0], packed, bias, m, s, bits)
+        if op == "matmul":
+            k = get_kernel("matmul", be)
+            m, s, bits = C(a("m_i32")), C(a("shift")), a("out_bits", 8)
+            return lambda ins, B, T: k(ins[0], ins[1], m, s, bits)
+        if op == "requantize":
+            k = get_kernel("requantize", be)
+            m, s, bits = C(a("m_i32")), C(a("shift")), a("out_bits")
+            return lambda ins, B, T: k(ins[0], m, s, bits)
+        if op == "rescale_add":
+            k = get_kernel("rescale_add", be)
+            ma, sa, mb, sb = C(a("m_a")), C(a("shift_a")), C(a("m_b")), C(a("shift_b"))
+            bits = a("out_bits")
+            return lambda ins, B, T: k(ins[0], ma, sa, ins[1], mb, sb, bits)
+        if op == "gelu":
+            k = get_kernel("gelu", be)
+            kw = {n: a(n) for n in ("in_shift", "b_int", "c_int", "m_erf", "shift_erf", "out_shift")}
+            m, s, bits = C(a("m_i32")), C(a("shift")), a("out_bits", 8)
+            return lambda ins, B, T: k(ins[0], **kw, m_i32=m, shift=s, out_bits=bits)
+        if op == "softmax":
+            k = get_kernel("softmax", be)
+            m, s = a("m_i32"), a("shift")
+            return lambda ins, B, T: k(ins[0], ins[1], m, s)
+        if op == "layernorm":
+            k = get_kernel("layernorm", be)
+            m, s, bias = C(a("m_i32")), C(a("shift")), C(a("bias_i64"))
+            em, ee, bits = a("eps_m"), a("eps_e"), a("out_bits")
+            return lambda ins, B, T: k(ins[0], m, s, bias, em, ee, bits)
+        if op == "tanh":
+            k = get_kernel("tanh", be)
+            m, s, bits = a("m_i32"), a("shift"), a("out_bits")
+            return lambda ins, B, T: k(ins[0], m, s, bits)
+        if op == "dequantize":
+            k = get_kernel("dequantize", be)
+            scale, axis = a("scale"), a("axis")
+            sc = np.asarray(scale, dtype=np.float32)
+            return lambda ins, B, T: _host(k(_host(ins[0]), sc if sc.ndim else sc.item(), axis))
+        # ---- integer data movement (host numpy)
+        if op == "embedding_lookup":
+            table = self.graph.constants[a("table")]
+            label = node.label
+
+            def lookup(ins, B, T):
+                ids = ins[0]
+                if ids.size and (ids.min() < 0 or ids.max() >= table.shape[0]):
+                    bad = int(ids.min()) if ids.min() < 0 else int(ids.max())
+                    raise InputError(f"{label}: index {bad} outside the embedding table [0, {table.shape[0]})")
+                return table[ids]
+
+            return lookup
+        if op == "position_ids":
+            kind, pad = a("kind"), a("padding_idx")
+            if kind == "arange":
+                return lambda ins, B, T: np.broadcast_to(np.arange(T, dtype=np.int64), (B, T)).copy()
+            if kind != "padding":
+                raise ir.GraphError(f"node {node.label}: unknown position_ids kind {kind!r}")
+
+            def positions(ins, B, T):
+                not_pad = (ins[0] != pad).astype(np.int64)
+                return np.cumsum(not_pad, axis=1) * not_pad + pad
+
+            return positions
+        if op == "reshape":
+            shape = a("shape")
+            return lambda ins, B, T: _host(ins[0]).reshape(_resolve(shape, B, T))
+        if op == "transpose":
+            perm = a("perm")
+            return lambda ins, B, T: np.ascontiguousarray(np.transpose(_host(ins[0]), perm))
+        if op == "select":
+            axis, index = a("axis"), a("index")
+            return lambda ins, B, T: np.ascontiguousarray(np.take(_host(ins[0]), index, axis=axis))
+        if op == "cast_int":
+            dt = ir.NUMPY_DTYPES[a("to")]
+            return lambda ins, B, T: _host(ins[0]).astype(dt)
+        if op == "gather":
+            index = self.graph.constants[a("index")]
+
+            def gather(ins, B, T):
+                x = _host(ins[0])
+                t = x.shape[-2]
+                if t > index.shape[0]:
+                    raise InputError(f"sequence length {t} exceeds the {index.shape[0]} positions of {node.label}")
+                idx = index[:t, :t]
+                return np.take_along_axis(x, np.broadcast_to(idx, x.shape[:-1] + (t,)), axis=-1)
+
+            return gather
+        raise ir.GraphError(f"node {node.label}: the integer runtime has no op {op!r}")
+
+    # ---------------------------------------------------------------- run
+    def run(self, input_ids, attention_mask=None, token_type_ids=None):
+        """Run the graph; returns its (first) float32 output, or a tuple for several outputs."""
+        env = prepare_inputs(input_ids, attention_mask, token_type_ids)
+        B, T = env["input_ids"].shape
+        consts = self.graph.constants
+        for (node, fn), free in zip(self._steps, self._free):
+            ins = [env[i] if i in env else consts[i] for i in node.inputs]
+            env[node.outputs[0]] = fn(ins, B, T)
+            for i in free:
+                env.pop(i, None)
+        outs = [np.asarray(_host(env[o])) for o in self.graph.outputs]
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+    def trace(self, input_ids, attention_mask=None, token_type_ids=None) -> dict[str, np.ndarray]:
+        """Every value the graph computes (for debugging and node-by-node comparisons)."""
+        env = prepare_inputs(input_ids, attention_mask, token_type_ids)
+        B, T = env["input_ids"].shape
+        for node, fn in self._steps:
+            ins = [env[i] if i in env else self.graph.constants[i] for i in node.inputs]
+            env[node.outputs[0]] = _host(fn(ins, B, T))
+        return env
+
+
+def run_integer(graph: ir.Graph, input_ids, attention_mask=None, token_type_ids=None, backend: str = "ref"):
+    """One-shot convenience: bind ``graph`` to ``backend`` and run it."""
+    return Executor(graph, backend).run(input_ids, attention_mask, token_type_ids)

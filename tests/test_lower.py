@@ -1,0 +1,180 @@
+"""Integer lowering + runtime: verify_integer, ref == cpu bit for bit, accuracy vs the FP32
+module on valid tokens, every head, and the error paths."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import intengine
+from intengine import ir
+from intengine.calibrate import calibrate, random_batches
+from intengine.capture import capture
+from intengine.errors import CalibrationError, IntengineError, LoweringError
+from intengine.lower import RULES, lower
+from intengine.models import init_weights
+from intengine.quantize import QuantizedModel, quantize
+from intengine.runtime import Executor
+
+TASKS = ["base", "sequence-classification", "token-classification", "question-answering", "masked-lm"]
+SUPPORTED = ["roberta-tiny", "ibert-roberta-tiny"]
+MIN_COSINE = 0.98
+
+
+def load(preset, task, std=None):
+    m = intengine.load_fp32(preset, task=task)
+    if std is not None:
+        init_weights(m, 0, std=std)  # larger weights: non-trivial activations
+    return m
+
+
+def batch(m, seed=7, b=3, t=24):
+    return random_batches(m, 1, b, t, seed=seed)[0]
+
+
+def torch_out(m, x):
+    with torch.no_grad():
+        y = m(torch.from_numpy(x["input_ids"]), torch.from_numpy(x["attention_mask"]),
+              torch.from_numpy(x["token_type_ids"]))
+    y = getattr(y, "logits", y)
+    if isinstance(y, tuple):
+        y = y[0]
+    return y.detach().numpy()
+
+
+def cosine_valid(ref, got, mask):
+    """Cosine over the valid tokens' entries (all entries for pooled outputs)."""
+    if ref.ndim == 3:
+        ref, got = ref[mask.astype(bool)], got[mask.astype(bool)]
+    a, b = ref.astype(np.float64).ravel(), got.astype(np.float64).ravel()
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+@pytest.fixture(scope="module", params=[(p, t) for p in SUPPORTED for t in TASKS], ids=lambda v: f"{v[0]}-{v[1]}")
+def quantized(request):
+    preset, task = request.param
+    m = load(preset, task, std=0.15)
+    qm = quantize(m, random_batches(m, 3, 4, 24), method="minmax")
+    return m, qm
+
+
+def test_integer_graph_verifies(quantized):
+    _, qm = quantized
+    g = qm.graph
+    ir.verify_integer(g)
+    assert all(arr.dtype.kind in "iub" for arr in g.constants.values())
+    assert [n.op for n in g.nodes if n.op not in ir.INTEGER_OPS] == ["dequantize"]
+    for n in g.nodes:  # every attr is an int, a name, a tuple of ints, or the output scale
+        for k, v in n.attrs:
+            if n.op == "dequantize" and k == "scale":
+                continue
+            assert not isinstance(v, float), (n.label, k, v)
+
+
+def test_ref_cpu_bit_exact_and_accuracy(quantized):
+    m, qm = quantized
+    x = batch(m)
+    y_ref = qm.run(**x, backend="ref")
+    y_cpu = qm.run(**x, backend="cpu")
+    assert y_ref.dtype == np.float32
+    np.testing.assert_array_equal(y_ref, y_cpu)
+    fp = torch_out(m, x)
+    assert y_ref.shape == fp.shape
+    cos = cosine_valid(fp, y_ref, x["attention_mask"])
+    assert cos >= MIN_COSINE, cos
+
+
+@pytest.mark.parametrize("preset", SUPPORTED)
+def test_base_cosine_default_init(preset):
+    m = load(preset, "base")
+    qm = quantize(m, random_batches(m, 3, 4, 24))
+    x = batch(m, seed=11)
+    cos = cosine_valid(torch_out(m, x), qm.run(**x, backend="cpu"), x["attention_mask"])
+    assert cos >= MIN_COSINE, cos
+
+
+def test_executor_packs_once(monkeypatch):
+    from intengine.kernels import registry
+
+    m = load("roberta-tiny", "sequence-classification")
+    qm = quantize(m, random_batches(m, 2, 2, 16))
+    ex = qm.executor("ref")
+    calls = []
+    real = registry.get_kernel
+
+    def spy(op, backend):
+        calls.append(op)
+        return real(op, backend)
+
+    monkeypatch.setattr(registry, "get_kernel", spy)
+    x = batch(m, b=2, t=8)
+    ex.run(**x)
+    ex.run(**x)
+    assert calls == []  # kernels and packed weights were bound at construction
+    assert qm.executor("ref") is ex
+    n_linear = sum(n.op == "linear" for n in qm.graph.nodes)
+    assert n_linear == 2 * 6 + 2
+
+
+def test_short_and_single_row_inputs():
+    m = load("roberta-tiny", "token-classification", std=0.15)
+    qm = quantize(m, random_batches(m, 2, 2, 16))
+    ids = np.array([5, 6, 7])
+    y = qm.run(ids, backend="cpu")
+    assert y.shape == (1, 3, m.config.num_labels)
+    with pytest.raises(intengine.errors.InputError):
+        qm.run(np.array([[5, 10_000]]))
+
+
+def test_lower_with_explicit_calibration_dict():
+    m = load("roberta-tiny", "base")
+    g = capture(m)
+    qp = calibrate(g, random_batches(m, 2, 2, 16), method="percentile")
+    ig = lower(g, qp, "roberta")
+    ir.verify_integer(ig)
+    qm = quantize(m, qp)
+    assert isinstance(qm, QuantizedModel)
+    x = batch(m, b=2, t=8)
+    np.testing.assert_array_equal(qm.run(**x), Executor(ig, "ref").run(**x))
+
+
+def test_rules_table_covers_fp32_ops():
+    assert set(RULES) == set(ir.FP32_OPS)
+
+
+def test_no_calibration_batches_is_an_error():
+    m = load("roberta-tiny", "base")
+    with pytest.raises(CalibrationError):
+        quantize(m, [])
+    with pytest.raises(CalibrationError):
+        quantize(m, None)
+    g = capture(m)
+    with pytest.raises(LoweringError):
+        lower(g, {}, "roberta")
+
+
+def test_force_dequant_refused():
+    m = load("roberta-tiny", "base")
+    with pytest.raises(LoweringError, match="force_dequant"):
+        quantize(m, random_batches(m, 1, 2, 8), force_dequant="gelu")
+
+
+@pytest.mark.parametrize("preset", ["deberta-base-tiny", "deberta-v3-base-tiny"])
+def test_unsupported_family_names_op_and_family(preset):
+    m = load(preset, "base")
+    with pytest.raises(LoweringError, match=r"op '(\w+)'.*family deberta") as e:
+        quantize(m, random_batches(m, 1, 2, 8))
+    assert isinstance(e.value, IntengineError) and isinstance(e.value, ValueError)
+
+
+def test_cuda_backend_through_registry():
+    """The same executor on the ``cuda`` backend (numba's simulator without a GPU): tiny shape."""
+    from intengine.kernels.registry import load_cuda
+
+    if not load_cuda():
+        pytest.skip("no cuda backend (neither a GPU nor the simulator)")
+    m = load("roberta-tiny", "sequence-classification", std=0.15)
+    qm = quantize(m, random_batches(m, 1, 2, 8))
+    x = batch(m, b=1, t=4)
+    np.testing.assert_array_equal(qm.run(**x, backend="cuda"), qm.run(**x, backend="ref"))
