@@ -81,6 +81,18 @@ RQ32 = 3  # requantize, store int32
 _OUT_BITS = {RAW32: 32, RQ8: 8, RQ16: 16, RQ32: 32}
 
 
+def _emit_requant(builder, acc, m64, sm1, q64, nq64, oty):
+    """IR twin of ``requant.saturate(requant.round_shift(acc, m, s), q)`` on 16 lanes."""
+    v16x64 = m64.type
+    one64 = ir.Constant(v16x64, [1] * 16)
+    prod = builder.mul(builder.sext(acc, v16x64), m64)  # |acc·m| < 2^62; sext×sext → vpmuldq
+    t = builder.ashr(prod, sm1)
+    t = builder.ashr(builder.add(t, one64), one64)
+    t = builder.select(builder.icmp_signed(">", t, q64), q64, t)
+    t = builder.select(builder.icmp_signed("<", t, nq64), nq64, t)
+    return builder.trunc(t, oty)
+
+
 def make_ukernel(nblk: int, mode: int = RAW32, mr: int = MR):
     """Build the ``mr × 16·nblk`` micro-kernel intrinsic for output ``mode``.
 
@@ -195,15 +207,7 @@ def make_ukernel(nblk: int, mode: int = RAW32, mr: int = MR):
                 builder.position_at_end(store_bb)
                 for j in range(nblk):
                     acc = new[i][j]
-                    if mode == RAW32:
-                        y = acc
-                    else:
-                        prod = builder.mul(builder.sext(acc, v16x64), m64[j])  # |acc·m| < 2^62
-                        t = builder.ashr(prod, sm1[j])
-                        t = builder.ashr(builder.add(t, one64), one64)
-                        t = builder.select(builder.icmp_signed(">", t, q64), q64, t)
-                        t = builder.select(builder.icmp_signed("<", t, nq64), nq64, t)
-                        y = builder.trunc(t, oty) if out_bits < 64 else t
+                    y = acc if mode == RAW32 else _emit_requant(builder, acc, m64[j], sm1[j], q64, nq64, oty)
                     off = builder.mul(builder.add(builder.mul(const(i), ldo_v), const(16 * j)), const(esize))
                     ptr = builder.bitcast(builder.gep(o_p, [off]), oty.as_pointer())
                     st = builder.store(y, ptr)
@@ -225,3 +229,194 @@ ukernel_rq32_1, ukernel_rq32_2, ukernel_rq32_3 = (make_ukernel(n, RQ32) for n in
 
 # numba's cache of a jitted caller is keyed on the caller's own source file
 # only: after editing this file, clear kernels/__pycache__/gemm.*.nbi/nbc.
+
+
+# ============================================================================= AMX (tdpbusd)
+#
+# Sapphire Rapids and later also have AMX: 8 tile registers of up to 16 rows
+# × 64 bytes and ``tdpbusd`` (u8 × s8 → int32, the same arithmetic as
+# ``vpdpbusd``) on whole tiles.  oneDNN (torch._int_mm) uses it, which is why
+# it outruns any VNNI kernel on such hosts.  The AMX micro-kernel computes a
+# 32×32 int32 block (2 A tiles × 2 B tiles → 4 accumulator tiles) over the
+# whole K and stores it to an int32 scratch tile; the epilogue kernels then
+# requantize 16 lanes at a time with the same IR as the VNNI epilogue.
+#
+# B tiles are the VNNI packing read 16 K-groups at a time: for column block
+# ``nb`` and K-chunk ``kc`` the 16 rows × 64 bytes at ``wp[nb, 16·kc : 16·kc+16]``
+# are contiguous (row stride 64), so K is padded to 64 and N to 32.
+
+AMX_MR = 32
+AMX_NR = 32
+AMX_KC = 64  # bytes of K per tile step
+
+ARCH_REQ_XCOMP_PERM = 0x1023
+XFEATURE_XTILEDATA = 18
+SYS_ARCH_PRCTL = 158  # x86-64
+
+
+def _detect_amx() -> bool:
+    """AMX-INT8 usable: the CPU (as numba compiles for it) has it and Linux grants the tile state."""
+    if os.environ.get("INTENGINE_DISABLE_AMX", "") not in ("", "0") or not HAVE_VNNI:
+        return False
+    need = ("amx-tile", "amx-int8")
+    try:
+        if config.CPU_NAME not in (None, "host"):
+            feats = str(config.CPU_FEATURES or "").split(",")
+            if not all(f"+{f}" in feats for f in need):
+                return False
+        else:
+            host = llvm.get_host_cpu_features()
+            if not all(bool(host.get(f, False)) for f in need):
+                return False
+        import ctypes
+        import platform
+
+        if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+            return False
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.syscall(SYS_ARCH_PRCTL, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0
+    except Exception:  # pragma: no cover - exotic hosts
+        return False
+
+
+HAVE_AMX: bool = _detect_amx()
+
+
+def amx_tile_config():
+    """The 64-byte ``ldtilecfg`` block: palette 1, tiles 0..7 all 16 rows × 64 bytes."""
+    import numpy as np
+
+    cfg = np.zeros(64, dtype=np.uint8)
+    cfg[0] = 1
+    cfg[16:32].view(np.uint16)[:8] = 64
+    cfg[48:56] = 16
+    return cfg
+
+
+def make_amx_32x32(signed_a: bool):
+    """Build ``amx(cfg, a, lda, b0, b1, kchunks, c)``: ``tdpbssd`` (int8 A) or ``tdpbusd`` (uint8 A)."""
+
+    @intrinsic
+    def amx_32x32(typingctx, cfg_addr, a_addr, lda, b0_addr, b1_addr, kchunks, c_addr):
+        """C[32×32] int32 (row stride 128 bytes at ``c_addr``) = A[32 rows, lda] · (B0 | B1), ``kchunks`` ≥ 1.
+
+        A: int8/uint8 rows ``lda`` bytes apart, read 64 bytes per step; B0/B1:
+        the packed column blocks (1024 contiguous bytes per step).
+        """
+        args = (cfg_addr, a_addr, lda, b0_addr, b1_addr, kchunks, c_addr)
+        if not all(isinstance(t, types.Integer) for t in args):
+            return None
+        sig = types.void(*args)
+
+        def codegen(context, builder, signature, llargs):
+            intp_t = context.get_value_type(types.intp)
+            cfg_i, a_i, lda_v, b0_i, b1_i, kc_v, c_i = [
+                context.cast(builder, v, t, types.intp) for v, t in zip(llargs, signature.args)
+            ]
+            i8 = ir.IntType(8)
+            i8p = i8.as_pointer()
+            void = ir.VoidType()
+            mod = builder.module
+            ldcfg = cgutils.get_or_insert_function(mod, ir.FunctionType(void, [i8p]), "llvm.x86.ldtilecfg")
+            tzero = cgutils.get_or_insert_function(mod, ir.FunctionType(void, [i8]), "llvm.x86.tilezero")
+            tload = cgutils.get_or_insert_function(mod, ir.FunctionType(void, [i8, i8p, intp_t]), "llvm.x86.tileloadd64")
+            tstore = cgutils.get_or_insert_function(mod, ir.FunctionType(void, [i8, i8p, intp_t]), "llvm.x86.tilestored64")
+            tdp = cgutils.get_or_insert_function(mod, ir.FunctionType(void, [i8, i8, i8]), "llvm.x86.tdpbssd" if signed_a else "llvm.x86.tdpbusd")
+
+            def const(v):
+                return ir.Constant(intp_t, v)
+
+            def tile(n):
+                return ir.Constant(i8, n)
+
+            def ptr(addr):
+                return builder.inttoptr(addr, i8p)
+
+            builder.call(ldcfg, [ptr(cfg_i)])
+            for t in (4, 5, 6, 7):
+                builder.call(tzero, [tile(t)])
+            a_hi = builder.add(a_i, builder.mul(lda_v, const(16)))
+            pre = builder.block
+            loop_bb = builder.append_basic_block("amx.loop")
+            exit_bb = builder.append_basic_block("amx.exit")
+            builder.branch(loop_bb)
+            builder.position_at_end(loop_bb)
+            k = builder.phi(intp_t, name="kc")
+            k.add_incoming(const(0), pre)
+            aoff = builder.mul(k, const(AMX_KC))
+            boff = builder.mul(k, const(1024))
+            builder.call(tload, [tile(0), ptr(builder.add(a_i, aoff)), lda_v])
+            builder.call(tload, [tile(1), ptr(builder.add(a_hi, aoff)), lda_v])
+            builder.call(tload, [tile(2), ptr(builder.add(b0_i, boff)), const(64)])
+            builder.call(tload, [tile(3), ptr(builder.add(b1_i, boff)), const(64)])
+            builder.call(tdp, [tile(4), tile(0), tile(2)])
+            builder.call(tdp, [tile(5), tile(0), tile(3)])
+            builder.call(tdp, [tile(6), tile(1), tile(2)])
+            builder.call(tdp, [tile(7), tile(1), tile(3)])
+            k_next = builder.add(k, const(1))
+            k.add_incoming(k_next, loop_bb)
+            builder.cbranch(builder.icmp_signed("<", k_next, kc_v), loop_bb, exit_bb)
+            builder.position_at_end(exit_bb)
+            ldc = const(AMX_NR * 4)
+            builder.call(tstore, [tile(4), ptr(c_i), ldc])
+            builder.call(tstore, [tile(5), ptr(builder.add(c_i, const(64))), ldc])
+            builder.call(tstore, [tile(6), ptr(builder.add(c_i, const(16 * AMX_NR * 4))), ldc])
+            builder.call(tstore, [tile(7), ptr(builder.add(c_i, const(16 * AMX_NR * 4 + 64))), ldc])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return amx_32x32
+
+
+amx_32x32_ss = make_amx_32x32(True)  # int8 activations: no +128 offset needed
+amx_32x32_us = make_amx_32x32(False)  # uint8 activations (softmax probabilities)
+
+
+def make_epilogue16(mode: int):
+    """``epi(c_addr, init_addr, m_addr, s_addr, q, out_addr)``: 16 int32 lanes + init → requantized (or raw) store."""
+
+    @intrinsic
+    def epi(typingctx, c_addr, init_addr, m_addr, s_addr, q, out_addr):
+        args = (c_addr, init_addr, m_addr, s_addr, q, out_addr)
+        if not all(isinstance(t, types.Integer) for t in args):
+            return None
+        sig = types.void(*args)
+
+        def codegen(context, builder, signature, llargs):
+            intp_t = context.get_value_type(types.intp)
+            c_i, init_i, m_i, s_i, q_v, o_i = [
+                context.cast(builder, v, t, types.intp) for v, t in zip(llargs, signature.args)
+            ]
+            i32 = ir.IntType(32)
+            i64 = ir.IntType(64)
+            v16 = ir.VectorType(i32, 16)
+            v16x64 = ir.VectorType(i64, 16)
+            oty = ir.VectorType(ir.IntType(_OUT_BITS[mode]), 16)
+
+            def load(addr, ty):
+                ld = builder.load(builder.inttoptr(addr, ty.as_pointer()))
+                ld.align = 1
+                return ld
+
+            acc = builder.add(load(c_i, v16), load(init_i, v16))
+            if mode == RAW32:
+                y = acc
+            else:
+                und = ir.Constant(v16x64, ir.Undefined)
+                q64 = builder.shuffle_vector(
+                    builder.insert_element(und, q_v, ir.Constant(i32, 0)), und, ir.Constant(v16, [0] * 16)
+                )
+                m64 = builder.sext(load(m_i, v16), v16x64)
+                sm1 = builder.sub(load(s_i, v16x64), ir.Constant(v16x64, [1] * 16))
+                y = _emit_requant(builder, acc, m64, sm1, q64, builder.neg(q64), oty)
+            st = builder.store(y, builder.inttoptr(o_i, oty.as_pointer()))
+            st.align = 1
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return epi
+
+
+epi16_raw, epi16_rq8, epi16_rq16, epi16_rq32 = (make_epilogue16(m) for m in (RAW32, RQ8, RQ16, RQ32))

@@ -280,10 +280,14 @@ def _pack_vnni_batched(w3, wp, corr):
 
 
 def pack_vnni(w3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pack int8 ``[B, N, K]`` → (``[B, ⌈N/16⌉, ⌈K/4⌉, 16, 4]`` int8, 64-byte aligned; ``128·Σw`` int32 ``[B, Np]``)."""
+    """Pack int8 ``[B, N, K]`` → (``[B, Np/16, Kp/4, 16, 4]`` int8, 64-byte aligned; ``128·Σw`` int32 ``[B, Np]``).
+
+    Zero padded to ``Np = ⌈N/32⌉·32`` and ``Kp = ⌈K/64⌉·64`` so that AMX reads
+    whole 16×64-byte B tiles (the VNNI kernel just multiplies the zeros).
+    """
     nbat, n, k = w3.shape
-    npad = _round_up(max(n, 1), 16)
-    kpad = _round_up(max(k, 1), 4)
+    npad = _round_up(max(n, 1), _vnni.AMX_NR)
+    kpad = _round_up(max(k, 1), _vnni.AMX_KC)
     wp = aligned_zeros((nbat, npad // 16, kpad // 4, 16, 4), np.int8)
     corr = np.zeros((nbat, npad), np.int32)
     if n and k:
@@ -408,19 +412,6 @@ def matmul_portable(a: np.ndarray, b: np.ndarray, m_i32=None, shift=None, out_bi
 # ----------------------------------------------------------------------------- cpu: VNNI
 
 
-@numba.njit(parallel=True, cache=True)
-def _to_u8_padded(a3, flip, out):
-    """out[b, :M, :K] = a3 (uint8 view) ^ flip (0x80 turns int8 into uint8 offset by +128); padding stays 0."""
-    nbat, mm, kk = a3.shape
-    for r in numba.prange(nbat * mm):
-        bi = r // mm
-        i = r - bi * mm
-        src = a3[bi, i]
-        dst = out[bi, i]
-        for k in range(kk):
-            dst[k] = src[k] ^ flip
-
-
 MR = _vnni.MR
 
 
@@ -475,8 +466,8 @@ def _gemm_vnni(xu, wp, init2, ia, ib, mm, nn, m_chunks, mode, m_i32, s_i64, q, o
     nb_total = wp.shape[1]
     kb = wp.shape[2]
     nblk_max = PANEL // 16
-    n_panels = (nb_total + nblk_max - 1) // nblk_max
-    m_tiles = mp // MR
+    n_panels = (nn + PANEL - 1) // PANEL
+    m_tiles = (mm + MR - 1) // MR
     tiles_per_chunk = (m_tiles + m_chunks - 1) // m_chunks
     b_stride = kb * 64
     ntasks = nt * n_panels * m_chunks
@@ -493,7 +484,7 @@ def _gemm_vnni(xu, wp, init2, ia, ib, mm, nn, m_chunks, mode, m_i32, s_i64, q, o
         out2 = out3[t]
         o_base = out2.ctypes.data
         nb0 = p * nblk_max
-        nblk = min(nblk_max, nb_total - nb0)
+        nblk = min(nblk_max, (nn + 15) // 16 - nb0)
         n0 = nb0 * 16
         ncols = min(nblk * 16, nn - n0)
         full = ncols == nblk * 16
@@ -521,6 +512,95 @@ def _gemm_vnni(xu, wp, init2, ia, ib, mm, nn, m_chunks, mode, m_i32, s_i64, q, o
                             orow[n0 + j] = saturate(v, q)
 
 
+@numba.njit(inline="always")
+def _epi16(mode, c, init, m, s, q, o):
+    if mode == 0:
+        _vnni.epi16_raw(c, init, m, s, q, o)
+    elif mode == 1:
+        _vnni.epi16_rq8(c, init, m, s, q, o)
+    elif mode == 2:
+        _vnni.epi16_rq16(c, init, m, s, q, o)
+    else:
+        _vnni.epi16_rq32(c, init, m, s, q, o)
+
+
+@numba.njit(parallel=True, cache=True)
+def _gemm_amx(a_main, a_tail, signed, wp, init2, ia, ib, mm, nn, m_chunks, mode, m_i32, s_i64, q, out3, cfg):
+    """Batched AMX GEMM with fused epilogue, 32×32 tiles.
+
+    a_main [Ba, ≥M_full, lda] int8/uint8 bytes (lda ≥ Kp, Kp = 64·kchunks, may
+    be the caller's array itself), a_tail [Ba, 32, Kp] holding rows
+    ``M_full = 32·⌊M/32⌋ .. M-1`` zero padded; ``signed``: A is int8
+    (``tdpbssd``, no offset) or uint8 (``tdpbusd``); other arguments as
+    :func:`_gemm_vnni` (init2 holds the bias only).  Each task owns a 32×32
+    int32 scratch tile (4 KB, L1): ``amx_32x32_*`` fills it over the whole K,
+    then full 16-column rows are requantized by the vector epilogue
+    intrinsics and a partial last panel by the scalar
+    ``round_shift``/``saturate`` helpers.
+    """
+    nt = ia.shape[0]
+    lda = a_main.shape[2]
+    kp = a_tail.shape[2]
+    kchunks = kp // 64
+    m_full = (mm // 32) * 32
+    n_panels = (nn + 31) // 32
+    m_tiles = (mm + 31) // 32
+    tiles_per_chunk = (m_tiles + m_chunks - 1) // m_chunks
+    ntasks = nt * n_panels * m_chunks
+    esize = out3.itemsize
+    cfg_addr = cfg.ctypes.data
+    for task in numba.prange(ntasks):
+        t = task // (n_panels * m_chunks)
+        rem = task - t * (n_panels * m_chunks)
+        p = rem // m_chunks
+        ch = rem - p * m_chunks
+        ctile = np.empty((32, 32), np.int32)
+        c_addr = ctile.ctypes.data
+        a_base = np.int64(a_main[ia[t]].ctypes.data)
+        tail_base = np.int64(a_tail[ia[t]].ctypes.data)
+        b_mat = wp[ib[t]]
+        ini = init2[ib[t]]
+        out2 = out3[t]
+        o_base = out2.ctypes.data
+        n0 = p * 32
+        ncols = min(32, nn - n0)
+        b0 = b_mat[2 * p].ctypes.data
+        b1 = b_mat[2 * p + 1].ctypes.data
+        init_addr = ini.ctypes.data + n0 * 4
+        m_addr = m_i32.ctypes.data + n0 * 4
+        s_addr = s_i64.ctypes.data + n0 * 8
+        mt_end = min(m_tiles, (ch + 1) * tiles_per_chunk)
+        for mt in range(ch * tiles_per_chunk, mt_end):
+            m0 = mt * 32
+            if m0 < m_full:
+                a_addr = a_base + m0 * lda
+                a_stride = lda
+            else:
+                a_addr = tail_base
+                a_stride = kp
+            if signed:
+                _vnni.amx_32x32_ss(cfg_addr, a_addr, a_stride, b0, b1, kchunks, c_addr)
+            else:
+                _vnni.amx_32x32_us(cfg_addr, a_addr, a_stride, b0, b1, kchunks, c_addr)
+            rows = min(32, mm - m0)
+            if ncols == 32:
+                for i in range(rows):
+                    o_row = o_base + ((m0 + i) * nn + n0) * esize
+                    c_row = c_addr + i * 128
+                    _epi16(mode, c_row, init_addr, m_addr, s_addr, q, o_row)
+                    _epi16(mode, c_row + 64, init_addr + 64, m_addr + 64, s_addr + 128, q, o_row + 16 * esize)
+            else:
+                for i in range(rows):
+                    orow = out2[m0 + i]
+                    for j in range(ncols):
+                        v = np.int64(ctile[i, j]) + np.int64(ini[n0 + j])
+                        if mode == 0:
+                            orow[n0 + j] = v
+                        else:
+                            orow[n0 + j] = saturate(round_shift(v, np.int64(m_i32[n0 + j]), s_i64[n0 + j]), q)
+
+
+_AMX_CFG = _vnni.amx_tile_config()
 _VNNI_MODES = {1: _vnni.RQ8, 2: _vnni.RQ16, 4: _vnni.RQ32}
 
 
@@ -531,27 +611,64 @@ def _m_chunks(tasks_without_split: int, m_tiles: int) -> int:
     return max(1, min(m_tiles, -(-4 * threads // max(tasks_without_split, 1))))
 
 
-def _run_vnni(a3, flip: int, wp, init2, ia, ib, ep: Epilogue, mm: int, nn: int) -> np.ndarray:
+AMX_MIN_M = 32  # below this the 32-row AMX tile wastes more than the VNNI kernel loses
+
+
+def _run_vnni(a3, wp, corr2, bias, ia, ib, ep: Epilogue, mm: int, nn: int, use_amx: bool | None = None) -> np.ndarray:
+    """Run the AMX or the VNNI driver on ``a3 [Ba, M, K]`` (int8/uint8) and packed ``wp``.
+
+    ``use_amx``: None = AMX when available and ``M ≥ AMX_MIN_M``.  ``corr2``
+    [Bb, Np] is ``128·Σw`` (needed only by VNNI with int8 A), ``bias`` [N] or None.
+    """
     nbat_a, _, kk = a3.shape
     kp = wp.shape[2] * 4
-    mp = _round_up(max(mm, 1), MR)
+    npad = wp.shape[1] * 16
+    signed = a3.dtype == np.int8
+    if use_amx is None:
+        use_amx = _vnni.HAVE_AMX and mm >= AMX_MIN_M
+    elif use_amx and not _vnni.HAVE_AMX:
+        raise KernelInputError("use_amx=True but AMX-INT8 is not available on this host")
     out3 = np.empty((ia.shape[0], mm, nn), dtype=ep.out_dtype)
     if out3.size == 0:
         return out3
-    xu = aligned_zeros((nbat_a, mp, kp), np.uint8)
-    if kk:
-        _to_u8_padded(a3.view(np.uint8), np.uint8(flip), xu)
-    nblk_max = PANEL // 16
-    n_panels = (wp.shape[1] + nblk_max - 1) // nblk_max
-    chunks = _m_chunks(ia.shape[0] * n_panels, mp // MR)
     m_vec = ep.m_i64.astype(np.int32)  # |m| < 2^31 (checked)
     mode = _VNNI_MODES[np.dtype(ep.out_dtype).itemsize] if ep.requant else _vnni.RAW32
-    _gemm_vnni(xu, wp, init2, ia, ib, mm, nn, chunks, mode, m_vec, ep.s_i64, ep.q, out3)
+    init2 = np.zeros((wp.shape[0], npad), np.int32)
+    if bias is not None:
+        init2[:, :nn] = bias
+    a_u8 = a3.view(np.uint8)
+    if use_amx:
+        m_full = (mm // 32) * 32
+        if kk == kp and a3.flags.c_contiguous:
+            a_main = a_u8  # read in place: no copy of the activations
+        else:
+            a_main = aligned_zeros((nbat_a, m_full, kp), np.uint8)
+            a_main[:, :, :kk] = a_u8[:, :m_full]
+        a_tail = aligned_zeros((nbat_a, 32, kp), np.uint8)
+        a_tail[:, : mm - m_full, :kk] = a_u8[:, m_full:]
+        n_panels = (nn + _vnni.AMX_NR - 1) // _vnni.AMX_NR
+        chunks = _m_chunks(ia.shape[0] * n_panels, (mm + 31) // 32)
+        _gemm_amx(a_main, a_tail, signed, wp, init2, ia, ib, mm, nn, chunks, mode, m_vec, ep.s_i64, ep.q, out3, _AMX_CFG)
+    else:
+        xu = aligned_zeros((nbat_a, _round_up(mm, MR), kp), np.uint8)
+        if signed:  # vpdpbusd multiplies u8 × s8: offset x by +128 and take 128·Σw back out
+            np.bitwise_xor(a_u8, np.uint8(0x80), out=xu[:, :mm, :kk])
+            init2 -= corr2
+        else:
+            xu[:, :mm, :kk] = a_u8
+        n_panels = (nn + PANEL - 1) // PANEL
+        chunks = _m_chunks(ia.shape[0] * n_panels, (mm + MR - 1) // MR)
+        _gemm_vnni(xu, wp, init2, ia, ib, mm, nn, chunks, mode, m_vec, ep.s_i64, ep.q, out3)
     return out3
 
 
-def linear_vnni(x_i8: np.ndarray, packed: CpuPackedWeight, bias_i32=None, m_i32=None, shift=None, out_bits: int = 8):
-    """VNNI :func:`linear_ref` (needs ``_vnni.HAVE_VNNI`` and a ``vnni``-layout packed weight)."""
+def linear_vnni(x_i8: np.ndarray, packed: CpuPackedWeight, bias_i32=None, m_i32=None, shift=None, out_bits: int = 8,
+                *, use_amx: bool | None = None):
+    """VNNI/AMX :func:`linear_ref` (needs ``_vnni.HAVE_VNNI`` and a ``vnni``-layout packed weight).
+
+    ``use_amx``: None picks AMX when ``_vnni.HAVE_AMX`` and ``M ≥ AMX_MIN_M``;
+    True/False force the AMX or the VNNI micro-kernel (True needs HAVE_AMX).
+    """
     _check_packed(packed, CpuPackedWeight, "cpu")
     if packed.layout != "vnni":
         raise KernelInputError("linear_vnni needs a weight packed with layout 'vnni' (pack_weight_vnni)")
@@ -560,30 +677,25 @@ def linear_vnni(x_i8: np.ndarray, packed: CpuPackedWeight, bias_i32=None, m_i32=
     ep = epilogue_params(packed.n, m_i32, shift, out_bits)
     n, k = packed.n, packed.k
     x2 = np.ascontiguousarray(x_i8).reshape(_prod(x_i8.shape[:-1]), k)
-    init = -packed.corr_i32
-    if bias is not None:
-        init = init.copy()
-        init[:n] += bias
-    out = _run_vnni(x2[None], 0x80, packed.data[None], init[None], _ZERO_MAP, _ZERO_MAP, ep, x2.shape[0], n)
+    out = _run_vnni(x2[None], packed.data[None], packed.corr_i32[None], bias, _ZERO_MAP, _ZERO_MAP, ep, x2.shape[0], n, use_amx)
     return out.reshape(tuple(x_i8.shape[:-1]) + (n,))
 
 
 _ZERO_MAP = np.zeros(1, np.int64)
 
 
-def matmul_vnni(a: np.ndarray, b: np.ndarray, m_i32=None, shift=None, out_bits: int = 8):
-    """VNNI :func:`matmul_ref`: ``b`` is packed on the fly; uint8 ``a`` needs no offset correction."""
+def matmul_vnni(a: np.ndarray, b: np.ndarray, m_i32=None, shift=None, out_bits: int = 8, *, use_amx: bool | None = None):
+    """VNNI/AMX :func:`matmul_ref`: ``b`` is packed on the fly; uint8 ``a`` needs no offset correction.
+
+    ``use_amx`` as in :func:`linear_vnni`.
+    """
     batch, mm, nn, kk = matmul_shapes(a, b)
     ep = epilogue_params(nn, m_i32, shift, out_bits)
     ia, ib = batch_maps(batch, tuple(a.shape[:-2]), tuple(b.shape[:-2]))
     a3 = np.ascontiguousarray(a).reshape(_prod(a.shape[:-2]), mm, kk)
     b3 = np.ascontiguousarray(b).reshape(_prod(b.shape[:-2]), nn, kk)
     wp, corr = pack_vnni(b3)
-    if a.dtype == np.int8:
-        flip, init = 0x80, -corr
-    else:
-        flip, init = 0, np.zeros_like(corr)
-    return _run_vnni(a3, flip, wp, init, ia, ib, ep, mm, nn).reshape(batch + (mm, nn))
+    return _run_vnni(a3, wp, corr, None, ia, ib, ep, mm, nn, use_amx).reshape(batch + (mm, nn))
 
 
 @register("linear", "cpu")

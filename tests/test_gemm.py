@@ -7,6 +7,8 @@ checked directly against ``ref`` as well.
 
 from __future__ import annotations
 
+import functools
+
 import numba
 import numpy as np
 import pytest
@@ -25,11 +27,13 @@ CPU_PATHS = {
     "portable": (gemm.pack_weight_portable, gemm.linear_portable),
     "portable-on-vnni-layout": (gemm.pack_weight_vnni, gemm.linear_portable),
 }
-if _vnni.HAVE_VNNI:
-    CPU_PATHS["vnni"] = (gemm.pack_weight_vnni, gemm.linear_vnni)
 MATMUL_PATHS = {"cpu": gemm.matmul_cpu, "portable": gemm.matmul_portable}
-if _vnni.HAVE_VNNI:
-    MATMUL_PATHS["vnni"] = gemm.matmul_vnni
+if _vnni.HAVE_VNNI:  # force each micro-kernel, whatever the size-based default picks
+    CPU_PATHS["vnni"] = (gemm.pack_weight_vnni, functools.partial(gemm.linear_vnni, use_amx=False))
+    MATMUL_PATHS["vnni"] = functools.partial(gemm.matmul_vnni, use_amx=False)
+if _vnni.HAVE_AMX:
+    CPU_PATHS["amx"] = (gemm.pack_weight_vnni, functools.partial(gemm.linear_vnni, use_amx=True))
+    MATMUL_PATHS["amx"] = functools.partial(gemm.matmul_vnni, use_amx=True)
 
 
 def int64_linear(x, w, bias=None):
@@ -222,6 +226,35 @@ def test_vnni_micro_kernel_emits_vpdpbusd_and_is_exact():
     assert "vpdpbusd" in asm and "vpmuldq" in asm  # requantized from the registers: 32×32→64 multiplies
     want = gemm.requantize_ref(int64_linear(x, w).astype(np.int32), 1 << 30, 40)
     np.testing.assert_array_equal(out[0], want)
+
+
+@pytest.mark.skipif(not _vnni.HAVE_AMX, reason="host lacks AMX-INT8 (or Linux refused the tile state); VNNI/portable run instead")
+def test_amx_kernel_emits_tdpbssd_and_is_exact():
+    @numba.njit
+    def tile(cfg, a, wp, c):
+        _vnni.amx_32x32_ss(cfg.ctypes.data, a.ctypes.data, a.shape[1], wp[0].ctypes.data, wp[1].ctypes.data,
+                           a.shape[1] // 64, c.ctypes.data)
+
+    rng = np.random.default_rng(5)
+    x = rng.integers(-128, 128, (32, 128)).astype(np.int8)
+    w = rng.integers(-128, 128, (32, 128)).astype(np.int8)
+    wp, _ = gemm.pack_vnni(w[None])
+    c = np.zeros((32, 32), np.int32)
+    tile(gemm._AMX_CFG, x, wp[0], c)
+    np.testing.assert_array_equal(c, int64_linear(x, w))
+    asm = tile.inspect_asm(tile.signatures[0])
+    assert "tdpbssd" in asm and "ldtilecfg" in asm
+
+
+@pytest.mark.parametrize("m", [31, 32, 33, 64, 95])
+def test_amx_and_vnni_tiles_around_the_32_row_boundary(m):
+    rng = np.random.default_rng(m)
+    x = rng.integers(-128, 128, (m, 130)).astype(np.int8)
+    w = rng.integers(-128, 128, (70, 130)).astype(np.int8)
+    bias = rng.integers(-1000, 1000, 70).astype(np.int32)
+    m_i32, shift = np.full(70, 1 << 30, np.int32), np.arange(70, dtype=np.int32) % 20 + 5
+    linear_all(x, w, bias, {"m_i32": m_i32, "shift": shift, "out_bits": 16})
+    linear_all(x[:, :128].copy(), w[:, :128].copy(), None, {})  # K % 64 == 0: AMX reads x in place
 
 
 def test_cpu_dispatch_matches_host_features():
