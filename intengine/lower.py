@@ -102,7 +102,7 @@ class _Lowerer:
         if fp is not None:
             out = self.int_name(fp)
         if isinstance(scale, np.ndarray):
-            scale = float(scale) if scale.size == 1 else tuple(float(s) for s in scale.ravel())
+            scale = float(scale.ravel()[0]) if scale.size == 1 else tuple(float(s) for s in scale.ravel())
         elif scale is not None and not isinstance(scale, tuple):
             scale = float(scale)
         if out in self.values:
@@ -207,7 +207,8 @@ def _quantize_weight(L: _Lowerer, wname: str, per_channel: bool) -> tuple[str, n
         absmax = np.full_like(absmax, absmax.max())
     s_w = symmetric_scale(absmax, 8)  # float32 [N]
     tag = "w_i8" if per_channel else "w_i8_pt"
-    return L.const(f"{wname}.{tag}", quantize_ref(w, s_w, 0, 8), "i8"), s_w.astype(np.float64)
+    wq = L.const(f"{wname}.{tag}", quantize_ref(w, s_w, 0, 8), "i8")
+    return wq, s_w.astype(np.float64) if per_channel else s_w[:1].astype(np.float64)
 
 
 def lower_linear(L: _Lowerer, node: ir.Node) -> None:
@@ -220,6 +221,8 @@ def lower_linear(L: _Lowerer, node: ir.Node) -> None:
     out = node.outputs[0]
     (x,) = node.inputs
     vx = L.value(x)
+    if vx.dtype == "u8" and node.attr("bias") is None:
+        return _lower_u8_linear(L, node)
     if vx.dtype != "i8":
         L.fail(node, f"input {x!r} is {vx.dtype}; integer linear reads int8")
     s_x = L.scalar_scale(x, "linear")
@@ -257,6 +260,49 @@ def lower_linear(L: _Lowerer, node: ir.Node) -> None:
     m, s = L.multiplier(out, acc_scale / s_out)
     L.emit("linear", [vx.name], "", _dtype_for_bits(bits), shape, s_out, fp=out, **attrs,
            m_i32=m, shift=s, out_bits=bits)
+
+
+def _lower_u8_linear(L: _Lowerer, node: ir.Node) -> None:
+    """A bias-free linear over u8 (NEZHA's bucketed probabilities · value table): the batched
+    ``matmul`` kernel takes u8 × i8, with the int8 weight ``[N, K]`` as a broadcast constant."""
+    out = node.outputs[0]
+    vx = L.value(node.inputs[0])
+    s_x = L.scalar_scale(node.inputs[0], "linear")
+    wq, s_w = _quantize_weight(L, node.attr("weight"), per_channel=True)
+    acc_scale = s_x * s_w
+    shape = L.g.value(out).shape
+    if L.feeds_only_adds(out):
+        L.emit("matmul", [vx.name, wq], "", "i32", shape, acc_scale, fp=out)
+        return
+    bits = L.out_bits(out)
+    s_out = L.act_scale(out, bits)
+    m, s = L.multiplier(out, acc_scale / s_out)
+    L.emit("matmul", [vx.name, wq], "", _dtype_for_bits(bits), shape, s_out, fp=out, m_i32=m, shift=s,
+           out_bits=bits)
+
+
+def lower_gather(L: _Lowerer, node: ir.Node) -> None:
+    """Relative-position gather (``out[..., i, j] = x[..., i, I[i, j]]``): integer data movement;
+    the index table becomes an int64 constant.  The input must have one per-tensor scale."""
+    out = node.outputs[0]
+    v = L.value(node.inputs[0])
+    if isinstance(v.scale, tuple):
+        L.fail(node, "gather along a per-channel axis would mix channel scales")
+    idx = L.const(node.attr("index"), L.g.constants[node.attr("index")], "i64")
+    L.emit("gather", [v.name], "", v.dtype, L.g.value(out).shape, v.scale, fp=out, index=idx)
+
+
+def lower_scatter_add(L: _Lowerer, node: ir.Node) -> None:
+    """NEZHA's bucketing of probabilities by relative distance: exact integer sums of the u8
+    probabilities (scale 1/255), saturated to 255 (a bucket never holds more than its row's mass,
+    which exceeds 255 only by the row's rounding)."""
+    out = node.outputs[0]
+    v = L.value(node.inputs[0])
+    if v.dtype != "u8":
+        L.fail(node, f"scatter_add expects u8 probabilities, got {v.dtype}")
+    idx = L.const(node.attr("index"), L.g.constants[node.attr("index")], "i64")
+    L.emit("scatter_add", [v.name], "", "u8", L.g.value(out).shape, v.scale, fp=out, index=idx,
+           size=int(node.attr("size")))
 
 
 def lower_matmul(L: _Lowerer, node: ir.Node) -> None:
@@ -409,8 +455,8 @@ RULES: dict[str, Callable[[_Lowerer, ir.Node], None]] = {
     "reshape": lower_reshape,
     "transpose": _passthrough("transpose", "perm"),
     "select": _passthrough("select", "axis", "index"),
-    "gather": _unsupported("relative-position gather is not lowered yet"),
-    "scatter_add": _unsupported("relative-position scatter_add is not lowered yet"),
+    "gather": lower_gather,
+    "scatter_add": lower_scatter_add,
     "mask_fill": _unsupported("mask_fill is not lowered yet"),
     "conv1d": _unsupported("conv1d is not lowered yet"),
     "mul": _unsupported("elementwise mul is not lowered"),

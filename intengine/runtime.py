@@ -154,6 +154,22 @@ class Executor:
                 return np.take_along_axis(x, np.broadcast_to(idx, x.shape[:-1] + (t,)), axis=-1)
 
             return gather
+        if op == "scatter_add":
+            index, size = self.graph.constants[a("index")], a("size")
+
+            def scatter_add(ins, B, T):
+                x = _host(ins[0])
+                t = x.shape[-2]
+                if t > index.shape[0]:
+                    raise InputError(f"sequence length {t} exceeds the {index.shape[0]} positions of {node.label}")
+                idx = index[:t, :t]
+                lead = int(np.prod(x.shape[:-2], dtype=np.int64))
+                rows = np.arange(lead)[:, None, None] * t + np.arange(t)[None, :, None]
+                flat = (rows * size + idx[None]).ravel()
+                acc = np.bincount(flat, weights=x.reshape(-1), minlength=lead * t * size)  # exact: < 2^53
+                return np.minimum(acc, 255).astype(np.uint8).reshape(x.shape[:-1] + (size,))
+
+            return scatter_add
         raise ir.GraphError(f"node {node.label}: the integer runtime has no op {op!r}")
 
     # ---------------------------------------------------------------- run

@@ -18,7 +18,9 @@ from intengine.quantize import QuantizedModel, quantize
 from intengine.runtime import Executor
 
 TASKS = ["base", "sequence-classification", "token-classification", "question-answering", "masked-lm"]
-SUPPORTED = ["roberta-tiny", "ibert-roberta-tiny"]
+SUPPORTED = ["roberta-tiny", "ibert-roberta-tiny", "nezha-cn-tiny"]
+CASES = [("roberta-tiny", t) for t in TASKS] + [("nezha-cn-tiny", t) for t in TASKS] + [
+    ("ibert-roberta-tiny", "base"), ("ibert-roberta-tiny", "sequence-classification")]
 MIN_COSINE = 0.98
 
 
@@ -51,7 +53,7 @@ def cosine_valid(ref, got, mask):
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
-@pytest.fixture(scope="module", params=[(p, t) for p in SUPPORTED for t in TASKS], ids=lambda v: f"{v[0]}-{v[1]}")
+@pytest.fixture(scope="module", params=CASES, ids=lambda v: f"{v[0]}-{v[1]}")
 def quantized(request):
     preset, task = request.param
     m = load(preset, task, std=0.15)
