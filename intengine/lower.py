@@ -407,7 +407,7 @@ def lower_tanh(L: _Lowerer, node: ir.Node) -> None:
     out = node.outputs[0]
     (x,) = node.inputs
     p = tanh_params(L.scalar_scale(x, "tanh"), 8)
-    L.emit("tanh", [L.env[x]], "", "i8", L.g.value(out).shape, p.scale_out, fp=out,
+    L.emit("tanh", [L.env[x]], "", "i8", L.g.value(out).shape, p.out_scale, fp=out,
            m_i32=int(p.m_i32), shift=int(p.shift), out_bits=8)
 
 

@@ -103,10 +103,12 @@ class ExpParams:
 
     m_i32: int
     shift: int
-    scale_out: float = EXP_SCALE
+    out_scale: float = EXP_SCALE
 
-    def kernel_kwargs(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k != "scale_out"}
+    @property
+    def kernel_args(self) -> dict:
+        """Keyword arguments of the kernel (integers only)."""
+        return {k: v for k, v in asdict(self).items() if k != "out_scale"}
 
 
 @dataclass(frozen=True)
@@ -115,10 +117,12 @@ class SoftmaxParams:
 
     m_i32: int
     shift: int
-    scale_out: float = SOFTMAX_OUT_SCALE
+    out_scale: float = SOFTMAX_OUT_SCALE
 
-    def kernel_kwargs(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k != "scale_out"}
+    @property
+    def kernel_args(self) -> dict:
+        """Keyword arguments of the kernel (integers only)."""
+        return {k: v for k, v in asdict(self).items() if k != "out_scale"}
 
 
 def range_reduction_multiplier(scale_in: float, factor: float = 1.0) -> tuple[int, int]:

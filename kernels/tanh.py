@@ -35,10 +35,12 @@ class TanhParams:
     m_i32: int
     shift: int
     out_bits: int
-    scale_out: float
+    out_scale: float
 
-    def kernel_kwargs(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k != "scale_out"}
+    @property
+    def kernel_args(self) -> dict:
+        """Keyword arguments of the kernel (integers only)."""
+        return {k: v for k, v in asdict(self).items() if k != "out_scale"}
 
 
 def tanh_params(scale_in: float, out_bits: int = 8) -> TanhParams:

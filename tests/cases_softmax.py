@@ -58,7 +58,7 @@ def _tanh(draw, small):
     s = draw(any_scale())
     x = draw(values(dtype, shape, s))
     p = tanh_params(s, draw(st.sampled_from([8, 8, 4, 16, 32])))
-    return Case("tanh", lambda b: get_kernel("tanh", b)(x, **p.kernel_kwargs()), f"{x.dtype}{shape} S={s:.3g} {p.out_bits}b")
+    return Case("tanh", lambda b: get_kernel("tanh", b)(x, **p.kernel_args), f"{x.dtype}{shape} S={s:.3g} {p.out_bits}b")
 
 
 @st.composite

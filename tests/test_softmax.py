@@ -93,10 +93,10 @@ def test_params_are_integers(s):
     assert type(p.m_i32) is int and type(p.shift) is int
     assert 2**30 <= p.m_i32 < 2**31 and 1 <= p.shift <= 62
     assert p.m_i32 * 2.0**-p.shift == pytest.approx(s / LN2 * 2**20, rel=2**-30)
-    assert p.scale_out == 2.0**-30
+    assert p.out_scale == 2.0**-30
     q = softmax_params(s)
-    assert (q.m_i32, q.shift) == (p.m_i32, p.shift) and q.scale_out == 1 / 255
-    assert q.kernel_kwargs() == {"m_i32": q.m_i32, "shift": q.shift}
+    assert (q.m_i32, q.shift) == (p.m_i32, p.shift) and q.out_scale == 1 / 255
+    assert q.kernel_args == {"m_i32": q.m_i32, "shift": q.shift}
 
 
 # ----------------------------------------------------------------------------- i-exp accuracy
@@ -281,7 +281,7 @@ def test_empty_and_tiny_shapes():
         y = _pair(x, None, p)
         assert y.shape == shape and y.dtype == np.uint8
     assert _pair(np.array([-7], np.int8), None, p).tolist() == [255]
-    e = exp_ref(np.int32(-3), *exp_params(0.1).kernel_kwargs().values())
+    e = exp_ref(np.int32(-3), *exp_params(0.1).kernel_args.values())
     assert e.shape == () and e.dtype == np.int32
 
 

@@ -46,9 +46,9 @@ def _grid(s):
 def test_tanh_dense_grid_8bit(s):
     p = tanh_params(s, 8)
     x = _grid(s)
-    y = tanh_ref(x, **p.kernel_kwargs())
-    assert y.dtype == np.int8 and p.scale_out == 1 / 127
-    np.testing.assert_array_equal(tanh_cpu(x, **p.kernel_kwargs()), y)
+    y = tanh_ref(x, **p.kernel_args)
+    assert y.dtype == np.int8 and p.out_scale == 1 / 127
+    np.testing.assert_array_equal(tanh_cpu(x, **p.kernel_args), y)
     err = np.abs(y / 127.0 - np.tanh(x.astype(np.float64) * s))
     assert err.max() <= 0.5 / 127 + APPROX_BOUND, err.max() * 127
     assert err.max() * 127 <= 0.72  # < 1 output step
@@ -63,15 +63,15 @@ def test_tanh_dense_grid_8bit(s):
 def test_tanh_wider_outputs(bits, s):
     p = tanh_params(s, bits)
     q = 2 ** (bits - 1) - 1
-    assert p.out_bits == bits and p.scale_out == 1 / q
+    assert p.out_bits == bits and p.out_scale == 1 / q
     x = _grid(s)[::7]
-    y = tanh_ref(x, **p.kernel_kwargs())
+    y = tanh_ref(x, **p.kernel_args)
     assert y.dtype == {4: np.int8, 12: np.int16, 16: np.int16, 24: np.int32, 32: np.int32}[bits]
-    np.testing.assert_array_equal(tanh_cpu(x, **p.kernel_kwargs()), y)
+    np.testing.assert_array_equal(tanh_cpu(x, **p.kernel_args), y)
     err = np.abs(y.astype(np.float64) / q - np.tanh(x.astype(np.float64) * s))
     assert err.max() <= 0.5 / q + APPROX_BOUND
     assert np.abs(y).max() <= q
-    np.testing.assert_array_equal(tanh_ref(-x[x > -(2**31)], **p.kernel_kwargs()), -y[x > -(2**31)])
+    np.testing.assert_array_equal(tanh_ref(-x[x > -(2**31)], **p.kernel_args), -y[x > -(2**31)])
 
 
 def test_tanh_random_inputs_all_dtypes():
@@ -80,8 +80,8 @@ def test_tanh_random_inputs_all_dtypes():
         info = np.iinfo(dtype)
         x = rng.integers(-info.max, info.max, 20_000, endpoint=True).astype(dtype)
         p = tanh_params(s)
-        y = tanh_ref(x, **p.kernel_kwargs())
-        np.testing.assert_array_equal(tanh_cpu(x, **p.kernel_kwargs()), y)
+        y = tanh_ref(x, **p.kernel_args)
+        np.testing.assert_array_equal(tanh_cpu(x, **p.kernel_args), y)
         err = np.abs(y / 127.0 - np.tanh(x.astype(np.float64) * s))
         assert err.max() <= 0.5 / 127 + APPROX_BOUND
 
@@ -102,18 +102,18 @@ def test_tanh_extremes_match_python_ints(m, shift, bits):
 def test_tanh_int32_min_saturates():
     p = tanh_params(1e-3)
     x = np.array([-(2**31), 2**31 - 1], np.int32)
-    np.testing.assert_array_equal(tanh_ref(x, **p.kernel_kwargs()), [-127, 127])
+    np.testing.assert_array_equal(tanh_ref(x, **p.kernel_args), [-127, 127])
 
 
 def test_tanh_shapes():
     p = tanh_params(0.05)
     for shape in [(), (0,), (1,), (3, 0, 2), (2, 3, 5)]:
         x = np.arange(int(np.prod(shape)), dtype=np.int16).reshape(shape) - 7
-        y = tanh_cpu(x, **p.kernel_kwargs())
+        y = tanh_cpu(x, **p.kernel_args)
         assert y.shape == shape and y.dtype == np.int8
-        np.testing.assert_array_equal(y, tanh_ref(x, **p.kernel_kwargs()))
+        np.testing.assert_array_equal(y, tanh_ref(x, **p.kernel_args))
     xt = np.arange(-50, 50, dtype=np.int32).reshape(10, 10).T  # non-contiguous input
-    np.testing.assert_array_equal(tanh_cpu(xt, **p.kernel_kwargs()), tanh_ref(xt, **p.kernel_kwargs()))
+    np.testing.assert_array_equal(tanh_cpu(xt, **p.kernel_args), tanh_ref(xt, **p.kernel_args))
 
 
 @pytest.mark.parametrize("fn", [tanh_ref, tanh_cpu])
@@ -161,6 +161,6 @@ def test_tanh_cuda_device_array():
 
     p = tanh_params(0.02, 16)
     x = np.array([[-(2**31), -5, 0, 3], [2**31 - 1, 100, -100, 1]], np.int32)
-    got = registry.get_kernel("tanh", "cuda")(cuda.to_device(x), **p.kernel_kwargs())
+    got = registry.get_kernel("tanh", "cuda")(cuda.to_device(x), **p.kernel_args)
     assert hasattr(got, "copy_to_host")  # stays a device array
-    np.testing.assert_array_equal(got.copy_to_host(), tanh_ref(x, **p.kernel_kwargs()))
+    np.testing.assert_array_equal(got.copy_to_host(), tanh_ref(x, **p.kernel_args))
