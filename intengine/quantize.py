@@ -37,12 +37,12 @@ class QuantizedModel:
         self.family, self.task = family, task
         self._executors: dict[str, Executor] = {}
 
-    def executor(self, backend: str = "ref") -> Executor:
+    def executor(self, backend: str = "cpu") -> Executor:
         if backend not in self._executors:
             self._executors[backend] = Executor(self.graph, backend)
         return self._executors[backend]
 
-    def run(self, input_ids, attention_mask=None, token_type_ids=None, backend: str = "ref") -> np.ndarray:
+    def run(self, input_ids, attention_mask=None, token_type_ids=None, backend: str = "cpu") -> np.ndarray:
         """Integer inference; returns the float32 output (hidden states or logits) as numpy."""
         return self.executor(backend).run(input_ids, attention_mask, token_type_ids)
 
