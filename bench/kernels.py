@@ -141,6 +141,14 @@ def _ort_matmul_integer(k: int, w_kn_i8: np.ndarray, threads: int):
     return lambda a_u8: sess.run(None, {"A": a_u8})[0]
 
 
+def _cpu_path(m: int) -> str:
+    from intengine.kernels import _vnni, gemm
+
+    if _vnni.HAVE_AMX and m >= gemm.AMX_MIN_M:
+        return "amx"
+    return "vnni" if _vnni.HAVE_VNNI else "portable"
+
+
 @bench("gemm")
 def gemm_rows(cfg: Config) -> Iterable[Group]:
     import torch
@@ -152,15 +160,19 @@ def gemm_rows(cfg: Config) -> Iterable[Group]:
     ms = [128] if cfg.quick else [128, 1024]
     for m in ms:
         for k, n in BERT_LINEAR:
+            path = _cpu_path(m)
             x = rng.integers(-127, 128, (m, k), dtype=np.int64).astype(np.int8)
             w = rng.integers(-127, 128, (n, k), dtype=np.int64).astype(np.int8)
             bias = rng.integers(-(2**16), 2**16, n, dtype=np.int64).astype(np.int32)
             m_i32, shift = quantize_multipliers(rng.uniform(1e-4, 3e-4, n))
             packed = gemm.pack_weight_cpu(w)
             ours = {
-                "cpu linear+requant(int8, per-channel)": lambda: gemm.linear_cpu(x, packed, bias, m_i32, shift),
-                "cpu linear int32": lambda: gemm.linear_cpu(x, packed, bias),
+                f"cpu[{path}] linear+requant int8": lambda: gemm.linear_cpu(x, packed, bias, m_i32, shift),
+                f"cpu[{path}] linear int32": lambda: gemm.linear_cpu(x, packed, bias),
             }
+            if _vnni.HAVE_AMX:
+                ours["cpu[vnni, forced] linear+requant int8"] = lambda: gemm.linear_vnni(
+                    x, packed, bias, m_i32, shift, use_amx=False)
             if not cfg.quick or m == 128 and k == n:
                 ours["portable linear+requant"] = (
                     lambda p=gemm.pack_weight_portable(w): gemm.linear_portable(x, p, bias, m_i32, shift)
@@ -175,8 +187,7 @@ def gemm_rows(cfg: Config) -> Iterable[Group]:
                 "torch._int_mm": lambda: torch._int_mm(xt, wt_t),
                 "ORT MatMulInteger": lambda: ort_mm(xu),
             }
-            path = "vnni" if _vnni.HAVE_VNNI else "portable"
-            yield Group(f"linear[{path}]", f"M={m} K={k} N={n}", 2.0 * m * n * k, "GOPS", ours, baselines)
+            yield Group("linear", f"M={m} K={k} N={n}", 2.0 * m * n * k, "GOPS", ours, baselines)
 
     # attention products (batched NT matmul): Q·Kᵀ (int8) and P·V (uint8 P, V passed transposed)
     heads, dh = 12, 64
@@ -190,13 +201,13 @@ def gemm_rows(cfg: Config) -> Iterable[Group]:
         ops_qk = 2.0 * heads * seq * seq * dh
         yield Group(
             "matmul Q·Kᵀ", f"B=1 H={heads} S={seq} d={dh}", ops_qk, "GOPS",
-            {"cpu int8 +requant": lambda: gemm.matmul_cpu(q, kk, 1 << 30, 20),
+            {f"cpu[{_cpu_path(seq)}] int8 +requant": lambda: gemm.matmul_cpu(q, kk, 1 << 30, 20),
              "portable int8 +requant": lambda: gemm.matmul_portable(q, kk, 1 << 30, 20)},
             {"torch fp32 matmul": lambda: torch.matmul(qf, kf.transpose(-1, -2))},
         )
         yield Group(
             "matmul P·V", f"B=1 H={heads} S={seq} d={dh}", ops_qk, "GOPS",
-            {"cpu uint8 P +requant": lambda: gemm.matmul_cpu(p, vt, 1 << 30, 20),
+            {f"cpu[{_cpu_path(seq)}] uint8 P +requant": lambda: gemm.matmul_cpu(p, vt, 1 << 30, 20),
              "portable uint8 P +requant": lambda: gemm.matmul_portable(p, vt, 1 << 30, 20)},
             {"torch fp32 matmul": lambda: torch.matmul(pf, vf)},
         )
@@ -214,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    # Interleaving torch (OpenMP) with numba (its own OpenMP pool) and ORT: spinning idle
+    # workers of one pool would steal the cores from the next candidate.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import numba
     import torch
 
@@ -222,7 +236,11 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = Config(quick=args.quick, reps=args.reps or (11 if args.quick else 21), warmup=3, threads=args.threads)
     print("$ python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0])] + sys.argv[1:]))
-    print(f"# threads={args.threads} reps={cfg.reps} (medians of interleaved runs), torch {torch.__version__}, numba {numba.__version__}")
+    from intengine.kernels import _vnni
+
+    print(f"# threads={args.threads} reps={cfg.reps} (medians of interleaved runs), torch {torch.__version__}, "
+          f"numba {numba.__version__}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "
+          f"host VNNI={_vnni.HAVE_VNNI} AMX={_vnni.HAVE_AMX}")
     rows: list[list[str]] = []
     for name, fn in BENCHES.items():
         if args.only and args.only not in name:

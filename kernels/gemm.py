@@ -29,6 +29,7 @@ value is in range.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numba
@@ -349,64 +350,147 @@ def pack_weight_cpu(w_i8: np.ndarray) -> CpuPackedWeight:
     return pack_weight_vnni(w_i8) if _vnni.HAVE_VNNI else pack_weight_portable(w_i8)
 
 
-# ----------------------------------------------------------------------------- cpu: portable numba
+# ----------------------------------------------------------------------------- cpu: portable
+#
+# Hosts without AVX-512 VNNI.  The int32 product comes from torch._int_mm
+# (oneDNN s8×s8→s32, exact; uint8 A is offset to int8 and corrected with
+# 128·Σb), followed by a numba epilogue with the scalar requant helpers.  If
+# torch._int_mm is unavailable, plain numba loops (4 columns per pass, int32
+# accumulators; ~10-40 GOPS) compute the product instead.
 
 
 @numba.njit(parallel=True, cache=True)
-def _gemm_portable(a3, b3, ia, ib, init2, requant, m_i64, s_i64, q, out3):
-    """out3[t] = epilogue(a3[ia[t]] · b3[ib[t]]ᵀ + init2[ib[t]]), plain loops (int32 accumulation)."""
+def _gemm_plain(a3, b3, ia, ib, acc3):
+    """acc3[t] = a3[ia[t]] · b3[ib[t]]ᵀ in int32, plain loops."""
     nt = ia.shape[0]
     mm = a3.shape[1]
     nn = b3.shape[1]
     kk = a3.shape[2]
+    n4 = nn // 4 * 4
     for r in numba.prange(nt * mm):
         t = r // mm
         i = r - t * mm
         arow = a3[ia[t], i]
         bmat = b3[ib[t]]
+        orow = acc3[t, i]
+        for j in range(0, n4, 4):
+            b0 = bmat[j]
+            b1 = bmat[j + 1]
+            b2 = bmat[j + 2]
+            b3_ = bmat[j + 3]
+            c0 = np.int32(0)
+            c1 = np.int32(0)
+            c2 = np.int32(0)
+            c3 = np.int32(0)
+            for k in range(kk):
+                x = np.int32(arow[k])
+                c0 = np.int32(c0 + x * np.int32(b0[k]))
+                c1 = np.int32(c1 + x * np.int32(b1[k]))
+                c2 = np.int32(c2 + x * np.int32(b2[k]))
+                c3 = np.int32(c3 + x * np.int32(b3_[k]))
+            orow[j] = c0
+            orow[j + 1] = c1
+            orow[j + 2] = c2
+            orow[j + 3] = c3
+        for j in range(n4, nn):
+            brow = bmat[j]
+            c = np.int32(0)
+            for k in range(kk):
+                c = np.int32(c + np.int32(arow[k]) * np.int32(brow[k]))
+            orow[j] = c
+
+
+@numba.njit(parallel=True, cache=True)
+def _epilogue3(acc3, ib, init2, requant, m_i64, s_i64, q, out3):
+    """out3[t, i, j] = epilogue(acc3[t, i, j] + init2[ib[t], j]) with ``round_shift``/``saturate``."""
+    nt, mm, nn = acc3.shape
+    for r in numba.prange(nt * mm):
+        t = r // mm
+        i = r - t * mm
+        arow = acc3[t, i]
+        orow = out3[t, i]
         ini = init2[ib[t]]
         for j in range(nn):
-            brow = bmat[j]
-            acc = np.int32(0)
-            for k in range(kk):
-                acc += np.int32(arow[k]) * np.int32(brow[k])
-            acc += ini[j]
+            v = np.int64(arow[j]) + np.int64(ini[j])
             if requant:
-                out3[t, i, j] = saturate(round_shift(np.int64(acc), m_i64[j], s_i64[j]), q)
+                orow[j] = saturate(round_shift(v, m_i64[j], s_i64[j]), q)
             else:
-                out3[t, i, j] = acc
+                orow[j] = v
 
 
-def _run_portable(a3, b3, ia, ib, init2, ep: Epilogue, mm: int, nn: int) -> np.ndarray:
+# torch 2.13's CPU _int_mm returns garbage for K == 1 (a [N, 1]ᵀ view is
+# ambiguous in strides); tiny reductions use the numba loops instead.
+TORCH_MIN_K = 8
+
+
+def _int_mm():
+    """``torch._int_mm`` or None (torch missing or too old)."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return None
+    return getattr(torch, "_int_mm", None)
+
+
+def _run_portable(a3, b3, ia, ib, bias, ep: Epilogue, mm: int, nn: int, use_torch: bool | None) -> np.ndarray:
     out3 = np.empty((ia.shape[0], mm, nn), dtype=ep.out_dtype)
-    if out3.size:
-        _gemm_portable(a3, b3, ia, ib, init2, ep.requant, ep.m_i64, ep.s_i64, ep.q, out3)
+    if out3.size == 0:
+        return out3
+    init2 = np.zeros((b3.shape[0], nn), np.int32)
+    if bias is not None:
+        init2[:] = bias
+    int_mm = _int_mm() if use_torch is not False else None
+    if use_torch and int_mm is None:
+        raise KernelInputError("use_torch=True but torch._int_mm is not available")
+    if a3.shape[2] == 0:
+        acc3 = np.zeros(out3.shape, np.int32)
+    elif int_mm is not None and a3.shape[2] >= TORCH_MIN_K:
+        import torch
+
+        if a3.dtype == np.uint8:  # a = (a - 128) + 128: int8 operand plus 128·Σ_k b
+            a3 = (a3 ^ np.uint8(0x80)).view(np.int8)
+            init2 += (128 * b3.sum(axis=2, dtype=np.int64)).astype(np.int32)
+        acc3 = np.empty(out3.shape, np.int32)
+        with warnings.catch_warnings():  # read-only packed weights: torch only reads them
+            warnings.simplefilter("ignore", UserWarning)
+            a_t, b_t = torch.from_numpy(a3), torch.from_numpy(b3)
+        for t in range(ia.shape[0]):
+            torch._int_mm(a_t[ia[t]], b_t[ib[t]].t(), out=torch.from_numpy(acc3[t]))
+    else:
+        acc3 = np.empty(out3.shape, np.int32)
+        _gemm_plain(a3, b3, ia, ib, acc3)
+    _epilogue3(acc3, ib, init2, ep.requant, ep.m_i64, ep.s_i64, ep.q, out3)
     return out3
 
 
-def linear_portable(x_i8: np.ndarray, packed: CpuPackedWeight, bias_i32=None, m_i32=None, shift=None, out_bits: int = 8):
-    """Portable numba :func:`linear_ref` (no VNNI needed); bit-exact, accepts either cpu layout."""
+def linear_portable(x_i8: np.ndarray, packed: CpuPackedWeight, bias_i32=None, m_i32=None, shift=None, out_bits: int = 8,
+                    *, use_torch: bool | None = None):
+    """Portable :func:`linear_ref` (no VNNI needed); bit-exact, accepts either cpu layout.
+
+    ``use_torch``: None = torch._int_mm when available, False = plain numba loops.
+    The int32 product is materialised here (not fused), unlike the VNNI/AMX path.
+    """
     _check_packed(packed, CpuPackedWeight, "cpu")
     check_linear_x(x_i8, packed.k)
     bias = check_bias(bias_i32, packed.n)
     ep = epilogue_params(packed.n, m_i32, shift, out_bits)
     n, k = packed.n, packed.k
     x2 = np.ascontiguousarray(x_i8).reshape(_prod(x_i8.shape[:-1]), k)
-    init = np.zeros((1, n), np.int32) if bias is None else bias.reshape(1, n)
-    zero = np.zeros(1, np.int64)
-    out = _run_portable(x2[None], packed.nk()[None], zero, zero, init, ep, x2.shape[0], n)
+    out = _run_portable(x2[None], packed.nk()[None], _ZERO_MAP, _ZERO_MAP, bias, ep, x2.shape[0], n, use_torch)
     return out.reshape(tuple(x_i8.shape[:-1]) + (n,))
 
 
-def matmul_portable(a: np.ndarray, b: np.ndarray, m_i32=None, shift=None, out_bits: int = 8):
-    """Portable numba :func:`matmul_ref` (no VNNI needed); bit-exact."""
+def matmul_portable(a: np.ndarray, b: np.ndarray, m_i32=None, shift=None, out_bits: int = 8, *, use_torch: bool | None = None):
+    """Portable :func:`matmul_ref` (no VNNI needed); bit-exact; ``use_torch`` as in :func:`linear_portable`."""
     batch, mm, nn, kk = matmul_shapes(a, b)
     ep = epilogue_params(nn, m_i32, shift, out_bits)
     ia, ib = batch_maps(batch, tuple(a.shape[:-2]), tuple(b.shape[:-2]))
     a3 = np.ascontiguousarray(a).reshape(_prod(a.shape[:-2]), mm, kk)
     b3 = np.ascontiguousarray(b).reshape(_prod(b.shape[:-2]), nn, kk)
-    init = np.zeros((b3.shape[0], nn), np.int32)
-    return _run_portable(a3, b3, ia, ib, init, ep, mm, nn).reshape(batch + (mm, nn))
+    return _run_portable(a3, b3, ia, ib, None, ep, mm, nn, use_torch).reshape(batch + (mm, nn))
+
+
+_ZERO_MAP = np.zeros(1, np.int64)
 
 
 # ----------------------------------------------------------------------------- cpu: VNNI
@@ -681,7 +765,6 @@ def linear_vnni(x_i8: np.ndarray, packed: CpuPackedWeight, bias_i32=None, m_i32=
     return out.reshape(tuple(x_i8.shape[:-1]) + (n,))
 
 
-_ZERO_MAP = np.zeros(1, np.int64)
 
 
 def matmul_vnni(a: np.ndarray, b: np.ndarray, m_i32=None, shift=None, out_bits: int = 8, *, use_amx: bool | None = None):

@@ -26,8 +26,13 @@ CPU_PATHS = {
     "cpu": (gemm.pack_weight_cpu, gemm.linear_cpu),
     "portable": (gemm.pack_weight_portable, gemm.linear_portable),
     "portable-on-vnni-layout": (gemm.pack_weight_vnni, gemm.linear_portable),
+    "portable-numba-loops": (gemm.pack_weight_portable, functools.partial(gemm.linear_portable, use_torch=False)),
 }
-MATMUL_PATHS = {"cpu": gemm.matmul_cpu, "portable": gemm.matmul_portable}
+MATMUL_PATHS = {
+    "cpu": gemm.matmul_cpu,
+    "portable": gemm.matmul_portable,
+    "portable-numba-loops": functools.partial(gemm.matmul_portable, use_torch=False),
+}
 if _vnni.HAVE_VNNI:  # force each micro-kernel, whatever the size-based default picks
     CPU_PATHS["vnni"] = (gemm.pack_weight_vnni, functools.partial(gemm.linear_vnni, use_amx=False))
     MATMUL_PATHS["vnni"] = functools.partial(gemm.matmul_vnni, use_amx=False)
