@@ -297,20 +297,22 @@ def make_amx_32x32(signed_a: bool):
     """Build ``amx(cfg, a, lda, b0, b1, kchunks, c)``: ``tdpbssd`` (int8 A) or ``tdpbusd`` (uint8 A)."""
 
     @intrinsic
-    def amx_32x32(typingctx, cfg_addr, a_addr, lda, b0_addr, b1_addr, kchunks, c_addr):
-        """C[32×32] int32 (row stride 128 bytes at ``c_addr``) = A[32 rows, lda] · (B0 | B1), ``kchunks`` ≥ 1.
+    def amx_32x32(typingctx, cfg_addr, a_addr, lda, b0_addr, b1_addr, kchunks, c_addr, accumulate):
+        """C[32×32] int32 (row stride 128 bytes at ``c_addr``) (+)= A[32 rows, lda] · (B0 | B1), ``kchunks`` ≥ 1.
 
         A: int8/uint8 rows ``lda`` bytes apart, read 64 bytes per step; B0/B1:
-        the packed column blocks (1024 contiguous bytes per step).
+        the packed column blocks (1024 contiguous bytes per step).  With
+        ``accumulate`` nonzero the tiles start from C (K-blocked callers),
+        else from zero.
         """
-        args = (cfg_addr, a_addr, lda, b0_addr, b1_addr, kchunks, c_addr)
+        args = (cfg_addr, a_addr, lda, b0_addr, b1_addr, kchunks, c_addr, accumulate)
         if not all(isinstance(t, types.Integer) for t in args):
             return None
         sig = types.void(*args)
 
         def codegen(context, builder, signature, llargs):
             intp_t = context.get_value_type(types.intp)
-            cfg_i, a_i, lda_v, b0_i, b1_i, kc_v, c_i = [
+            cfg_i, a_i, lda_v, b0_i, b1_i, kc_v, c_i, acc_v = [
                 context.cast(builder, v, t, types.intp) for v, t in zip(llargs, signature.args)
             ]
             i8 = ir.IntType(8)
@@ -333,8 +335,15 @@ def make_amx_32x32(signed_a: bool):
                 return builder.inttoptr(addr, i8p)
 
             builder.call(ldcfg, [ptr(cfg_i)])
-            for t in (4, 5, 6, 7):
-                builder.call(tzero, [tile(t)])
+            ldc = const(AMX_NR * 4)
+            c_offs = (0, 64, 16 * AMX_NR * 4, 16 * AMX_NR * 4 + 64)  # tiles 4..7 inside the 32×32 block
+            with builder.if_else(builder.icmp_signed("!=", acc_v, const(0))) as (then, otherwise):
+                with then:
+                    for t, off in zip((4, 5, 6, 7), c_offs):
+                        builder.call(tload, [tile(t), ptr(builder.add(c_i, const(off))), ldc])
+                with otherwise:
+                    for t in (4, 5, 6, 7):
+                        builder.call(tzero, [tile(t)])
             a_hi = builder.add(a_i, builder.mul(lda_v, const(16)))
             pre = builder.block
             loop_bb = builder.append_basic_block("amx.loop")
@@ -357,11 +366,8 @@ def make_amx_32x32(signed_a: bool):
             k.add_incoming(k_next, loop_bb)
             builder.cbranch(builder.icmp_signed("<", k_next, kc_v), loop_bb, exit_bb)
             builder.position_at_end(exit_bb)
-            ldc = const(AMX_NR * 4)
-            builder.call(tstore, [tile(4), ptr(c_i), ldc])
-            builder.call(tstore, [tile(5), ptr(builder.add(c_i, const(64))), ldc])
-            builder.call(tstore, [tile(6), ptr(builder.add(c_i, const(16 * AMX_NR * 4))), ldc])
-            builder.call(tstore, [tile(7), ptr(builder.add(c_i, const(16 * AMX_NR * 4 + 64))), ldc])
+            for t, off in zip((4, 5, 6, 7), c_offs):
+                builder.call(tstore, [tile(t), ptr(builder.add(c_i, const(off))), ldc])
             return context.get_dummy_value()
 
         return sig, codegen

@@ -608,6 +608,10 @@ def _epi16(mode, c, init, m, s, q, o):
         _vnni.epi16_rq32(c, init, m, s, q, o)
 
 
+AMX_KBLOCK = 64  # 64-byte K steps per AMX K block (4096 bytes; measured: blocking at 768-1536 bytes did not help)
+AMX_MIN_M = 32  # below this the 32-row AMX tile wastes more than the VNNI kernel loses
+
+
 @numba.njit(parallel=True, cache=True)
 def _gemm_amx(a_main, a_tail, signed, wp, init2, ia, ib, mm, nn, m_chunks, mode, m_i32, s_i64, q, out3, cfg):
     """Batched AMX GEMM with fused epilogue, 32×32 tiles.
@@ -638,8 +642,9 @@ def _gemm_amx(a_main, a_tail, signed, wp, init2, ia, ib, mm, nn, m_chunks, mode,
         rem = task - t * (n_panels * m_chunks)
         p = rem // m_chunks
         ch = rem - p * m_chunks
-        ctile = np.empty((32, 32), np.int32)
-        c_addr = ctile.ctypes.data
+        mt0 = ch * tiles_per_chunk
+        mt_end = min(m_tiles, mt0 + tiles_per_chunk)
+        cbuf = np.empty((max(mt_end - mt0, 1), 32, 32), np.int32)
         a_base = np.int64(a_main[ia[t]].ctypes.data)
         tail_base = np.int64(a_tail[ia[t]].ctypes.data)
         b_mat = wp[ib[t]]
@@ -653,35 +658,43 @@ def _gemm_amx(a_main, a_tail, signed, wp, init2, ia, ib, mm, nn, m_chunks, mode,
         init_addr = ini.ctypes.data + n0 * 4
         m_addr = m_i32.ctypes.data + n0 * 4
         s_addr = s_i64.ctypes.data + n0 * 8
-        mt_end = min(m_tiles, (ch + 1) * tiles_per_chunk)
-        for mt in range(ch * tiles_per_chunk, mt_end):
-            m0 = mt * 32
-            if m0 < m_full:
-                a_addr = a_base + m0 * lda
-                a_stride = lda
-            else:
-                a_addr = tail_base
-                a_stride = kp
-            if signed:
-                _vnni.amx_32x32_ss(cfg_addr, a_addr, a_stride, b0, b1, kchunks, c_addr)
-            else:
-                _vnni.amx_32x32_us(cfg_addr, a_addr, a_stride, b0, b1, kchunks, c_addr)
-            rows = min(32, mm - m0)
-            if ncols == 32:
-                for i in range(rows):
-                    o_row = o_base + ((m0 + i) * nn + n0) * esize
-                    c_row = c_addr + i * 128
-                    _epi16(mode, c_row, init_addr, m_addr, s_addr, q, o_row)
-                    _epi16(mode, c_row + 64, init_addr + 64, m_addr + 64, s_addr + 128, q, o_row + 16 * esize)
-            else:
-                for i in range(rows):
-                    orow = out2[m0 + i]
-                    for j in range(ncols):
-                        v = np.int64(ctile[i, j]) + np.int64(ini[n0 + j])
-                        if mode == 0:
-                            orow[n0 + j] = v
-                        else:
-                            orow[n0 + j] = saturate(round_shift(v, np.int64(m_i32[n0 + j]), s_i64[n0 + j]), q)
+        # K blocks (only for K > 4096 bytes): the panel's B block stays cached while
+        # the chunk's A tiles stream past it; partial sums wait in cbuf between blocks.
+        for kb0 in range(0, kchunks, AMX_KBLOCK):
+            nk = min(AMX_KBLOCK, kchunks - kb0)
+            last = kb0 + nk == kchunks
+            for mt in range(mt0, mt_end):
+                m0 = mt * 32
+                if m0 < m_full:
+                    a_addr = a_base + m0 * lda + kb0 * 64
+                    a_stride = lda
+                else:
+                    a_addr = tail_base + kb0 * 64
+                    a_stride = kp
+                ctile = cbuf[mt - mt0]
+                c_addr = ctile.ctypes.data
+                if signed:
+                    _vnni.amx_32x32_ss(cfg_addr, a_addr, a_stride, b0 + kb0 * 1024, b1 + kb0 * 1024, nk, c_addr, kb0)
+                else:
+                    _vnni.amx_32x32_us(cfg_addr, a_addr, a_stride, b0 + kb0 * 1024, b1 + kb0 * 1024, nk, c_addr, kb0)
+                if not last:
+                    continue
+                rows = min(32, mm - m0)
+                if ncols == 32:
+                    for i in range(rows):
+                        o_row = o_base + ((m0 + i) * nn + n0) * esize
+                        c_row = c_addr + i * 128
+                        _epi16(mode, c_row, init_addr, m_addr, s_addr, q, o_row)
+                        _epi16(mode, c_row + 64, init_addr + 64, m_addr + 64, s_addr + 128, q, o_row + 16 * esize)
+                else:
+                    for i in range(rows):
+                        orow = out2[m0 + i]
+                        for j in range(ncols):
+                            v = np.int64(ctile[i, j]) + np.int64(ini[n0 + j])
+                            if mode == 0:
+                                orow[n0 + j] = v
+                            else:
+                                orow[n0 + j] = saturate(round_shift(v, np.int64(m_i32[n0 + j]), s_i64[n0 + j]), q)
 
 
 _AMX_CFG = _vnni.amx_tile_config()
@@ -695,7 +708,6 @@ def _m_chunks(tasks_without_split: int, m_tiles: int) -> int:
     return max(1, min(m_tiles, -(-4 * threads // max(tasks_without_split, 1))))
 
 
-AMX_MIN_M = 32  # below this the 32-row AMX tile wastes more than the VNNI kernel loses
 
 
 def _run_vnni(a3, wp, corr2, bias, ia, ib, ep: Epilogue, mm: int, nn: int, use_amx: bool | None = None) -> np.ndarray:

@@ -238,7 +238,7 @@ def test_amx_kernel_emits_tdpbssd_and_is_exact():
     @numba.njit
     def tile(cfg, a, wp, c):
         _vnni.amx_32x32_ss(cfg.ctypes.data, a.ctypes.data, a.shape[1], wp[0].ctypes.data, wp[1].ctypes.data,
-                           a.shape[1] // 64, c.ctypes.data)
+                           a.shape[1] // 64, c.ctypes.data, 0)
 
     rng = np.random.default_rng(5)
     x = rng.integers(-128, 128, (32, 128)).astype(np.int8)
@@ -254,12 +254,12 @@ def test_amx_kernel_emits_tdpbssd_and_is_exact():
 @pytest.mark.parametrize("m", [31, 32, 33, 64, 95])
 def test_amx_and_vnni_tiles_around_the_32_row_boundary(m):
     rng = np.random.default_rng(m)
-    x = rng.integers(-128, 128, (m, 130)).astype(np.int8)
-    w = rng.integers(-128, 128, (70, 130)).astype(np.int8)
+    x = rng.integers(-128, 128, (m, 4200)).astype(np.int8)  # 2 AMX K blocks, the last one partial
+    w = rng.integers(-128, 128, (70, 4200)).astype(np.int8)
     bias = rng.integers(-1000, 1000, 70).astype(np.int32)
     m_i32, shift = np.full(70, 1 << 30, np.int32), np.arange(70, dtype=np.int32) % 20 + 5
     linear_all(x, w, bias, {"m_i32": m_i32, "shift": shift, "out_bits": 16})
-    linear_all(x[:, :128].copy(), w[:, :128].copy(), None, {})  # K % 64 == 0: AMX reads x in place
+    linear_all(x[:, :4160].copy(), w[:, :4160].copy(), None, {})  # K % 64 == 0: AMX reads x in place
 
 
 def test_cpu_dispatch_matches_host_features():
