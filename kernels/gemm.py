@@ -29,6 +29,7 @@ value is in range.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass
 
@@ -36,10 +37,10 @@ import numba
 import numpy as np
 
 from . import _vnni
-from ._util import check_int, qmax_for_bits
+from ._util import check_int, container_for_bits, qmax_for_bits
 from .errors import KernelInputError
 from .registry import register
-from .requant import _check_requant_args, requantize_ref, round_shift, saturate
+from .requant import MAX_SHIFT, MIN_SHIFT, MULT_BITS, _check_requant_args, requantize_ref, round_shift, saturate
 
 MAX_K = 1 << 16  # reduction length limit (int32 accumulators cannot overflow below it)
 MAX_ABS_BIAS = 1 << 30  # |bias| must be < 2^30
@@ -51,25 +52,62 @@ PANEL = _vnni.NR_BLOCK * _vnni.NBLK_MAX  # output columns per VNNI task (48)
 
 @dataclass(frozen=True)
 class Epilogue:
-    """Validated output stage: int32 accumulators, or requantization to ``out_bits``."""
+    """Validated output stage: int32 accumulators, or requantization to ``out_bits``.
+
+    ``m_i32`` (int32) and ``s_i64`` (int64) always hold ``max(N, 1)`` entries;
+    kernels sign-extend ``m`` to 64 bits before the product.
+    """
 
     requant: bool
     out_dtype: type
-    m_i64: np.ndarray  # [N]
+    m_i32: np.ndarray  # [N]
     s_i64: np.ndarray  # [N]
     q: int
 
 
+@functools.lru_cache(maxsize=256)
+def _const_epilogue(n: int, m: int | None, s: int | None, out_bits: int) -> Epilogue:
+    width = max(n, 1)
+    if m is None:
+        e = Epilogue(False, np.int32, np.zeros(width, np.int32), np.ones(width, np.int64), 0)
+    else:
+        e = Epilogue(True, container_for_bits(out_bits), np.full(width, m, np.int32), np.full(width, s, np.int64),
+                     qmax_for_bits(out_bits))
+    e.m_i32.setflags(write=False)
+    e.s_i64.setflags(write=False)
+    return e
+
+
+def _is_int_scalar(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
 def epilogue_params(n: int, m_i32, shift, out_bits: int) -> Epilogue:
-    """Check ``m_i32``/``shift``/``out_bits`` for ``n`` output channels (same rules as requantize)."""
+    """Check ``m_i32``/``shift``/``out_bits`` for ``n`` output channels (same rules and messages as requantize).
+
+    Fast paths (this runs on every call): integer scalars are validated in
+    Python and their broadcast vectors cached; int32/int64 vectors of length
+    ``n`` are range-checked with two reductions each.  Anything else, and every
+    failure, goes through :func:`~intengine.kernels.requant._check_requant_args`.
+    """
     if m_i32 is None and shift is None:
-        return Epilogue(False, np.int32, np.zeros(max(n, 1), np.int64), np.ones(max(n, 1), np.int64), 0)
+        return _const_epilogue(n, None, None, 8)
     if m_i32 is None or shift is None:
         raise KernelInputError("m_i32 and shift must be given together (or both omitted for int32 output)")
+    if (_is_int_scalar(m_i32) and _is_int_scalar(shift) and _is_int_scalar(out_bits)
+            and abs(int(m_i32)) < (1 << MULT_BITS) and MIN_SHIFT <= int(shift) <= MAX_SHIFT and 2 <= int(out_bits) <= 32):
+        return _const_epilogue(n, int(m_i32), int(shift), int(out_bits))
+    if (isinstance(m_i32, np.ndarray) and isinstance(shift, np.ndarray) and m_i32.shape == (n,) == shift.shape
+            and n > 0 and m_i32.dtype in (np.int32, np.int64) and shift.dtype in (np.int32, np.int64)
+            and _is_int_scalar(out_bits) and 2 <= int(out_bits) <= 32):
+        if (int(m_i32.min()) > -(1 << MULT_BITS) and int(m_i32.max()) < (1 << MULT_BITS)
+                and int(shift.min()) >= MIN_SHIFT and int(shift.max()) <= MAX_SHIFT):
+            return Epilogue(True, container_for_bits(out_bits), np.ascontiguousarray(m_i32, dtype=np.int32),
+                            np.ascontiguousarray(shift, dtype=np.int64), qmax_for_bits(out_bits))
     out_dtype, m_vec, s_vec = _check_requant_args(np.empty((0, n), np.int32), m_i32, shift, out_bits)
     if n == 0:
         m_vec, s_vec = np.zeros(1, np.int64), np.ones(1, np.int64)
-    return Epilogue(True, out_dtype, m_vec, s_vec, qmax_for_bits(out_bits))
+    return Epilogue(True, out_dtype, m_vec.astype(np.int32), s_vec, qmax_for_bits(out_bits))
 
 
 def _check_k(k: int) -> None:
@@ -85,7 +123,7 @@ def check_bias(bias, n: int) -> np.ndarray | None:
     if tuple(bias.shape) != (n,):
         raise KernelInputError(f"bias_i32 must have shape ({n},), got {tuple(bias.shape)}")
     host = bias.copy_to_host() if hasattr(bias, "copy_to_host") else np.asarray(bias)
-    if host.size and int(np.abs(host.astype(np.int64)).max()) >= MAX_ABS_BIAS:
+    if host.size and (int(host.min()) <= -MAX_ABS_BIAS or int(host.max()) >= MAX_ABS_BIAS):
         raise KernelInputError("bias_i32 must satisfy |bias| < 2^30 (int32 accumulator bound)")
     return np.ascontiguousarray(host)
 
@@ -401,7 +439,7 @@ def _gemm_plain(a3, b3, ia, ib, acc3):
 
 
 @numba.njit(parallel=True, cache=True)
-def _epilogue3(acc3, ib, init2, requant, m_i64, s_i64, q, out3):
+def _epilogue3(acc3, ib, init2, requant, m_i32, s_i64, q, out3):
     """out3[t, i, j] = epilogue(acc3[t, i, j] + init2[ib[t], j]) with ``round_shift``/``saturate``."""
     nt, mm, nn = acc3.shape
     for r in numba.prange(nt * mm):
@@ -413,7 +451,7 @@ def _epilogue3(acc3, ib, init2, requant, m_i64, s_i64, q, out3):
         for j in range(nn):
             v = np.int64(arow[j]) + np.int64(ini[j])
             if requant:
-                orow[j] = saturate(round_shift(v, m_i64[j], s_i64[j]), q)
+                orow[j] = saturate(round_shift(v, np.int64(m_i32[j]), s_i64[j]), q)
             else:
                 orow[j] = v
 
@@ -459,7 +497,7 @@ def _run_portable(a3, b3, ia, ib, bias, ep: Epilogue, mm: int, nn: int, use_torc
     else:
         acc3 = np.empty(out3.shape, np.int32)
         _gemm_plain(a3, b3, ia, ib, acc3)
-    _epilogue3(acc3, ib, init2, ep.requant, ep.m_i64, ep.s_i64, ep.q, out3)
+    _epilogue3(acc3, ib, init2, ep.requant, ep.m_i32, ep.s_i64, ep.q, out3)
     return out3
 
 
@@ -727,7 +765,7 @@ def _run_vnni(a3, wp, corr2, bias, ia, ib, ep: Epilogue, mm: int, nn: int, use_a
     out3 = np.empty((ia.shape[0], mm, nn), dtype=ep.out_dtype)
     if out3.size == 0:
         return out3
-    m_vec = ep.m_i64.astype(np.int32)  # |m| < 2^31 (checked)
+    m_vec = ep.m_i32
     mode = _VNNI_MODES[np.dtype(ep.out_dtype).itemsize] if ep.requant else _vnni.RAW32
     init2 = np.zeros((wp.shape[0], npad), np.int32)
     if bias is not None:
@@ -740,8 +778,11 @@ def _run_vnni(a3, wp, corr2, bias, ia, ib, ep: Epilogue, mm: int, nn: int, use_a
         else:
             a_main = aligned_zeros((nbat_a, m_full, kp), np.uint8)
             a_main[:, :, :kk] = a_u8[:, :m_full]
-        a_tail = aligned_zeros((nbat_a, 32, kp), np.uint8)
-        a_tail[:, : mm - m_full, :kk] = a_u8[:, m_full:]
+        if m_full == mm:  # no partial row tile: the kernel only reads the tail's K width
+            a_tail = np.empty((nbat_a, 0, kp), np.uint8)
+        else:
+            a_tail = aligned_zeros((nbat_a, 32, kp), np.uint8)
+            a_tail[:, : mm - m_full, :kk] = a_u8[:, m_full:]
         n_panels = (nn + _vnni.AMX_NR - 1) // _vnni.AMX_NR
         chunks = _m_chunks(ia.shape[0] * n_panels, (mm + 31) // 32)
         _gemm_amx(a_main, a_tail, signed, wp, init2, ia, ib, mm, nn, chunks, mode, m_vec, ep.s_i64, ep.q, out3, _AMX_CFG)

@@ -41,7 +41,7 @@ TILE = 16
 
 
 @cuda.jit
-def _gemm_tiled_kernel(a3, b3, ia, ib, init2, requant, m_i64, s_i64, q, out3):
+def _gemm_tiled_kernel(a3, b3, ia, ib, init2, requant, m_i32, s_i64, q, out3):
     """out3[z, m, n] = epilogue(Σ_k a3[ia[z], m, k]·b3[ib[z], n, k] + init2[ib[z], n])."""
     sa = cuda.shared.array((TILE, TILE + 1), dtype=np.int32)
     sb = cuda.shared.array((TILE, TILE + 1), dtype=np.int32)
@@ -75,13 +75,13 @@ def _gemm_tiled_kernel(a3, b3, ia, ib, init2, requant, m_i64, s_i64, q, out3):
     if m < mm and n < nn:
         v = acc + init2[pb, n]
         if requant:
-            out3[z, m, n] = saturate_dev(round_shift_dev(np.int64(v), m_i64[n], s_i64[n]), q)
+            out3[z, m, n] = saturate_dev(round_shift_dev(np.int64(v), np.int64(m_i32[n]), s_i64[n]), q)
         else:
             out3[z, m, n] = v
 
 
 @cuda.jit
-def _epilogue_kernel(acc2, init1, requant, m_i64, s_i64, q, out2):
+def _epilogue_kernel(acc2, init1, requant, m_i32, s_i64, q, out2):
     """out2[i, n] = epilogue(acc2[i, n] + init1[n]) (used after torch._int_mm)."""
     rows, cols = acc2.shape
     start = cuda.grid(1)
@@ -91,7 +91,7 @@ def _epilogue_kernel(acc2, init1, requant, m_i64, s_i64, q, out2):
         n = idx - i * cols
         v = np.int64(acc2[i, n]) + init1[n]
         if requant:
-            out2[i, n] = saturate_dev(round_shift_dev(v, m_i64[n], s_i64[n]), q)
+            out2[i, n] = saturate_dev(round_shift_dev(v, np.int64(m_i32[n]), s_i64[n]), q)
         else:
             out2[i, n] = v
 
@@ -103,7 +103,7 @@ def _launch(a3_d, b3_d, ia, ib, init2, ep: Epilogue, mm: int, nn: int):
         grid = ((nn + TILE - 1) // TILE, (mm + TILE - 1) // TILE, nt)
         _gemm_tiled_kernel[grid, (TILE, TILE)](
             a3_d, b3_d, to_device(ia), to_device(ib), to_device(init2), ep.requant,
-            to_device(ep.m_i64), to_device(ep.s_i64), ep.q, out_d,
+            to_device(ep.m_i32), to_device(ep.s_i64), ep.q, out_d,
         )
     return out_d
 
@@ -155,7 +155,7 @@ def _linear_torch(x2_d, w_d, init1, ep: Epilogue):
     rows, cols = acc_d.shape
     out_d = cuda.device_array((rows, cols), dtype=ep.out_dtype)
     _epilogue_kernel[blocks_for(rows * cols), 256](
-        acc_d, to_device(init1), ep.requant, to_device(ep.m_i64), to_device(ep.s_i64), ep.q, out_d
+        acc_d, to_device(init1), ep.requant, to_device(ep.m_i32), to_device(ep.s_i64), ep.q, out_d
     )
     cuda.synchronize()
     return out_d
