@@ -141,10 +141,10 @@ def _ort_matmul_integer(k: int, w_kn_i8: np.ndarray, threads: int):
     return lambda a_u8: sess.run(None, {"A": a_u8})[0]
 
 
-def _cpu_path(m: int) -> str:
+def _cpu_path(m: int, k: int) -> str:
     from intengine.kernels import _vnni, gemm
 
-    if _vnni.HAVE_AMX and m >= gemm.AMX_MIN_M:
+    if gemm._want_amx(m, k):
         return "amx"
     return "vnni" if _vnni.HAVE_VNNI else "portable"
 
@@ -160,7 +160,7 @@ def gemm_rows(cfg: Config) -> Iterable[Group]:
     ms = [128] if cfg.quick else [128, 1024]
     for m in ms:
         for k, n in BERT_LINEAR:
-            path = _cpu_path(m)
+            path = _cpu_path(m, k)
             x = rng.integers(-127, 128, (m, k), dtype=np.int64).astype(np.int8)
             w = rng.integers(-127, 128, (n, k), dtype=np.int64).astype(np.int8)
             bias = rng.integers(-(2**16), 2**16, n, dtype=np.int64).astype(np.int32)
@@ -201,13 +201,13 @@ def gemm_rows(cfg: Config) -> Iterable[Group]:
         ops_qk = 2.0 * heads * seq * seq * dh
         yield Group(
             "matmul Q·Kᵀ", f"B=1 H={heads} S={seq} d={dh}", ops_qk, "GOPS",
-            {f"cpu[{_cpu_path(seq)}] int8 +requant": lambda: gemm.matmul_cpu(q, kk, 1 << 30, 20),
+            {f"cpu[{_cpu_path(seq, dh)}] int8 +requant": lambda: gemm.matmul_cpu(q, kk, 1 << 30, 20),
              "portable int8 +requant": lambda: gemm.matmul_portable(q, kk, 1 << 30, 20)},
             {"torch fp32 matmul": lambda: torch.matmul(qf, kf.transpose(-1, -2))},
         )
         yield Group(
             "matmul P·V", f"B=1 H={heads} S={seq} d={dh}", ops_qk, "GOPS",
-            {f"cpu[{_cpu_path(seq)}] uint8 P +requant": lambda: gemm.matmul_cpu(p, vt, 1 << 30, 20),
+            {f"cpu[{_cpu_path(seq, seq)}] uint8 P +requant": lambda: gemm.matmul_cpu(p, vt, 1 << 30, 20),
              "portable uint8 P +requant": lambda: gemm.matmul_portable(p, vt, 1 << 30, 20)},
             {"torch fp32 matmul": lambda: torch.matmul(pf, vf)},
         )

@@ -303,7 +303,8 @@ def make_amx_32x32(signed_a: bool):
         A: int8/uint8 rows ``lda`` bytes apart, read 64 bytes per step; B0/B1:
         the packed column blocks (1024 contiguous bytes per step).  With
         ``accumulate`` nonzero the tiles start from C (K-blocked callers),
-        else from zero.
+        else from zero.  ``cfg_addr`` nonzero loads that tile configuration
+        first (``ldtilecfg``); pass 0 when this thread already loaded it.
         """
         args = (cfg_addr, a_addr, lda, b0_addr, b1_addr, kchunks, c_addr, accumulate)
         if not all(isinstance(t, types.Integer) for t in args):
@@ -334,7 +335,8 @@ def make_amx_32x32(signed_a: bool):
             def ptr(addr):
                 return builder.inttoptr(addr, i8p)
 
-            builder.call(ldcfg, [ptr(cfg_i)])
+            with builder.if_then(builder.icmp_signed("!=", cfg_i, const(0))):
+                builder.call(ldcfg, [ptr(cfg_i)])
             ldc = const(AMX_NR * 4)
             c_offs = (0, 64, 16 * AMX_NR * 4, 16 * AMX_NR * 4 + 64)  # tiles 4..7 inside the 32×32 block
             with builder.if_else(builder.icmp_signed("!=", acc_v, const(0))) as (then, otherwise):

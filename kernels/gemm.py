@@ -301,28 +301,51 @@ def aligned_zeros(shape, dtype, align: int = 64) -> np.ndarray:
     return buf[off:off + nbytes].view(dtype).reshape(shape)
 
 
+@numba.njit(inline="always")
+def _pack_block(w8, w32, out32, corr, t, nbb, need_corr):
+    """Column block ``t = (batch, nb)``: 4-byte words of 16 rows → ``out32[b, nb, :, j]``; optional 128·Σw."""
+    bi = t // nbb
+    nb = t - bi * nbb
+    n = w8.shape[1]
+    k = w8.shape[2]
+    kq = w32.shape[2]
+    for j in range(min(16, n - nb * 16)):
+        r = nb * 16 + j
+        src = w32[bi, r]
+        for kb in range(kq):
+            out32[bi, nb, kb, j] = src[kb]
+        if need_corr:
+            row = w8[bi, r]
+            acc = 0
+            for kk in range(k):
+                acc += np.int64(row[kk])
+            corr[bi, r] = np.int32(128 * acc)
+
+
 @numba.njit(parallel=True, cache=True)
-def _pack_vnni_batched(w3, wp, corr):
-    """w3 [B, N, K] int8 → wp [B, N/16, K/4, 16, 4] (zero padded), corr[b, n] = 128·Σ_k w."""
-    nbat, n, k = w3.shape
-    for t in numba.prange(nbat * n):
-        bi = t // n
-        r = t - bi * n
-        nb = r // 16
-        j = r - nb * 16
-        s = 0
-        for kk in range(k):
-            v = w3[bi, r, kk]
-            wp[bi, nb, kk // 4, j, kk % 4] = v
-            s += np.int64(v)
-        corr[bi, r] = np.int32(128 * s)
+def _pack_par(w8, w32, out32, corr, need_corr):
+    nbb = (w8.shape[1] + 15) // 16
+    for t in numba.prange(w8.shape[0] * nbb):
+        _pack_block(w8, w32, out32, corr, t, nbb, need_corr)
 
 
-def pack_vnni(w3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+@numba.njit(cache=True)
+def _pack_ser(w8, w32, out32, corr, need_corr):
+    nbb = (w8.shape[1] + 15) // 16
+    for t in range(w8.shape[0] * nbb):
+        _pack_block(w8, w32, out32, corr, t, nbb, need_corr)
+
+
+PACK_PARALLEL_BYTES = 1 << 20  # smaller operands (attention K/V per call) pack on one thread
+
+
+def pack_vnni(w3: np.ndarray, need_corr: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Pack int8 ``[B, N, K]`` → (``[B, Np/16, Kp/4, 16, 4]`` int8, 64-byte aligned; ``128·Σw`` int32 ``[B, Np]``).
 
     Zero padded to ``Np = ⌈N/32⌉·32`` and ``Kp = ⌈K/64⌉·64`` so that AMX reads
-    whole 16×64-byte B tiles (the VNNI kernel just multiplies the zeros).
+    whole 16×64-byte B tiles (the VNNI kernel just multiplies the zeros).  The
+    correction is only computed with ``need_corr`` (else zeros): AMX multiplies
+    int8 × int8 directly and uint8 activations need none.
     """
     nbat, n, k = w3.shape
     npad = _round_up(max(n, 1), _vnni.AMX_NR)
@@ -330,7 +353,16 @@ def pack_vnni(w3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     wp = aligned_zeros((nbat, npad // 16, kpad // 4, 16, 4), np.int8)
     corr = np.zeros((nbat, npad), np.int32)
     if n and k:
-        _pack_vnni_batched(np.ascontiguousarray(w3), wp, corr)
+        w8 = np.ascontiguousarray(w3)
+        if k % 4:
+            w8p = np.zeros((nbat, n, _round_up(k, 4)), np.int8)
+            w8p[:, :, :k] = w8
+        else:
+            w8p = w8
+        w32 = w8p.view(np.int32)
+        out32 = wp.view(np.int32).reshape(nbat, npad // 16, kpad // 4, 16)
+        pack = _pack_par if w3.size >= PACK_PARALLEL_BYTES else _pack_ser
+        pack(w8, w32, out32, corr, need_corr)
     return wp, corr
 
 
@@ -648,6 +680,11 @@ def _epi16(mode, c, init, m, s, q, o):
 
 AMX_KBLOCK = 64  # 64-byte K steps per AMX K block (4096 bytes; measured: blocking at 768-1536 bytes did not help)
 AMX_MIN_M = 32  # below this the 32-row AMX tile wastes more than the VNNI kernel loses
+AMX_MIN_K = 128  # below this the tile store + epilogue per 32×32 block outweigh the product (Q·Kᵀ, d=64)
+
+
+def _want_amx(mm: int, kk: int) -> bool:
+    return _vnni.HAVE_AMX and mm >= AMX_MIN_M and kk >= AMX_MIN_K
 
 
 @numba.njit(parallel=True, cache=True)
@@ -674,7 +711,7 @@ def _gemm_amx(a_main, a_tail, signed, wp, init2, ia, ib, mm, nn, m_chunks, mode,
     tiles_per_chunk = (m_tiles + m_chunks - 1) // m_chunks
     ntasks = nt * n_panels * m_chunks
     esize = out3.itemsize
-    cfg_addr = cfg.ctypes.data
+    cfg_addr = np.int64(cfg.ctypes.data)
     for task in numba.prange(ntasks):
         t = task // (n_panels * m_chunks)
         rem = task - t * (n_panels * m_chunks)
@@ -698,6 +735,7 @@ def _gemm_amx(a_main, a_tail, signed, wp, init2, ia, ib, mm, nn, m_chunks, mode,
         s_addr = s_i64.ctypes.data + n0 * 8
         # K blocks (only for K > 4096 bytes): the panel's B block stays cached while
         # the chunk's A tiles stream past it; partial sums wait in cbuf between blocks.
+        first = True
         for kb0 in range(0, kchunks, AMX_KBLOCK):
             nk = min(AMX_KBLOCK, kchunks - kb0)
             last = kb0 + nk == kchunks
@@ -711,10 +749,12 @@ def _gemm_amx(a_main, a_tail, signed, wp, init2, ia, ib, mm, nn, m_chunks, mode,
                     a_stride = kp
                 ctile = cbuf[mt - mt0]
                 c_addr = ctile.ctypes.data
+                cfg_now = cfg_addr if first else 0  # ldtilecfg once per task (per thread)
+                first = False
                 if signed:
-                    _vnni.amx_32x32_ss(cfg_addr, a_addr, a_stride, b0 + kb0 * 1024, b1 + kb0 * 1024, nk, c_addr, kb0)
+                    _vnni.amx_32x32_ss(cfg_now, a_addr, a_stride, b0 + kb0 * 1024, b1 + kb0 * 1024, nk, c_addr, kb0)
                 else:
-                    _vnni.amx_32x32_us(cfg_addr, a_addr, a_stride, b0 + kb0 * 1024, b1 + kb0 * 1024, nk, c_addr, kb0)
+                    _vnni.amx_32x32_us(cfg_now, a_addr, a_stride, b0 + kb0 * 1024, b1 + kb0 * 1024, nk, c_addr, kb0)
                 if not last:
                     continue
                 rows = min(32, mm - m0)
@@ -751,7 +791,7 @@ def _m_chunks(tasks_without_split: int, m_tiles: int) -> int:
 def _run_vnni(a3, wp, corr2, bias, ia, ib, ep: Epilogue, mm: int, nn: int, use_amx: bool | None = None) -> np.ndarray:
     """Run the AMX or the VNNI driver on ``a3 [Ba, M, K]`` (int8/uint8) and packed ``wp``.
 
-    ``use_amx``: None = AMX when available and ``M ≥ AMX_MIN_M``.  ``corr2``
+    ``use_amx``: None = AMX when available, ``M ≥ AMX_MIN_M`` and ``K ≥ AMX_MIN_K``.  ``corr2``
     [Bb, Np] is ``128·Σw`` (needed only by VNNI with int8 A), ``bias`` [N] or None.
     """
     nbat_a, _, kk = a3.shape
@@ -759,7 +799,7 @@ def _run_vnni(a3, wp, corr2, bias, ia, ib, ep: Epilogue, mm: int, nn: int, use_a
     npad = wp.shape[1] * 16
     signed = a3.dtype == np.int8
     if use_amx is None:
-        use_amx = _vnni.HAVE_AMX and mm >= AMX_MIN_M
+        use_amx = _want_amx(mm, kk)
     elif use_amx and not _vnni.HAVE_AMX:
         raise KernelInputError("use_amx=True but AMX-INT8 is not available on this host")
     out3 = np.empty((ia.shape[0], mm, nn), dtype=ep.out_dtype)
@@ -803,7 +843,7 @@ def linear_vnni(x_i8: np.ndarray, packed: CpuPackedWeight, bias_i32=None, m_i32=
                 *, use_amx: bool | None = None):
     """VNNI/AMX :func:`linear_ref` (needs ``_vnni.HAVE_VNNI`` and a ``vnni``-layout packed weight).
 
-    ``use_amx``: None picks AMX when ``_vnni.HAVE_AMX`` and ``M ≥ AMX_MIN_M``;
+    ``use_amx``: None picks AMX when ``_vnni.HAVE_AMX``, ``M ≥ AMX_MIN_M`` and ``K ≥ AMX_MIN_K``;
     True/False force the AMX or the VNNI micro-kernel (True needs HAVE_AMX).
     """
     _check_packed(packed, CpuPackedWeight, "cpu")
@@ -830,7 +870,9 @@ def matmul_vnni(a: np.ndarray, b: np.ndarray, m_i32=None, shift=None, out_bits: 
     ia, ib = batch_maps(batch, tuple(a.shape[:-2]), tuple(b.shape[:-2]))
     a3 = np.ascontiguousarray(a).reshape(_prod(a.shape[:-2]), mm, kk)
     b3 = np.ascontiguousarray(b).reshape(_prod(b.shape[:-2]), nn, kk)
-    wp, corr = pack_vnni(b3)
+    if use_amx is None:
+        use_amx = _want_amx(mm, kk)
+    wp, corr = pack_vnni(b3, need_corr=not use_amx and a.dtype == np.int8)
     return _run_vnni(a3, wp, corr, None, ia, ib, ep, mm, nn, use_amx).reshape(batch + (mm, nn))
 
 
