@@ -603,21 +603,21 @@ def _ukernel(mode, nblk, a, lda, b, bstr, kg, init, m, s, q, o, ldo, rows):
 
 
 @numba.njit(parallel=True, cache=True)
-def _gemm_vnni(xu, wp, init2, ia, ib, mm, nn, m_chunks, mode, m_i32, s_i64, q, out3):
+def _gemm_vnni(xu, wp, init2, ia, ib, mm, nn, m_chunks, mode, m_i32, s_i64, q, out_b, esize):
     """Batched VNNI GEMM with the epilogue fused into the micro-kernel.
 
     xu [Ba, Mp, Kp] uint8 (Mp % MR == 0), wp [Bb, NB, KB, 16, 4] int8,
-    init2 [Bb, Np] int32 (bias − offset correction), out3 [Bt, mm, nn];
-    ``mode`` is ``_vnni.RAW32`` (int32 out) or ``RQ8/RQ16/RQ32`` (matching
-    out3's dtype).  Tasks: (batch, PANEL-column panel, chunk of MR-row tiles),
-    split across threads.  Full panels requantize straight from the
-    accumulator registers and store the final dtype; a partial last panel
-    (``N % 16 != 0``) goes through an int32 scratch tile and the scalar ``round_shift``/``saturate`` helpers.
+    init2 [Bb, Np] int32 (bias − offset correction), m_i32/s_i64 [Np];
+    out_b [Bt, mm, nn·esize] uint8: the output's bytes (so that this compiles
+    once for every output dtype); ``mode`` is ``_vnni.RAW32`` (int32 out) or
+    ``RQ8/RQ16/RQ32`` (``esize`` 1/2/4).  Tasks: (batch, PANEL-column panel,
+    chunk of MR-row tiles), split across threads.  Tiles are requantized
+    straight from the accumulator registers and stored in the final dtype; a
+    partial last panel (``N % 16 != 0``) is stored to a scratch tile first and
+    its valid bytes copied.
     """
     nt = ia.shape[0]
-    mp = xu.shape[1]
     kp = xu.shape[2]
-    nb_total = wp.shape[1]
     kb = wp.shape[2]
     nblk_max = PANEL // 16
     n_panels = (nn + PANEL - 1) // PANEL
@@ -625,18 +625,17 @@ def _gemm_vnni(xu, wp, init2, ia, ib, mm, nn, m_chunks, mode, m_i32, s_i64, q, o
     tiles_per_chunk = (m_tiles + m_chunks - 1) // m_chunks
     b_stride = kb * 64
     ntasks = nt * n_panels * m_chunks
-    esize = out3.itemsize
     for task in numba.prange(ntasks):
         t = task // (n_panels * m_chunks)
         rem = task - t * (n_panels * m_chunks)
         p = rem // m_chunks
         ch = rem - p * m_chunks
-        ctile = np.empty((MR, PANEL), np.int32)
-        a_base = xu[ia[t]].ctypes.data
+        scratch = np.empty(MR * PANEL * 4, np.uint8)  # rows PANEL·esize bytes apart
+        a_base = np.int64(xu[ia[t]].ctypes.data)
         b_mat = wp[ib[t]]
         ini = init2[ib[t]]
-        out2 = out3[t]
-        o_base = out2.ctypes.data
+        out2 = out_b[t]
+        o_base = np.int64(out2.ctypes.data)
         nb0 = p * nblk_max
         nblk = min(nblk_max, (nn + 15) // 16 - nb0)
         n0 = nb0 * 16
@@ -655,15 +654,12 @@ def _gemm_vnni(xu, wp, init2, ia, ib, mm, nn, m_chunks, mode, m_i32, s_i64, q, o
                 o_addr = o_base + (m0 * nn + n0) * esize
                 _ukernel(mode, nblk, a_addr, kp, b_addr, b_stride, kb, init_addr, m_addr, s_addr, q, o_addr, nn, rows)
             else:
-                _ukernel(0, nblk, a_addr, kp, b_addr, b_stride, kb, init_addr, m_addr, s_addr, q, ctile.ctypes.data, PANEL, MR)
+                _ukernel(mode, nblk, a_addr, kp, b_addr, b_stride, kb, init_addr, m_addr, s_addr, q,
+                         np.int64(scratch.ctypes.data), PANEL, rows)
+                nbytes = ncols * esize
                 for i in range(rows):
-                    orow = out2[m0 + i]
-                    for j in range(ncols):
-                        if mode == 0:
-                            orow[n0 + j] = ctile[i, j]
-                        else:
-                            v = round_shift(np.int64(ctile[i, j]), np.int64(m_i32[n0 + j]), s_i64[n0 + j])
-                            orow[n0 + j] = saturate(v, q)
+                    r0 = i * PANEL * esize
+                    out2[m0 + i, n0 * esize:n0 * esize + nbytes] = scratch[r0:r0 + nbytes]
 
 
 @numba.njit(inline="always")
@@ -688,7 +684,7 @@ def _want_amx(mm: int, kk: int) -> bool:
 
 
 @numba.njit(parallel=True, cache=True)
-def _gemm_amx(a_main, a_tail, signed, wp, init2, ia, ib, mm, nn, m_chunks, mode, m_i32, s_i64, q, out3, cfg):
+def _gemm_amx(a_main, a_tail, signed, wp, init2, ia, ib, mm, nn, m_chunks, mode, m_i32, s_i64, q, out_b, esize, cfg):
     """Batched AMX GEMM with fused epilogue, 32×32 tiles.
 
     a_main [Ba, ≥M_full, lda] int8/uint8 bytes (lda ≥ Kp, Kp = 64·kchunks, may
@@ -697,9 +693,8 @@ def _gemm_amx(a_main, a_tail, signed, wp, init2, ia, ib, mm, nn, m_chunks, mode,
     (``tdpbssd``, no offset) or uint8 (``tdpbusd``); other arguments as
     :func:`_gemm_vnni` (init2 holds the bias only).  Each task owns a 32×32
     int32 scratch tile (4 KB, L1): ``amx_32x32_*`` fills it over the whole K,
-    then full 16-column rows are requantized by the vector epilogue
-    intrinsics and a partial last panel by the scalar
-    ``round_shift``/``saturate`` helpers.
+    then its rows are requantized 16 lanes at a time by the vector epilogue
+    intrinsics (a partial last panel through a scratch row, valid bytes copied).
     """
     nt = ia.shape[0]
     lda = a_main.shape[2]
@@ -710,7 +705,6 @@ def _gemm_amx(a_main, a_tail, signed, wp, init2, ia, ib, mm, nn, m_chunks, mode,
     m_tiles = (mm + 31) // 32
     tiles_per_chunk = (m_tiles + m_chunks - 1) // m_chunks
     ntasks = nt * n_panels * m_chunks
-    esize = out3.itemsize
     cfg_addr = np.int64(cfg.ctypes.data)
     for task in numba.prange(ntasks):
         t = task // (n_panels * m_chunks)
@@ -720,12 +714,14 @@ def _gemm_amx(a_main, a_tail, signed, wp, init2, ia, ib, mm, nn, m_chunks, mode,
         mt0 = ch * tiles_per_chunk
         mt_end = min(m_tiles, mt0 + tiles_per_chunk)
         cbuf = np.empty((max(mt_end - mt0, 1), 32, 32), np.int32)
+        orow_scratch = np.empty(32 * 4, np.uint8)
+        os_addr = np.int64(orow_scratch.ctypes.data)
         a_base = np.int64(a_main[ia[t]].ctypes.data)
         tail_base = np.int64(a_tail[ia[t]].ctypes.data)
         b_mat = wp[ib[t]]
         ini = init2[ib[t]]
-        out2 = out3[t]
-        o_base = out2.ctypes.data
+        out2 = out_b[t]
+        o_base = np.int64(out2.ctypes.data)
         n0 = p * 32
         ncols = min(32, nn - n0)
         b0 = b_mat[2 * p].ctypes.data
@@ -758,21 +754,15 @@ def _gemm_amx(a_main, a_tail, signed, wp, init2, ia, ib, mm, nn, m_chunks, mode,
                 if not last:
                     continue
                 rows = min(32, mm - m0)
-                if ncols == 32:
-                    for i in range(rows):
-                        o_row = o_base + ((m0 + i) * nn + n0) * esize
-                        c_row = c_addr + i * 128
-                        _epi16(mode, c_row, init_addr, m_addr, s_addr, q, o_row)
-                        _epi16(mode, c_row + 64, init_addr + 64, m_addr + 64, s_addr + 128, q, o_row + 16 * esize)
-                else:
-                    for i in range(rows):
-                        orow = out2[m0 + i]
-                        for j in range(ncols):
-                            v = np.int64(ctile[i, j]) + np.int64(ini[n0 + j])
-                            if mode == 0:
-                                orow[n0 + j] = v
-                            else:
-                                orow[n0 + j] = saturate(round_shift(v, np.int64(m_i32[n0 + j]), s_i64[n0 + j]), q)
+                nbytes = ncols * esize
+                for i in range(rows):
+                    o_row = o_base + ((m0 + i) * nn + n0) * esize
+                    dst = o_row if ncols == 32 else os_addr
+                    c_row = c_addr + i * 128
+                    _epi16(mode, c_row, init_addr, m_addr, s_addr, q, dst)
+                    _epi16(mode, c_row + 64, init_addr + 64, m_addr + 64, s_addr + 128, q, dst + 16 * esize)
+                    if ncols < 32:
+                        out2[m0 + i, n0 * esize:n0 * esize + nbytes] = orow_scratch[:nbytes]
 
 
 _AMX_CFG = _vnni.amx_tile_config()
@@ -805,8 +795,13 @@ def _run_vnni(a3, wp, corr2, bias, ia, ib, ep: Epilogue, mm: int, nn: int, use_a
     out3 = np.empty((ia.shape[0], mm, nn), dtype=ep.out_dtype)
     if out3.size == 0:
         return out3
-    m_vec = ep.m_i32
-    mode = _VNNI_MODES[np.dtype(ep.out_dtype).itemsize] if ep.requant else _vnni.RAW32
+    esize = np.dtype(ep.out_dtype).itemsize
+    mode = _VNNI_MODES[esize] if ep.requant else _vnni.RAW32
+    out_b = out3.view(np.uint8).reshape(ia.shape[0], mm, nn * esize)
+    m_vec = np.zeros(npad, np.int32)  # the kernels read whole 16-lane groups
+    s_vec = np.ones(npad, np.int64)
+    m_vec[:nn] = ep.m_i32[:nn]
+    s_vec[:nn] = ep.s_i64[:nn]
     init2 = np.zeros((wp.shape[0], npad), np.int32)
     if bias is not None:
         init2[:, :nn] = bias
@@ -825,7 +820,7 @@ def _run_vnni(a3, wp, corr2, bias, ia, ib, ep: Epilogue, mm: int, nn: int, use_a
             a_tail[:, : mm - m_full, :kk] = a_u8[:, m_full:]
         n_panels = (nn + _vnni.AMX_NR - 1) // _vnni.AMX_NR
         chunks = _m_chunks(ia.shape[0] * n_panels, (mm + 31) // 32)
-        _gemm_amx(a_main, a_tail, signed, wp, init2, ia, ib, mm, nn, chunks, mode, m_vec, ep.s_i64, ep.q, out3, _AMX_CFG)
+        _gemm_amx(a_main, a_tail, signed, wp, init2, ia, ib, mm, nn, chunks, mode, m_vec, s_vec, ep.q, out_b, esize, _AMX_CFG)
     else:
         xu = aligned_zeros((nbat_a, _round_up(mm, MR), kp), np.uint8)
         if signed:  # vpdpbusd multiplies u8 × s8: offset x by +128 and take 128·Σw back out
@@ -835,7 +830,7 @@ def _run_vnni(a3, wp, corr2, bias, ia, ib, ep: Epilogue, mm: int, nn: int, use_a
             xu[:, :mm, :kk] = a_u8
         n_panels = (nn + PANEL - 1) // PANEL
         chunks = _m_chunks(ia.shape[0] * n_panels, (mm + MR - 1) // MR)
-        _gemm_vnni(xu, wp, init2, ia, ib, mm, nn, chunks, mode, m_vec, ep.s_i64, ep.q, out3)
+        _gemm_vnni(xu, wp, init2, ia, ib, mm, nn, chunks, mode, m_vec, s_vec, ep.q, out_b, esize)
     return out3
 
 

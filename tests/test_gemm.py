@@ -229,7 +229,8 @@ def test_vnni_micro_kernel_emits_vpdpbusd_and_is_exact():
     xu[0] = x.view(np.uint8) ^ np.uint8(0x80)
     out = np.empty((1, 8, 48), np.int8)
     zero = np.zeros(1, np.int64)
-    drv(xu, wp, -corr, zero, zero, 8, 48, 1, _vnni.RQ8, np.full(48, 1 << 30, np.int32), np.full(48, 40, np.int64), 127, out)
+    drv(xu, wp, -corr, zero, zero, 8, 48, 1, _vnni.RQ8, np.full(48, 1 << 30, np.int32), np.full(48, 40, np.int64), 127,
+        out.view(np.uint8), 1)
     asm = drv.inspect_asm(drv.signatures[0])
     assert "vpdpbusd" in asm and "vpmuldq" in asm  # requantized from the registers: 32×32→64 multiplies
     want = gemm.requantize_ref(int64_linear(x, w).astype(np.int32), 1 << 30, 40)
