@@ -428,3 +428,16 @@ def make_epilogue16(mode: int):
 
 
 epi16_raw, epi16_rq8, epi16_rq16, epi16_rq32 = (make_epilogue16(m) for m in (RAW32, RQ8, RQ16, RQ32))
+
+
+@intrinsic
+def amx_release(typingctx):
+    """``tilerelease``: return the thread's tile state to INIT (smaller context switches)."""
+    sig = types.void()
+
+    def codegen(context, builder, signature, llargs):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []), "llvm.x86.tilerelease")
+        builder.call(fn, [])
+        return context.get_dummy_value()
+
+    return sig, codegen

@@ -8,23 +8,35 @@ int32 tile never goes back to memory as the result).
 Backends
 --------
 * ``ref``   numpy (exact float64 BLAS products, see :func:`linear_ref`).
-* ``cpu``   numba.  On hosts with AVX-512 VNNI (``_vnni.HAVE_VNNI``) a register
-  blocked 8×48 micro-kernel calls ``vpdpbusd`` directly (``kernels/_vnni.py``):
-  weights prepacked as ``[N/16, K/4, 16, 4]``, int8 activations offset to
-  uint8 (``x ^ 0x80 = x + 128``) and the offset removed with the precomputed
-  ``128·Σ_k w[n, k]``; the requantize epilogue runs per 8×48 tile from an
-  L1-resident int32 tile, parallel over (batch, 48-column panel, row chunk).
-  Elsewhere :func:`linear_portable` / :func:`matmul_portable` (plain numba,
-  bit-exact, callable directly on any host) run instead.
+* ``cpu``   numba, dispatched on the host CPU at import (``kernels/_vnni.py``):
+
+  - **AMX** (``_vnni.HAVE_AMX``: AMX-INT8 and Linux granted the tile state;
+    used when ``M ≥ 32`` and ``K ≥ 128``): 32×32 blocks from 2×2 tiles,
+    ``tdpbssd`` on int8 activations read in place (no copy when
+    ``K % 64 == 0``), ``tdpbusd`` on uint8 ones; each block goes through a
+    4 KB scratch tile and is requantized 16 lanes at a time by vector IR.
+  - **AVX-512 VNNI** (``_vnni.HAVE_VNNI``): an 8×48 register-blocked
+    micro-kernel calling ``vpdpbusd`` (24 zmm accumulators); int8
+    activations are offset to uint8 (``x ^ 0x80 = x + 128``) and the offset
+    removed with the precomputed ``128·Σ_k w[n, k]`` folded into the
+    accumulators' initial value; the requantization runs on the accumulator
+    registers before the only store.
+  - both: weights prepacked once as ``[Np/16, Kp/4, 16, 4]`` (``Np``, ``Kp``
+    padded to 32 and 64), parallel over (batch, column panel, row chunk)
+    with numba ``prange``; one parallel region per call.
+  - elsewhere :func:`linear_portable` / :func:`matmul_portable`
+    (``torch._int_mm`` for the int32 product + a numba epilogue, or plain
+    numba loops), bit-exact and callable directly on any host.
 * ``cuda``  numba.cuda, ``kernels/cuda/gemm.py``.
 
 Overflow bound (all backends): the exact result must fit in int32.
 ``|x·w| ≤ 128·128`` for int8 × int8 and ``≤ 255·128`` for uint8 × int8, so
 with ``K ≤ MAX_K = 65536`` and ``|bias| < 2^30`` every accumulator satisfies
 ``|acc| ≤ K·255·128 + |bias| < 2^31`` (int8: ``K·2^14 + 2^30 < 2^31``).  Both
-limits are checked at call time (``KernelInputError``).  Inside the VNNI
-kernel partial sums wrap modulo 2^32, which is harmless because the final
-value is in range.
+limits are checked at call time (``KernelInputError``).  Inside the VNNI/AMX
+kernels partial sums (offset by +128 on VNNI) wrap modulo 2^32
+(``vpdpbusd``/``tdpb*d`` do not saturate), which is harmless because the
+final value is in range.
 """
 
 from __future__ import annotations
@@ -763,6 +775,7 @@ def _gemm_amx(a_main, a_tail, signed, wp, init2, ia, ib, mm, nn, m_chunks, mode,
                     _epi16(mode, c_row + 64, init_addr + 64, m_addr + 64, s_addr + 128, q, dst + 16 * esize)
                     if ncols < 32:
                         out2[m0 + i, n0 * esize:n0 * esize + nbytes] = orow_scratch[:nbytes]
+        _vnni.amx_release()
 
 
 _AMX_CFG = _vnni.amx_tile_config()
