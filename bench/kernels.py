@@ -213,6 +213,65 @@ def gemm_rows(cfg: Config) -> Iterable[Group]:
         )
 
 
+@bench("nonlinear")
+def nonlinear_rows(cfg: Config) -> Iterable[Group]:
+    """Integer GELU / softmax / LayerNorm / tanh / requantize against torch's float ops on the same tensor."""
+    import torch
+    import torch.nn.functional as F
+
+    from intengine.kernels import gelu, layernorm, requant, softmax, tanh
+    from intengine.kernels.requant import quantize_multiplier, quantize_multipliers
+
+    rng = np.random.default_rng(1)
+    m = 128 if cfg.quick else 1024
+
+    # GELU on the FC1 output [M, 3072]: int32 accumulators (wide path) and int8 (table path), fused requant to int8
+    acc = rng.integers(-(2**20), 2**20, (m, 3072), dtype=np.int64).astype(np.int32)
+    x8 = rng.integers(-127, 128, (m, 3072), dtype=np.int64).astype(np.int8)
+    p32, p8 = gelu.gelu_params(4.0 / 2**20, in_bits=21), gelu.gelu_params(4.0 / 127)
+    mq32, sq32 = quantize_multiplier(p32.out_scale / (4.0 / 127))
+    mq8, sq8 = quantize_multiplier(p8.out_scale / (4.0 / 127))
+    xf = torch.from_numpy(acc.astype(np.float32) * (4.0 / 2**20))
+    yield Group("gelu", f"{m}x3072 int32→int8", acc.size, "Melem/s",
+                {"cpu int32 in +requant": lambda: gelu.gelu_cpu(acc, **p32.kernel_args, m_i32=mq32, shift=sq32)},
+                {"torch GELU fp32": lambda: F.gelu(xf)})
+    yield Group("gelu", f"{m}x3072 int8→int8", x8.size, "Melem/s",
+                {"cpu int8 in +requant": lambda: gelu.gelu_cpu(x8, **p8.kernel_args, m_i32=mq8, shift=sq8)},
+                {"torch GELU fp32": lambda: F.gelu(xf)})
+
+    # softmax over attention scores [B, H, S, S] with a key mask
+    b = 1 if cfg.quick else 8
+    scores = rng.integers(-3000, 3000, (b, 12, 128, 128), dtype=np.int64).astype(np.int32)
+    mask = np.ones((b, 1, 1, 128), np.bool_)
+    mask[..., 100:] = False
+    ps = softmax.softmax_params(0.004)
+    sf = torch.from_numpy(scores.astype(np.float32) * 0.004)
+    add_mask = torch.from_numpy(np.where(mask, 0.0, -1e4).astype(np.float32))
+    yield Group("softmax", f"{b}x12x128x128 masked", scores.size, "Melem/s",
+                {"cpu i-softmax u8": lambda: softmax.softmax_cpu(scores, mask, **ps.kernel_args)},
+                {"torch softmax fp32 (+mask)": lambda: torch.softmax(sf + add_mask, dim=-1)})
+
+    # LayerNorm over a 22-bit residual sum [M, 768] → int8
+    r = rng.integers(-(2**21), 2**21, (m, 768), dtype=np.int64).astype(np.int32)
+    gamma, beta = rng.uniform(0.5, 1.5, 768), rng.uniform(-0.1, 0.1, 768)
+    pl = layernorm.layernorm_params(gamma, beta, 1e-5, out_scale=8.0 / 127, in_scale=1e-4)
+    rf = torch.from_numpy(r.astype(np.float32) * 1e-4)
+    g_t, b_t = torch.from_numpy(gamma.astype(np.float32)), torch.from_numpy(beta.astype(np.float32))
+    yield Group("layernorm", f"{m}x768 int32→int8", r.size, "Melem/s",
+                {"cpu i-LayerNorm": lambda: layernorm.layernorm_cpu(r, **pl.kernel_args)},
+                {"torch layer_norm fp32": lambda: F.layer_norm(rf, (768,), g_t, b_t, 1e-5)})
+
+    # tanh (pooler) and requantize (every linear without a fused epilogue)
+    pt = tanh.tanh_params(8.0 / 127)
+    yield Group("tanh", f"{m}x768 int8→int8", m * 768, "Melem/s",
+                {"cpu i-tanh": lambda: tanh.tanh_cpu(x8[:, :768], **pt.kernel_args)},
+                {"torch tanh fp32": lambda: torch.tanh(xf[:, :768])})
+    mv, sv = quantize_multipliers(rng.uniform(1e-5, 3e-5, 3072))
+    yield Group("requantize", f"{m}x3072 int32→int8", acc.size, "Melem/s",
+                {"cpu per-channel": lambda: requant.requantize_cpu(acc, mv, sv, 8)},
+                {"torch fp32 mul+round+clamp": lambda: torch.clamp(torch.round(xf * 31.75), -127, 127)})
+
+
 # ============================================================================= main
 
 
