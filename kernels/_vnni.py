@@ -1,4 +1,9 @@
-"""AVX-512 VNNI micro-kernels for the int8 GEMM (numba ``@intrinsic`` emitting LLVM IR).
+"""AVX-512 VNNI and AMX micro-kernels for the int8 GEMM (numba ``@intrinsic`` emitting LLVM IR).
+
+Host dispatch happens at import: :data:`HAVE_VNNI` (AVX-512F/BW/VNNI as numba
+compiles for the host) and :data:`HAVE_AMX` (AMX-TILE/INT8 and Linux granted
+the tile state via ``arch_prctl(ARCH_REQ_XCOMP_PERM)``).  The AMX part is at
+the end of this file.
 
 LLVM does not generate ``vpdpbusd`` from plain numba loops, so the inner
 product is written as LLVM IR calling ``llvm.x86.avx512.vpdpbusd.512``
@@ -6,7 +11,8 @@ directly.  ``vpdpbusd acc, a, b`` adds, in each of the 16 int32 lanes, the
 four products ``u8(a) · s8(b)`` of that lane's bytes (wrapping int32 add, no
 saturation).
 
-Micro-kernel ``ukernel_<nblk>`` (``nblk`` ∈ 1..3): a register block of
+Micro-kernels ``ukernel_<mode>_<nblk>`` (``nblk`` ∈ 1..3, output mode raw
+int32 or requantized int8/16/32, see :func:`make_ukernel`): a register block of
 ``MR = 8`` rows of A × ``16·nblk`` columns (up to 24 zmm int32 accumulators,
 3 B vectors and a broadcast: 28 of the 32 zmm registers).  Per step of 4 K
 bytes it loads ``nblk`` 64-byte B vectors and ``MR`` 4-byte A broadcasts and
@@ -20,8 +26,8 @@ L2-bound for K ≥ 768; measured ~700 vs ~480-670 GOPS on one core).
   ``[nb, kb]`` are one zmm whose lane ``j`` holds ``w[16·nb + j, 4·kb : 4·kb + 4]``;
   consecutive column blocks of the tile are ``b_stride`` bytes apart.
 * The accumulators start from ``init`` (``16·nblk`` int32: bias minus the
-  ``128·Σw`` offset correction) and are stored as ``MR`` rows of ``16·nblk``
-  int32 to ``c`` (``ldc`` elements apart).
+  ``128·Σw`` offset correction); after the K loop they are requantized in
+  registers (or kept as int32) and the valid rows stored ``ldo`` elements apart.
 
 All pointers are passed as integer addresses (``arr.ctypes.data``); the
 callers keep the arrays alive and in bounds.  The functions are module-level

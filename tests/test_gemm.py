@@ -206,7 +206,7 @@ def test_bad_arguments_raise_kernel_input_error(call, match):
 # ----------------------------------------------------------------------------- VNNI code generation
 
 
-@pytest.mark.skipif(not _vnni.HAVE_VNNI, reason="host CPU (as seen by numba/LLVM) lacks AVX-512 VNNI; the portable path runs instead")
+@pytest.mark.skipif(not _vnni.HAVE_VNNI, reason="AVX-512 VNNI unavailable (host CPU as numba/LLVM sees it, or INTENGINE_DISABLE_VNNI=1); the portable path runs instead")
 def test_vnni_micro_kernel_emits_vpdpbusd_and_is_exact():
     @numba.njit  # not cached: inspect_asm needs freshly compiled code
     def tile(xu, wp, init, c):
@@ -237,7 +237,7 @@ def test_vnni_micro_kernel_emits_vpdpbusd_and_is_exact():
     np.testing.assert_array_equal(out[0], want)
 
 
-@pytest.mark.skipif(not _vnni.HAVE_AMX, reason="host lacks AMX-INT8 (or Linux refused the tile state); VNNI/portable run instead")
+@pytest.mark.skipif(not _vnni.HAVE_AMX, reason="AMX-INT8 unavailable (CPU, Linux tile-state permission, or INTENGINE_DISABLE_AMX/VNNI=1); VNNI/portable run instead")
 def test_amx_kernel_emits_tdpbssd_and_is_exact():
     @numba.njit
     def tile(cfg, a, wp, c):
