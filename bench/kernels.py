@@ -119,7 +119,6 @@ BERT_LINEAR = [(768, 768), (768, 3072), (3072, 768)]  # (K, N)
 
 def _ort_matmul_integer(k: int, w_kn_i8: np.ndarray, threads: int):
     """An in-memory ONNX MatMulInteger (uint8 activations with zero point 128 × int8 weights)."""
-    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 

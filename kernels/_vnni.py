@@ -398,7 +398,6 @@ def make_epilogue16(mode: int):
         sig = types.void(*args)
 
         def codegen(context, builder, signature, llargs):
-            intp_t = context.get_value_type(types.intp)
             c_i, init_i, m_i, s_i, q_v, o_i = [
                 context.cast(builder, v, t, types.intp) for v, t in zip(llargs, signature.args)
             ]
