@@ -380,3 +380,28 @@ def init_weights(module: nn.Module, seed: int, std: float = 0.02) -> nn.Module:
             if isinstance(sub, nn.Embedding) and sub.padding_idx is not None:
                 sub.weight[sub.padding_idx].zero_()
     return module
+
+
+def build_from_classes(cfg, task: str, num_labels: int | None, make_base, task_classes: Mapping, family: str) -> nn.Module:
+    """Shared ``build`` of families whose task models are one class per task (RoBERTa, NEZHA).
+
+    ``num_labels=None`` takes the config's label count; another count replaces it in the config
+    (``model.config`` always describes the head it carries).  ``make_base(cfg)`` builds the
+    ``base`` task's module.
+    """
+    import dataclasses
+
+    if num_labels is None:
+        num_labels = cfg.num_labels
+    elif num_labels != cfg.num_labels:
+        cfg = dataclasses.replace(cfg, num_labels=num_labels, id2label=None)
+    if task == "base":
+        model = make_base(cfg)
+    elif task in task_classes:
+        model = task_classes[task](cfg, num_labels)
+    else:
+        raise ConfigError(f"unknown task {task!r}; expected one of base, {', '.join(task_classes)}")
+    model.task = task
+    model.family = family
+    model.calibration_ranges = {}
+    return model.eval()

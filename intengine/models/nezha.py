@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from . import cfg_value, check_inputs, read_labels
+from . import build_from_classes, cfg_value, check_inputs, read_labels
 from .heads import AddNorm, BertOnlyMLMHead, Intermediate, Pooler, activation, additive_mask
 
 MODEL_TYPES = ("nezha",)
@@ -403,22 +403,9 @@ _TASK_CLASSES = {
 
 def build(cfg: NezhaConfig, task: str = "base", num_labels: int | None = None) -> nn.Module:
     """Module for ``task`` with Hugging Face key names (see the family protocol)."""
-    if num_labels is None:
-        num_labels = cfg.num_labels
-    elif num_labels != cfg.num_labels:  # model.config always describes the head it carries
-        cfg = dataclasses.replace(cfg, num_labels=num_labels, id2label=None)
-    if task == "base":
-        model: nn.Module = NezhaModel(cfg, add_pooler=True)
-    elif task in _TASK_CLASSES:
-        model = _TASK_CLASSES[task](cfg, num_labels)
-    else:
-        raise ConfigError(
-            f"unknown task {task!r}; expected one of base, {', '.join(_TASK_CLASSES)}"
-        )
-    model.task = task
-    model.family = __name__
-    model.calibration_ranges = {}
-    return model.eval()
+    return build_from_classes(
+        cfg, task, num_labels, lambda c: NezhaModel(c, add_pooler=True), _TASK_CLASSES, __name__
+    )
 
 
 _DEAD_BUFFER = re.compile(r".*\.relative_positions_encoding\.positions_encoding")

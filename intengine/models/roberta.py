@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from . import cfg_value, check_inputs, read_labels
+from . import build_from_classes, cfg_value, check_inputs, read_labels
 from .heads import (
     AddNorm,
     Intermediate,
@@ -405,22 +405,9 @@ _TASK_CLASSES = {
 
 def build(cfg: RobertaConfig, task: str = "base", num_labels: int | None = None) -> nn.Module:
     """Module for ``task`` with Hugging Face key names (see the family protocol)."""
-    if num_labels is None:
-        num_labels = cfg.num_labels
-    elif num_labels != cfg.num_labels:  # model.config always describes the head it carries
-        cfg = dataclasses.replace(cfg, num_labels=num_labels, id2label=None)
-    if task == "base":
-        model: nn.Module = RobertaModel(cfg, add_pooler=True)
-    elif task in _TASK_CLASSES:
-        model = _TASK_CLASSES[task](cfg, num_labels)
-    else:
-        raise ConfigError(
-            f"unknown task {task!r}; expected one of base, {', '.join(_TASK_CLASSES)}"
-        )
-    model.task = task
-    model.family = __name__
-    model.calibration_ranges = {}
-    return model.eval()
+    return build_from_classes(
+        cfg, task, num_labels, lambda c: RobertaModel(c, add_pooler=True), _TASK_CLASSES, __name__
+    )
 
 
 def architecture(cfg: RobertaConfig, task: str) -> str:
