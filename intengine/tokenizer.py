@@ -165,7 +165,24 @@ def _content(value: Any) -> str | None:
 # A core turns one stretch of text (no added tokens in it) into ids.
 
 
-class _ByteBPE:
+class _VocabLookup:
+    """Id lookups shared by the cores that keep ``vocab`` (token → id) and ``inv`` (id → token)."""
+
+    vocab: dict[str, int]
+    inv: dict[int, str]
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.vocab.get(token)
+
+    def id_to_token(self, i: int) -> str | None:
+        return self.inv.get(i)
+
+
+class _ByteBPE(_VocabLookup):
     """GPT-2 byte-level BPE from vocab.json + merges.txt (RoBERTa, DeBERTa v1)."""
 
     def __init__(self, vocab_path: str, merges_path: str):
@@ -208,16 +225,6 @@ class _ByteBPE:
         self._pre = ByteLevel(add_prefix_space=False, use_regex=True)
         self._cache: dict[str, list[str]] = {}
         self.unk_id: int | None = None
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.vocab)
-
-    def token_to_id(self, token: str) -> int | None:
-        return self.vocab.get(token)
-
-    def id_to_token(self, i: int) -> str | None:
-        return self.inv.get(i)
 
     def _bpe(self, word: str) -> list[str]:
         hit = self._cache.get(word)
@@ -321,7 +328,7 @@ class _SentencePiece:
         return self.sp.DecodeIds([i for i in ids if 0 <= i < len(self.pieces)])
 
 
-class _WordPiece:
+class _WordPiece(_VocabLookup):
     """BERT basic tokenizer + greedy longest-match WordPiece (BERT, NEZHA)."""
 
     def __init__(
@@ -357,16 +364,6 @@ class _WordPiece:
         )
         self.max_chars = max_chars
         self.unk_id: int | None = None
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.vocab)
-
-    def token_to_id(self, token: str) -> int | None:
-        return self.vocab.get(token)
-
-    def id_to_token(self, i: int) -> str | None:
-        return self.inv.get(i)
 
     def _basic(self, text: str) -> list[str]:
         chars = []
