@@ -43,3 +43,12 @@ class InputError(IntengineError, ValueError):
 
 class LoweringError(IntengineError, ValueError):
     """An fp32 graph cannot be lowered to integers (names the op, the node and the model family)."""
+
+
+class QuantizedFormatError(IntengineError, ValueError):
+    """A quantized-model folder (``graph.json`` + ``model.safetensors``) is missing, modified,
+    malformed or of another format version (names the file, the field and what was expected)."""
+
+
+class ReportError(IntengineError, ValueError):
+    """A per-node error report cannot be computed (e.g. a loaded model has no FP32 graph)."""

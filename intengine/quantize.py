@@ -32,9 +32,9 @@ class QuantizedModel:
     ranges; ``run`` binds the graph to a backend once (weights packed once per backend)."""
 
     def __init__(self, graph: ir.Graph, fp32_graph: ir.Graph, qparams: Mapping[str, QParams], family: str,
-                 task: str):
+                 task: str, method: str | None = None):
         self.graph, self.fp32_graph, self.qparams = graph, fp32_graph, dict(qparams)
-        self.family, self.task = family, task
+        self.family, self.task, self.method = family, task, method
         self._executors: dict[str, Executor] = {}
 
     def executor(self, backend: str = "cpu") -> Executor:
@@ -47,6 +47,12 @@ class QuantizedModel:
         return self.executor(backend).run(input_ids, attention_mask, token_type_ids)
 
     __call__ = run
+
+    def save(self, path, **kwargs):
+        """Write this model as a quantized-model folder (:func:`intengine.serialize.save_quantized`)."""
+        from .serialize import save_quantized
+
+        return save_quantized(self, path, **kwargs)
 
     def __repr__(self) -> str:
         return (f"QuantizedModel({self.family}, task={self.task!r}, {len(self.graph.nodes)} integer nodes, "
@@ -92,4 +98,5 @@ def quantize(model, calibration=None, method: str = "minmax", force_dequant: str
         )
     family = str(getattr(model, "family", "?")).rsplit(".", 1)[-1]
     ig = lower(g, qp, family)
-    return QuantizedModel(ig, g, qp, family, getattr(model, "task", "?"))
+    return QuantizedModel(ig, g, qp, family, getattr(model, "task", "?"),
+                          method=None if isinstance(calibration, Mapping) else method)
