@@ -48,7 +48,7 @@ FP32_OPS = frozenset({
 INTEGER_OPS = frozenset({
     "requantize", "rescale_add", "linear", "matmul", "gelu", "exp", "softmax", "layernorm", "tanh",
     "embedding_lookup", "gather", "clamp_index", "reshape", "transpose", "concat", "slice", "cast_int",
-    "position_ids", "select", "scatter_add",
+    "position_ids", "select", "scatter_add", "mask_fill", "unfold",
 })
 BOUNDARY_OPS = frozenset({"dequantize"})  # integer → float32, only at graph outputs
 

@@ -65,6 +65,7 @@ class _Lowerer:
         self.values: dict[str, ir.Value] = {}
         self.nodes: list[ir.Node] = []
         self.constants: dict[str, np.ndarray] = {}
+        self.fconst: dict[str, np.ndarray] = dict(g.constants)  # float constants (+ derived ones)
         self.env: dict[str, str] = {}  # fp32 value name -> integer value name
         self._consumers: dict[str, list[ir.Node]] = {}
         for n in g.nodes:
@@ -160,6 +161,29 @@ class _Lowerer:
             raise LoweringError(f"{what}: input {fp_name!r} must carry one per-tensor scale, got {s!r}")
         return float(s)
 
+    def to_i8(self, fp_name: str) -> str:
+        """The int8 form of ``fp_name``: itself, or a ``requantize`` of a wider value (a 16-bit
+        sum, int32 accumulators) to the calibrated 8-bit scale."""
+        v = self.value(fp_name)
+        if v.dtype == "i8":
+            return v.name
+        name = f"{v.name}.i8"
+        if name not in self.values:
+            s_out = self.act_scale(fp_name, 8)
+            m, s = self.multiplier(name, np.asarray(v.scale, np.float64) / s_out)
+            self.emit("requantize", [v.name], name, "i8", v.shape, s_out, m_i32=m, shift=s, out_bits=8)
+        return name
+
+    def mask_as(self, mask: str, shape: tuple) -> str:
+        """The ``[B, T]`` bool mask reshaped to broadcast against a tensor of ``shape`` (the
+        ``"T"`` axis of the mask at the first ``"T"`` of ``shape`` after the batch axis)."""
+        t_axis = list(shape).index("T", 1)
+        tgt = ("B",) + tuple("T" if k == t_axis else 1 for k in range(1, len(shape)))
+        name = f"{mask}.as{len(shape)}d{t_axis}"
+        if name not in self.values:
+            self.emit("reshape", [self.env[mask]], name, "bool", tgt, shape=tgt)
+        return name
+
     def fail(self, node: ir.Node, why: str):
         raise LoweringError(f"cannot lower op {node.op!r} (node {node.label}, family {self.family}): {why}")
 
@@ -170,7 +194,7 @@ class _Lowerer:
 def lower_embedding(L: _Lowerer, node: ir.Node) -> None:
     """int8 table (per tensor) + ``embedding_lookup``; output at the table scale."""
     tname = node.attr("table")
-    table = L.g.constants[tname]
+    table = L.fconst[tname]
     s = symmetric_scale(np.abs(table).max(), 8)
     tq = L.const(f"{tname}.table_i8", quantize_ref(table, s, None, 8), "i8")
     (ids,) = node.inputs
@@ -201,7 +225,7 @@ def lower_add(L: _Lowerer, node: ir.Node) -> None:
 
 
 def _quantize_weight(L: _Lowerer, wname: str, per_channel: bool) -> tuple[str, np.ndarray]:
-    w = L.g.constants[wname]
+    w = L.fconst[wname]
     absmax = np.abs(w).max(axis=1)
     if not per_channel:
         absmax = np.full_like(absmax, absmax.max())
@@ -223,9 +247,13 @@ def lower_linear(L: _Lowerer, node: ir.Node) -> None:
     vx = L.value(x)
     if vx.dtype == "u8" and node.attr("bias") is None:
         return _lower_u8_linear(L, node)
+    if vx.dtype in ("i16", "i32"):
+        vx = L.values[L.to_i8(x)]  # e.g. DeBERTa-v2's embed_proj reading the 16-bit embedding sum
     if vx.dtype != "i8":
         L.fail(node, f"input {x!r} is {vx.dtype}; integer linear reads int8")
-    s_x = L.scalar_scale(x, "linear")
+    if vx.scale is None or isinstance(vx.scale, tuple):
+        L.fail(node, f"input {x!r} must carry one per-tensor scale, got {vx.scale!r}")
+    s_x = float(vx.scale)
     # a gather along the output axis would mix channels: per-tensor weight scale there
     per_channel = not any(c.op == "gather" for c in L.consumers(out))
     wq, s_w = _quantize_weight(L, node.attr("weight"), per_channel)
@@ -234,7 +262,7 @@ def lower_linear(L: _Lowerer, node: ir.Node) -> None:
     bname = node.attr("bias")
     max_bias = 0.0
     if bname is not None:
-        b = np.rint(L.g.constants[bname].astype(np.float64) / acc_scale)
+        b = np.rint(L.fconst[bname].astype(np.float64) / acc_scale)
         max_bias = float(np.abs(b).max()) if b.size else 0.0
         if max_bias >= 2**30:
             L.fail(node, f"bias {bname!r} does not fit the int32 accumulator at S_x·S_w (|b| ≥ 2^30)")
@@ -242,7 +270,7 @@ def lower_linear(L: _Lowerer, node: ir.Node) -> None:
     shape = L.g.value(out).shape
     attrs = dict(weight=wq, bias=bias)
     if out in L.g.outputs:
-        k_dim = L.g.constants[node.attr("weight")].shape[1]
+        k_dim = L.fconst[node.attr("weight")].shape[1]
         bound = k_dim * 127 * 127 + max_bias
         k = max(0, math.ceil(math.log2(bound / DEQUANT_BOUND))) if bound > DEQUANT_BOUND else 0
         if k:
@@ -288,7 +316,7 @@ def lower_gather(L: _Lowerer, node: ir.Node) -> None:
     v = L.value(node.inputs[0])
     if isinstance(v.scale, tuple):
         L.fail(node, "gather along a per-channel axis would mix channel scales")
-    idx = L.const(node.attr("index"), L.g.constants[node.attr("index")], "i64")
+    idx = L.const(node.attr("index"), L.fconst[node.attr("index")], "i64")
     L.emit("gather", [v.name], "", v.dtype, L.g.value(out).shape, v.scale, fp=out, index=idx)
 
 
@@ -300,7 +328,7 @@ def lower_scatter_add(L: _Lowerer, node: ir.Node) -> None:
     v = L.value(node.inputs[0])
     if v.dtype != "u8":
         L.fail(node, f"scatter_add expects u8 probabilities, got {v.dtype}")
-    idx = L.const(node.attr("index"), L.g.constants[node.attr("index")], "i64")
+    idx = L.const(node.attr("index"), L.fconst[node.attr("index")], "i64")
     L.emit("scatter_add", [v.name], "", "u8", L.g.value(out).shape, v.scale, fp=out, index=idx,
            size=int(node.attr("size")))
 
@@ -313,12 +341,24 @@ def lower_matmul(L: _Lowerer, node: ir.Node) -> None:
     """
     out = node.outputs[0]
     a, b = node.inputs
-    if b in L.g.constants:
-        L.fail(node, "a constant right operand (DeBERTa relative tables) is not lowered yet")
-    va, vb = L.value(a), L.value(b)
+    va = L.value(a)
+    if b in L.fconst:
+        # DeBERTa's projected relative tables Kr / Qr [h, 2S, d]: int8 per tensor, broadcast over B
+        if not node.attr("transpose_b"):
+            L.fail(node, "a constant right operand must be stored [.., N, K] (transpose_b)")
+        table = L.fconst[b]
+        s_t = symmetric_scale(np.abs(table).max(), 8)
+        tq = L.const(f"{b}.i8", quantize_ref(table, s_t, None, 8), "i8")
+        L.values[tq] = ir.Value(tq, "i8", table.shape, float(s_t))
+        vb = L.values[tq]
+    else:
+        vb = L.value(b)
     if va.dtype not in ("i8", "u8") or vb.dtype != "i8":
         L.fail(node, f"operands are {va.dtype} × {vb.dtype}; the integer matmul takes i8/u8 × i8")
-    s_a, s_b = L.scalar_scale(a, "matmul"), L.scalar_scale(b, "matmul")
+    s_a = L.scalar_scale(a, "matmul")
+    if isinstance(vb.scale, tuple) or vb.scale is None:
+        L.fail(node, f"right operand {b!r} must carry one per-tensor scale")
+    s_b = float(vb.scale)
     bname = vb.name
     if not node.attr("transpose_b"):
         shp = tuple(vb.shape)
@@ -349,14 +389,25 @@ def lower_softmax(L: _Lowerer, node: ir.Node) -> None:
     """i-softmax over keys (mask ``[B,1,1,T]``); u8 probabilities at scale 1/255."""
     out = node.outputs[0]
     x, mask = node.inputs
-    if node.attr("mask") != "key":
-        L.fail(node, f"softmax mask kind {node.attr('mask')!r} (DeBERTa's pair mask) is not lowered yet")
+    kind = node.attr("mask")
+    if kind not in ("key", "pair"):
+        L.fail(node, f"unknown softmax mask kind {kind!r}")
     vx = L.value(x)
     if vx.dtype not in ("i8", "i16", "i32"):
         L.fail(node, f"scores are {vx.dtype}")
     p = softmax_params(L.scalar_scale(x, "softmax"))
-    L.emit("softmax", [vx.name, _key_mask(L, mask)], "", "u8", L.g.value(out).shape, SOFTMAX_OUT_SCALE,
-           fp=out, m_i32=int(p.m_i32), shift=int(p.shift))
+    shape = L.g.value(out).shape
+    if kind == "key":
+        L.emit("softmax", [vx.name, _key_mask(L, mask)], "", "u8", shape, SOFTMAX_OUT_SCALE,
+               fp=out, m_i32=int(p.m_i32), shift=int(p.shift))
+        return
+    # DeBERTa's pair mask m_i ∧ m_j: on a valid query row it is the key mask; rows of padded
+    # queries are all-zero (XSoftmax), which a mask_fill over the query axis reproduces exactly
+    keyed = L.emit("softmax", [vx.name, _key_mask(L, mask)], f"{out}.keyed", "u8", shape, SOFTMAX_OUT_SCALE,
+                   m_i32=int(p.m_i32), shift=int(p.shift))
+    qmask = L.emit("reshape", [L.env[mask]], f"{mask}.queries", "bool", ("B", 1, "T", 1),
+                   shape=("B", 1, "T", 1)) if f"{mask}.queries" not in L.values else f"{mask}.queries"
+    L.emit("mask_fill", [keyed, qmask], "", "u8", shape, SOFTMAX_OUT_SCALE, fp=out)
 
 
 def lower_layernorm(L: _Lowerer, node: ir.Node) -> None:
@@ -370,7 +421,7 @@ def lower_layernorm(L: _Lowerer, node: ir.Node) -> None:
         src = L.emit("cast_int", [vx.name], f"{x}.i32", "i32", vx.shape, s_in, to="i32")
     bits = 8 if out in L.g.outputs else L.out_bits(out)
     s_out = L.act_scale(out, bits)
-    g = L.g.constants
+    g = L.fconst
     p = layernorm_params(g[node.attr("weight")], g[node.attr("bias")], node.attr("eps"), s_out, bits,
                          in_scale=s_in)
     L.emit("layernorm", [src], "", _dtype_for_bits(bits), L.g.value(out).shape, s_out, fp=out,
@@ -409,6 +460,47 @@ def lower_tanh(L: _Lowerer, node: ir.Node) -> None:
     p = tanh_params(L.scalar_scale(x, "tanh"), 8)
     L.emit("tanh", [L.env[x]], "", "i8", L.g.value(out).shape, p.out_scale, fp=out,
            m_i32=int(p.m_i32), shift=int(p.shift), out_bits=8)
+
+
+def lower_mask_fill(L: _Lowerer, node: ir.Node) -> None:
+    """Zero the rows of padded tokens (DeBERTa): ``where(mask, x, 0)``; dtype and scale kept
+    (only ``value=0`` is representable without a scale change)."""
+    out = node.outputs[0]
+    x, mask = node.inputs
+    if float(node.attr("value", 0.0)) != 0.0:
+        L.fail(node, f"mask_fill value {node.attr('value')!r}: only 0 is lowered")
+    v = L.value(x)
+    L.emit("mask_fill", [v.name, L.mask_as(mask, tuple(v.shape))], "", v.dtype, L.g.value(out).shape, v.scale,
+           fp=out)
+
+
+def lower_conv1d(L: _Lowerer, node: ir.Node) -> None:
+    """DeBERTa-v2's nGiE Conv1d over the sequence (channels last) as ``unfold`` + integer linear.
+
+    ``unfold`` gathers the ``k`` shifted copies of ``x [B, T, C]`` (zeros beyond the sequence)
+    into ``[B, T, k·C]``; the weight ``[O, C/g, k]`` becomes the dense ``[O, k·C]`` matrix of the
+    same sum (grouped convolutions: block-diagonal, zeros elsewhere), so the usual linear rule
+    (per-channel int8 weights, int32 bias, fused requant) applies unchanged.
+    """
+    out = node.outputs[0]
+    (x,) = node.inputs
+    w = L.fconst[node.attr("weight")]
+    o_ch, cg, k = w.shape
+    groups, pad = int(node.attr("groups")), int(node.attr("padding"))
+    c = cg * groups
+    if 2 * pad != k - 1:
+        L.fail(node, f"padding {pad} with kernel {k} changes the sequence length")
+    dense = np.zeros((o_ch, k, c), np.float32)
+    og = o_ch // groups
+    for gi in range(groups):
+        dense[gi * og:(gi + 1) * og, :, gi * cg:(gi + 1) * cg] = np.transpose(w[gi * og:(gi + 1) * og], (0, 2, 1))
+    wname = f"{node.attr('weight')}.unfolded"
+    L.fconst[wname] = dense.reshape(o_ch, k * c)
+    vx = L.value(x)
+    xi = L.values[L.to_i8(x)] if vx.dtype != "i8" else vx
+    ufp = f"{out}.unfold"
+    L.emit("unfold", [xi.name], "", "i8", tuple(vx.shape[:-1]) + (k * c,), xi.scale, fp=ufp, size=k, padding=pad)
+    lower_linear(L, ir.Node("linear", (ufp,), (out,), (("weight", wname), ("bias", node.attr("bias"))), name=out))
 
 
 def _passthrough(op: str, *keys: str) -> Callable[[_Lowerer, ir.Node], None]:
@@ -457,8 +549,8 @@ RULES: dict[str, Callable[[_Lowerer, ir.Node], None]] = {
     "select": _passthrough("select", "axis", "index"),
     "gather": lower_gather,
     "scatter_add": lower_scatter_add,
-    "mask_fill": _unsupported("mask_fill is not lowered yet"),
-    "conv1d": _unsupported("conv1d is not lowered yet"),
+    "mask_fill": lower_mask_fill,
+    "conv1d": lower_conv1d,
     "mul": _unsupported("elementwise mul is not lowered"),
 }
 

@@ -8,8 +8,9 @@ math happens here (the integer graph carries ready-made multipliers and params);
 op is the graph-output ``dequantize`` kernel.
 
 Integer data movement (``embedding_lookup``, ``position_ids``, ``reshape``, ``transpose``,
-``select``, ``cast_int``, ``gather``) runs in numpy on the host for every backend; the kernels of
-the ``cuda`` backend accept host arrays and return host arrays.
+``select``, ``cast_int``, ``gather``, ``scatter_add``, ``mask_fill``, ``unfold``) runs in numpy on
+the host for every backend; the kernels of the ``cuda`` backend accept host arrays and return
+host arrays.
 """
 
 from __future__ import annotations
@@ -154,6 +155,21 @@ class Executor:
                 return np.take_along_axis(x, np.broadcast_to(idx, x.shape[:-1] + (t,)), axis=-1)
 
             return gather
+        if op == "mask_fill":
+            # out = x where mask (broadcast) else 0: padded positions become exact zeros
+            return lambda ins, B, T: np.where(_host(ins[1]), _host(ins[0]), 0).astype(_host(ins[0]).dtype)
+        if op == "unfold":
+            size, pad = a("size"), a("padding")
+
+            def unfold(ins, B, T):
+                # out[b, t, j·C + c] = x[b, t + j - pad, c] (zero outside [0, T)): Conv1d as a linear
+                x = _host(ins[0])
+                n, t, c = x.shape
+                xp = np.zeros((n, t + 2 * pad, c), x.dtype)
+                xp[:, pad:pad + t] = x
+                return np.concatenate([xp[:, j:j + t] for j in range(size)], axis=-1)
+
+            return unfold
         if op == "scatter_add":
             index, size = self.graph.constants[a("index")], a("size")
 

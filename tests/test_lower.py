@@ -18,9 +18,12 @@ from intengine.quantize import QuantizedModel, quantize
 from intengine.runtime import Executor
 
 TASKS = ["base", "sequence-classification", "token-classification", "question-answering", "masked-lm"]
-SUPPORTED = ["roberta-tiny", "ibert-roberta-tiny", "nezha-cn-tiny"]
-CASES = [("roberta-tiny", t) for t in TASKS] + [("nezha-cn-tiny", t) for t in TASKS] + [
-    ("ibert-roberta-tiny", "base"), ("ibert-roberta-tiny", "sequence-classification")]
+SUPPORTED = ["roberta-tiny", "ibert-roberta-tiny", "nezha-cn-tiny", "deberta-base-tiny", "deberta-v3-base-tiny",
+             "deberta-v2-xlarge-tiny"]
+CASES = [(p, t) for p in ("roberta-tiny", "nezha-cn-tiny", "deberta-base-tiny", "deberta-v3-base-tiny")
+         for t in TASKS] + [
+    ("ibert-roberta-tiny", "base"), ("ibert-roberta-tiny", "sequence-classification"),
+    ("deberta-v2-xlarge-tiny", "base"), ("deberta-v2-xlarge-tiny", "token-classification")]
 MIN_COSINE = 0.98
 
 
@@ -162,11 +165,37 @@ def test_force_dequant_refused():
         quantize(m, random_batches(m, 1, 2, 8), force_dequant="gelu")
 
 
-@pytest.mark.parametrize("preset", ["deberta-base-tiny", "deberta-v3-base-tiny"])
-def test_unsupported_family_names_op_and_family(preset):
-    m = load(preset, "base")
-    with pytest.raises(LoweringError, match=r"op '(\w+)'.*family deberta") as e:
-        quantize(m, random_batches(m, 1, 2, 8))
+def test_deberta_relative_terms_and_conv_are_integer():
+    """DeBERTa-v2 (conv on): int8 relative tables broadcast in matmul, integer gathers, the pair
+    mask as key-masked softmax + query mask_fill, and the nGiE conv as unfold + linear."""
+    m = load("deberta-v2-xlarge-tiny", "base", std=0.15)
+    qm = quantize(m, random_batches(m, 2, 2, 16))
+    ops = [n.op for n in qm.graph.nodes]
+    assert ops.count("unfold") == 1 and ops.count("gather") == 2 * m.config.num_hidden_layers
+    c2p = next(n for n in qm.graph.nodes if n.name == "layer0.attn.c2p_all")
+    table = qm.graph.value(c2p.inputs[1])
+    assert table.dtype == "i8" and c2p.inputs[1] in qm.graph.constants
+    assert qm.graph.value("layer0.attn.c2p_all").dtype == "i32"  # accumulators flow into the score sum
+    probs = next(n for n in qm.graph.nodes if n.name == "layer0.attn.probs")
+    assert probs.op == "mask_fill"
+    # padded query rows give all-zero probabilities, like XSoftmax
+    x = batch(m, b=2, t=10)
+    x["attention_mask"][0] = True
+    x["attention_mask"][1, 6:] = False
+    tr = qm.executor("ref").trace(**x)
+    p = tr["layer0.attn.probs"]
+    assert not p[1, :, 6:].any() and p[0].sum(-1).min() > 0
+
+
+def test_unloweable_attribute_names_op_and_family():
+    m = load("deberta-base-tiny", "base")
+    g = capture(m)
+    qp = calibrate(g, random_batches(m, 1, 2, 8))
+    nodes = tuple(ir.Node(n.op, n.inputs, n.outputs, tuple((k, 1.0 if k == "value" else v) for k, v in n.attrs),
+                          n.name) for n in g.nodes)
+    bad = ir.Graph(g.stage, g.inputs, g.outputs, nodes, g.values, g.constants)
+    with pytest.raises(LoweringError, match=r"op 'mask_fill'.*family deberta.*only 0") as e:
+        lower(bad, qp, "deberta")
     assert isinstance(e.value, IntengineError) and isinstance(e.value, ValueError)
 
 
@@ -176,7 +205,8 @@ def test_cuda_backend_through_registry():
 
     if not load_cuda():
         pytest.skip("no cuda backend (neither a GPU nor the simulator)")
-    m = load("roberta-tiny", "sequence-classification", std=0.15)
-    qm = quantize(m, random_batches(m, 1, 2, 8))
-    x = batch(m, b=1, t=4)
-    np.testing.assert_array_equal(qm.run(**x, backend="cuda"), qm.run(**x, backend="ref"))
+    for preset in ("roberta-tiny", "deberta-v2-xlarge-tiny"):
+        m = load(preset, "sequence-classification", std=0.15)
+        qm = quantize(m, random_batches(m, 1, 2, 8))
+        x = batch(m, b=1, t=4)
+        np.testing.assert_array_equal(qm.run(**x, backend="cuda"), qm.run(**x, backend="ref"))
