@@ -52,3 +52,8 @@ class QuantizedFormatError(IntengineError, ValueError):
 
 class ReportError(IntengineError, ValueError):
     """A per-node error report cannot be computed (e.g. a loaded model has no FP32 graph)."""
+
+
+class ExportError(IntengineError, ValueError):
+    """A model cannot be exported (not a lowered QuantizedModel, missing graph) or the export file
+    cannot be written (names the path)."""
