@@ -50,7 +50,7 @@ from . import ir
 from .errors import LoweringError
 from .kernels.gelu import ERF_FRAC_BITS, I32_MAX, gelu_ref
 from .kernels.layernorm import (
-    BIAS_FRAC, EPS_NONE, FACTOR_BITS, ISQRT_UPDATES, NORM_BITS, _eps_min_shift,
+    BIAS_FRAC, FACTOR_BITS, ISQRT_UPDATES, NORM_BITS, _eps_min_shift,
 )
 from .kernels.softmax import (
     ALPHA_I64, BETA_I64, EXP_HALF, EXP_ONE, POLY_SHIFT, SOFTMAX_NORM_BITS, SOFTMAX_OUT_LEVELS,
@@ -354,9 +354,10 @@ def _attr_const(b: _Builder, v):
 
 
 def _weight_t(b: _Builder, wname: str) -> tuple[str, str | None]:
-    """The ``[K, N]`` weight initializer of an ``[N, K]`` int8 constant, and its zero point."""
+    """The ``[..., K, N]`` initializer of an ``[..., N, K]`` int8 constant (a linear's weight, or
+    DeBERTa's ``[h, 2S, d]`` relative tables), and its zero point."""
     def make():
-        w = np.ascontiguousarray(b.g.constants[wname].T)
+        w = np.ascontiguousarray(np.swapaxes(b.g.constants[wname], -1, -2))
         if b.weights == "u8":  # exact u8×u8 path for AVX2-only hosts
             return b.const((w.astype(np.int16) + 128).astype(np.uint8), np.uint8, name=f"{wname}.T_u8")
         return b.const(w, np.int8, name=f"{wname}.T")
@@ -659,6 +660,28 @@ def tr_scatter_add(b: _Builder, node: ir.Node) -> str:
     return b.cast(b.op("Min", [acc, b.const(np.int32(255), np.int32, "i32")]), np.uint8)
 
 
+def tr_mask_fill(b: _Builder, node: ir.Node) -> str:
+    """``where(mask, x, 0)`` with a broadcastable bool mask (runtime's mask_fill); dtype kept."""
+    x = b.get(node.inputs[0])
+    dtype = b.dtypes[x]
+    xw = b.cast(x, np.int32) if dtype == np.int16 else x  # (no int16 Where in onnxruntime)
+    zero = b.const(np.zeros((), b.dtypes[xw]), b.dtypes[xw])
+    return b.cast(b.op("Where", [b.get(node.inputs[1]), xw, zero], b.dtypes[xw]), dtype)
+
+
+def tr_unfold(b: _Builder, node: ir.Node) -> str:
+    """``out[b, t, j·C + c] = x[b, t + j - pad, c]`` (zeros outside the sequence): Pad the
+    sequence axis, then concatenate the ``size`` slices ``[j, j + T)``, written with negative ends
+    (``j - 2·pad``) so that no run-time length is needed."""
+    x = b.get(node.inputs[0])
+    size, pad = int(node.attr("size")), int(node.attr("padding"))
+    xp = b.op("Pad", [x, b.i64([0, pad, 0, 0, pad, 0])], hint="unfold.pad") if pad else x
+    big = np.iinfo(np.int64).max
+    parts = [b.op("Slice", [xp, b.i64([j]), b.i64([j - 2 * pad if j < 2 * pad else big]), b.i64([1])],
+                  hint=f"unfold.{j}") for j in range(size)]
+    return parts[0] if size == 1 else b.op("Concat", parts, axis=-1, hint="unfold")
+
+
 def tr_dequantize(b: _Builder, node: ir.Node) -> str:
     """The one float op: ``float32(q) · scale`` (``dequantize_ref``), scale per tensor or per channel."""
     x = b.get(node.inputs[0])
@@ -691,6 +714,8 @@ TRANSLATIONS: dict[str, Callable[[_Builder, ir.Node], str]] = {
     "position_ids": tr_position_ids,
     "select": tr_select,
     "scatter_add": tr_scatter_add,
+    "mask_fill": tr_mask_fill,
+    "unfold": tr_unfold,
     "dequantize": tr_dequantize,
 }
 
