@@ -313,6 +313,23 @@ def exp_core(u_i64, m_i64, s_i64):
     return l_i64 >> z_i64
 
 
+@numba.njit(inline="always")
+def exp_core_u32(u_u32, m_i64, s_i64):
+    """:func:`exp_core` for ``u < 2^32`` given as ``uint32``, shaped for SIMD (bit-identical).
+
+    Every product is 32×32→64 bits (``vpmuludq``): ``u·m`` (``m < 2^31``),
+    ``ALPHA·f`` and ``g'·f`` with ``g' = BETA - (ALPHA·f >> 20) ∈ (0, 2^31)``
+    (``(-g'·f) >> 21 = -((g'·f + 2^21 - 1) >> 21)``); the octave shift is
+    clamped at 31 (``L ≤ 2^30`` so ``L >> 31 = 0``).
+    """
+    t_i64 = (np.int64(u_u32) * m_i64) >> s_i64
+    z_i64 = min(t_i64 >> T_FRAC_BITS, np.int64(Z_ZERO))
+    f_i64 = t_i64 & T_FRAC_MASK
+    gn_i64 = np.int64(np.uint32(BETA_I64 - ((ALPHA_I64 * f_i64) >> T_FRAC_BITS)))
+    l_i64 = EXP_ONE - ((gn_i64 * f_i64 + ((1 << POLY_SHIFT) - 1)) >> POLY_SHIFT)
+    return max(l_i64, np.int64(EXP_HALF)) >> z_i64
+
+
 @numba.njit(parallel=True, cache=True)
 def _exp_flat(x1, m_i64, s_i64, out1):
     for i in numba.prange(x1.size):

@@ -11,6 +11,7 @@ last, hence ``tanh(-x) == -tanh(x)`` exactly and ``tanh(0) == 0``.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 
 import numba
@@ -18,12 +19,14 @@ import numpy as np
 
 from ._util import check_int, container_for_bits, qmax_for_bits
 from .registry import register
+from .requant import lut_u8, wide_vectors
 from .softmax import (
     EXP_ONE,
     INPUT_DTYPES,
     _exp_core_ref,
     check_multiplier,
     exp_core,
+    exp_core_u32,
     range_reduction_multiplier,
 )
 
@@ -105,17 +108,67 @@ def tanh_core(x_i64, m_i64, s_i64, q_i64):
 
 @numba.njit(parallel=True, cache=True)
 def _tanh_flat(x1, m_i64, s_i64, q_i64, out1):
+    """Any ``Q`` (one int64 division per element)."""
     for i in numba.prange(x1.size):
         out1[i] = tanh_core(np.int64(x1[i]), m_i64, s_i64, q_i64)
 
 
+FLOAT_DIV_MAX_Q = (1 << 15) - 1  # out_bits ≤ 16: the quotient is exact in float64 (see _tanh_flat_f64)
+CHUNK = 1 << 14
+
+
+@numba.njit(parallel=True, cache=True, error_model="numpy")
+def _tanh_flat_f64(x1, m_i64, s_i64, q_i64, out1):
+    """Vectorized i-tanh for ``Q ≤ 2^15 - 1``: the division in float64, bit-identical.
+
+    ``num = 2Q(2^30 - e) + 2^30 + e < 2^47`` and ``den = 2(2^30 + e) ≤ 2^32``
+    are exact doubles; if ``num/den`` is not an integer it lies at least
+    ``1/den ≥ 2^-32`` below the next integer ``k ≤ Q + 1 ≤ 2^15``, where
+    doubles are ``2^-37`` apart, so the rounded quotient truncates to the
+    exact ``⌊num/den⌋`` (and an integer quotient is exact).
+    """
+    n = x1.size
+    for k in numba.prange((n + CHUNK - 1) // CHUNK):
+        wide_vectors()
+        for i in range(k * CHUNK, min(n, (k + 1) * CHUNK)):
+            x_i64 = np.int64(x1[i])
+            a_u32 = np.uint32(-x_i64 if x_i64 < 0 else x_i64)  # |x| ≤ 2^31
+            e_i64 = exp_core_u32(a_u32, m_i64, s_i64)
+            den_i64 = EXP_ONE + e_i64
+            num_i64 = 2 * q_i64 * (EXP_ONE - e_i64) + den_i64
+            y_i64 = np.int64(np.float64(num_i64) / np.float64(2 * den_i64))
+            out1[i] = -y_i64 if x_i64 < 0 else y_i64
+
+
+@functools.lru_cache(maxsize=256)
+def _int8_table(m: int, s: int, out_bits: int) -> np.ndarray:
+    """i-tanh of every int8 value, indexed by the input byte (``table[v & 255] = tanh_ref(v)``)."""
+    table = tanh_ref(INT8_BY_BYTE, m, s, out_bits)
+    table.flags.writeable = False
+    return table
+
+
+INT8_BY_BYTE = np.arange(256, dtype=np.uint8).view(np.int8)  # byte b holds the int8 value with that bit pattern
+
+
 @register("tanh", "cpu")
 def tanh_cpu(x: np.ndarray, m_i32: int, shift: int, out_bits: int = 8) -> np.ndarray:
-    """numba version of :func:`tanh_ref` (bit-exact)."""
+    """numba version of :func:`tanh_ref` (bit-exact).
+
+    int8 inputs: a 256-entry table of :func:`tanh_ref` (cached per
+    ``(m_i32, shift, out_bits)``), applied with ``vpermi2b`` where available.
+    Wider inputs: the formula, vectorized with the division in float64
+    (exact for ``out_bits ≤ 16``), else one int64 division per element.
+    """
     m, s, out_dtype, q = _check_tanh_args(x, m_i32, shift, out_bits)
     x1 = np.ascontiguousarray(x).reshape(-1)
     out = np.empty(x1.size, out_dtype)
-    if x1.size:
+    if x1.size == 0:
+        pass
+    elif x1.dtype == np.int8:
+        lut_u8(x1, _int8_table(m, s, int(out_bits)), out)
+    elif q <= FLOAT_DIV_MAX_Q:
+        _tanh_flat_f64(x1, np.int64(m), np.int64(s), np.int64(q), out)
+    else:
         _tanh_flat(x1, np.int64(m), np.int64(s), np.int64(q), out)
     return out.reshape(x.shape)
-
