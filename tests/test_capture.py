@@ -11,7 +11,7 @@ import intengine
 from intengine import ir
 from intengine.capture import CaptureError, capture
 from intengine.errors import InputError
-from intengine.interp import erf, run_fp32
+from intengine.interp import run_fp32
 from intengine.models import init_weights
 
 PRESETS = [
@@ -159,11 +159,3 @@ def test_errors():
         run_fp32(g, np.ones((1, 4), dtype=np.int64), attention_mask=np.ones((1, 5)))
     with pytest.raises(InputError, match="integer"):
         run_fp32(g, np.ones((1, 4), dtype=np.float32))
-
-
-def test_erf_accuracy():
-    import math
-
-    x = np.linspace(-6, 6, 2001)
-    ref = np.array([math.erf(v) for v in x])
-    assert np.abs(erf(x) - ref).max() < 2e-7
