@@ -692,7 +692,7 @@ def tr_dequantize(b: _Builder, node: ir.Node) -> str:
         ax = axis % rank
         scale = scale.reshape((scale.size,) + (1,) * (rank - 1 - ax))
     f = b.op("Cast", [x], np.float32, to=TensorProto.FLOAT, hint="dequantize.cast")
-    s = b.const(scale, np.float32, "dequantize.scale")
+    s = b.const(scale, np.float32, name=f"{b.prefix}/dequantize.scale")
     return b.op("Mul", [f, s], out=node.outputs[0])
 
 
@@ -741,8 +741,10 @@ def _prune(nodes: list[onnx.NodeProto], outputs: list[str]) -> list[onnx.NodePro
 
 def translate_graph(graph: ir.Graph, *, tables: bool = True, weights: str = "s8",
                     name: str = "intengine_integer") -> onnx.ModelProto:
-    """The ONNX model of an integer-stage graph whose inputs are the token inputs
-    (``input_ids``, ``attention_mask``, ``token_type_ids``; int64 ``[batch, sequence]``)."""
+    """The ONNX model of an integer-stage graph.  Token inputs (``input_ids``, ``attention_mask``,
+    ``token_type_ids``) become int64 ``[batch, sequence]`` inputs (``token_type_ids`` only when
+    read); any other graph input keeps its IR dtype.  Outputs keep their IR dtype (float32 after
+    a final dequantize)."""
     if graph.stage != "integer":
         raise OnnxTranslationError(f"the integer export takes integer-stage graphs, got stage {graph.stage!r}")
     ir.verify_integer(graph)
@@ -756,9 +758,13 @@ def translate_graph(graph: ir.Graph, *, tables: bool = True, weights: str = "s8"
         b.dtypes[name_in] = np.dtype(I64)
         b._names.add(name_in)
         b.env[name_in] = name_in
-    for extra in graph.inputs:
+    for extra in graph.inputs:  # other integer inputs (single-op graphs in tests) keep their IR type
         if extra not in b.env and extra in read:
-            raise OnnxTranslationError(f"graph input {extra!r} is not a token input of the ONNX model")
+            v = graph.value(extra)
+            inputs.append(_value_info(extra, _NP_OF_IR[v.dtype], v.shape))
+            b.dtypes[extra] = _NP_OF_IR[v.dtype]
+            b._names.add(extra)
+            b.env[extra] = extra
     if "attention_mask" in b.env and graph.value("attention_mask").dtype == "bool":
         b.prefix = "attention_mask"
         b.env["attention_mask"] = b.op("Cast", ["attention_mask"], np.bool_, to=TensorProto.BOOL, hint="bool")
