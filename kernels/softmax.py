@@ -55,7 +55,7 @@ import numpy as np
 from ._util import check_int
 from .errors import KernelInputError
 from .registry import register
-from .requant import MAX_SHIFT, MIN_SHIFT, MULT_BITS, as_rows, quantize_multiplier
+from .requant import MAX_SHIFT, MIN_SHIFT, MULT_BITS, as_rows, quantize_multiplier, wide_vectors
 
 # ----------------------------------------------------------------------------- constants
 
@@ -322,7 +322,7 @@ def exp_core_u32(u_u32, m_i64, s_i64):
     (``(-g'·f) >> 21 = -((g'·f + 2^21 - 1) >> 21)``); the octave shift is
     clamped at 31 (``L ≤ 2^30`` so ``L >> 31 = 0``).
     """
-    t_i64 = (np.int64(u_u32) * m_i64) >> s_i64
+    t_i64 = (np.int64(u_u32) * np.int64(np.uint32(m_i64))) >> s_i64  # 0 < m < 2^31
     z_i64 = min(t_i64 >> T_FRAC_BITS, np.int64(Z_ZERO))
     f_i64 = t_i64 & T_FRAC_MASK
     gn_i64 = np.int64(np.uint32(BETA_I64 - ((ALPHA_I64 * f_i64) >> T_FRAC_BITS)))
@@ -352,45 +352,52 @@ def exp_cpu(x: np.ndarray, m_i32: int, shift: int) -> np.ndarray:
 
 @numba.njit(inline="always")
 def _softmax_row(xr, has_mask, mr, m_i64, s_i64, e_buf, orow):
-    """One row of i-softmax (numba); branch-free inner loops so LLVM vectorises them."""
+    """One row of i-softmax (numba), three branch-free passes that LLVM vectorizes.
+
+    1. max over kept keys in 32 bits (plus "any key kept");
+    2. ``e = keep ? iexp(M - x) : 0`` with :func:`exp_core_u32` (``M - x`` of kept
+       keys lies in ``[0, 2^32)``: a wrapping uint32 difference is exact), int32
+       ``e`` to ``e_buf``, int64 sum;
+    3. ``y = (e·F + 2^53) >> 54`` (``e ≤ 2^30``, ``F < 2^32``: one 32×32→64 product).
+    """
     n = xr.shape[0]
-    # 1. row max over kept keys (I64_MIN when none is kept)
-    mx = np.int64(I64_MIN)
+    mx = np.int32(-(1 << 31))
+    anyk = np.uint8(0)
     if has_mask:
         for c in range(n):
-            v = np.int64(xr[c]) if mr[c] != 0 else np.int64(I64_MIN)
-            mx = max(mx, v)
+            k = mr[c]
+            anyk |= k
+            mx = max(mx, np.int32(xr[c]) if k != 0 else np.int32(-(1 << 31)))
     else:
+        anyk = np.uint8(1)
         for c in range(n):
-            mx = max(mx, np.int64(xr[c]))
-    if mx == I64_MIN:
+            mx = max(mx, np.int32(xr[c]))
+    if anyk == 0:
         for c in range(n):
             orow[c] = 0
         return
-    # 2. i-exp and int64 sum
     total = np.int64(0)
     if has_mask:
         for c in range(n):
-            keep = np.int64(mr[c] != 0)
-            u = (mx - np.int64(xr[c])) * keep  # masked keys: u = 0, then e * 0
-            e = exp_core(u, m_i64, s_i64) * keep
+            e = exp_core_u32(np.uint32(np.int64(mx) - np.int64(xr[c])), m_i64, s_i64)
+            e = e if mr[c] != 0 else np.int64(0)
             e_buf[c] = np.int32(e)
             total += e
     else:
         for c in range(n):
-            e = exp_core(mx - np.int64(xr[c]), m_i64, s_i64)
+            e = exp_core_u32(np.uint32(np.int64(mx) - np.int64(xr[c])), m_i64, s_i64)
             e_buf[c] = np.int32(e)
             total += e
-    # 3. normalise: one division per row
-    factor = SOFTMAX_NORM_NUM // total
+    factor = np.int64(np.uint32(SOFTMAX_NORM_NUM // total))  # total ≥ 2^30 (the max key has e = 2^30)
     for c in range(n):
-        orow[c] = np.uint8((np.int64(e_buf[c]) * factor + SOFTMAX_NORM_HALF) >> SOFTMAX_NORM_BITS)
+        orow[c] = np.uint8((np.int64(np.uint32(e_buf[c])) * factor + SOFTMAX_NORM_HALF) >> SOFTMAX_NORM_BITS)
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=True, error_model="numpy")
 def _softmax_rows(x2, has_mask, mask2, row_idx, m_i64, s_i64, nchunks, out2):
     rows, n = x2.shape
     for ch in numba.prange(nchunks):
+        wide_vectors()
         r0 = ch * rows // nchunks
         r1 = (ch + 1) * rows // nchunks
         e_buf = np.empty(n, np.int32)  # e <= 2^30
