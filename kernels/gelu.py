@@ -19,6 +19,7 @@ bit-exact with it.  The CUDA kernel lives in ``kernels/cuda/gelu.py``.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -28,7 +29,8 @@ import numpy as np
 from ._util import channel_vector, check_int, container_for_bits, qmax_for_bits
 from .errors import KernelInputError
 from .registry import register
-from .requant import MAX_SHIFT, MIN_SHIFT, MULT_BITS, quantize_multiplier, round_shift, saturate
+from .requant import (MAX_SHIFT, MIN_SHIFT, MULT_BITS, lut_u8, quantize_multiplier, requant_vectors, round_shift,
+                      wide_vectors)
 
 # I-BERT's erf polynomial  L(u) = sgn(u) [a (min(|u|, -b) + b)^2 + 1]
 GELU_A = -0.2888
@@ -243,6 +245,7 @@ def gelu_args_scalar(in_shift, b_int, c_int, m_erf, shift_erf, out_shift) -> tup
 
 @numba.njit(parallel=True, cache=True)
 def _gelu_flat(x1, lsh, rsh, half, clip, b_int, c_int, m_erf, shift_erf, out_shift, out1):
+    """Scalar-code i-GELU over a flat array (kept as the straightforward reference twin)."""
     n = x1.size
     nchunk = (n + 8191) // 8192
     for k in numba.prange(nchunk):
@@ -251,62 +254,116 @@ def _gelu_flat(x1, lsh, rsh, half, clip, b_int, c_int, m_erf, shift_erf, out_shi
             out1[i] = gelu_scalar(np.int64(x1[i]), lsh, rsh, half, clip, b_int, c_int, m_erf, shift_erf, out_shift)
 
 
-@numba.njit(parallel=True, cache=True)
-def _gelu_requant_2d(x2, lsh, rsh, half, clip, b_int, c_int, m_erf, shift_erf, out_shift, m_i64, s_i64, q, out2):
+@numba.njit(inline="always")
+def gelu_simd(x_i64, lsh, rsh, half, clip, b_int, c_int, m_erf_i32, h_erf, shift_erf, h_out, out_shift):
+    """:func:`gelu_scalar` shaped for SIMD (bit-identical), up to the saturated int32 ``y``.
+
+    Every product is 32×32→64 bits (``vpmuldq``): ``d² `` (``|d| < 2^16``),
+    ``±L·m_erf`` (``|L| < 2^31``), ``x·(2^29 + E)``.  Each ``R(p, m, s)`` is
+    ``(p + 2^(s-1)) >> s`` (``h_* = 2^(s-1)``), equal to the two-shift form since
+    ``|p| < 2^62`` (see the overflow bound of :func:`gelu_ref`).
+    """
+    a_i64 = min(((abs(x_i64) << lsh) + half) >> rsh, clip)
+    d_i64 = np.int64(np.int32(a_i64 + b_int))
+    poly_i64 = d_i64 * d_i64 + c_int  # |poly| < 2^31
+    poly_i64 = -poly_i64 if x_i64 < 0 else poly_i64
+    one = np.int64(1) << ERF_FRAC_BITS
+    erf_i64 = (np.int64(np.int32(poly_i64)) * np.int64(m_erf_i32) + h_erf) >> shift_erf
+    w_i64 = np.int64(np.int32(min(max(erf_i64, -one), one) + one))  # 2^29 + E ∈ [0, 2^30]
+    y_i64 = (x_i64 * w_i64 + h_out) >> out_shift
+    return min(max(y_i64, np.int64(-I32_MAX)), np.int64(I32_MAX))
+
+
+@numba.njit(parallel=True, cache=True, error_model="numpy")
+def _gelu_rows(x2, lsh, rsh, half, clip, b_int, c_int, m_erf_i32, h_erf, shift_erf, h_out, out_shift, out2):
     rows, cols = x2.shape
     for r in numba.prange(rows):
+        wide_vectors()
+        xr = x2[r]
+        orow = out2[r]
         for c in range(cols):
-            y = gelu_scalar(np.int64(x2[r, c]), lsh, rsh, half, clip, b_int, c_int, m_erf, shift_erf, out_shift)
-            out2[r, c] = saturate(round_shift(y, m_i64[c], s_i64[c]), q)
+            orow[c] = np.int32(gelu_simd(np.int64(xr[c]), lsh, rsh, half, clip, b_int, c_int, m_erf_i32, h_erf,
+                                         shift_erf, h_out, out_shift))
 
 
-@numba.njit(parallel=True, cache=True)
-def _lut_flat(x1, table, out1):
-    """``out = table[x + 128]`` (int8 inputs: the i-GELU of all 256 values, precomputed)."""
-    n = x1.size
-    nchunk = (n + 8191) // 8192
-    for k in numba.prange(nchunk):
-        hi = min(n, (k + 1) * 8192)
-        for i in range(k * 8192, hi):
-            out1[i] = table[np.int64(x1[i]) + 128]
-
-
-@numba.njit(parallel=True, cache=True)
-def _lut_requant_2d(x2, table, m_i64, s_i64, q, out2):
+@numba.njit(parallel=True, cache=True, error_model="numpy")
+def _gelu_requant_rows(x2, lsh, rsh, half, clip, b_int, c_int, m_erf_i32, h_erf, shift_erf, h_out, out_shift,
+                       m_i32, h_i64, s_i64, q, out2):
     rows, cols = x2.shape
     for r in numba.prange(rows):
+        wide_vectors()
+        xr = x2[r]
+        orow = out2[r]
         for c in range(cols):
-            out2[r, c] = saturate(round_shift(table[np.int64(x2[r, c]) + 128], m_i64[c], s_i64[c]), q)
+            y_i64 = gelu_simd(np.int64(xr[c]), lsh, rsh, half, clip, b_int, c_int, m_erf_i32, h_erf, shift_erf,
+                              h_out, out_shift)
+            v_i64 = (np.int64(np.int32(y_i64)) * np.int64(m_i32[c]) + h_i64[c]) >> s_i64[c]  # |y·m| < 2^62
+            orow[c] = min(max(v_i64, -q), q)
 
 
-INT8_VALUES = np.arange(-128, 128, dtype=np.int8)
-LUT_MIN_SIZE = 4096  # below this, evaluating directly is cheaper than building the table
+@numba.njit(parallel=True, cache=True, error_model="numpy")
+def _lut_requant_2d(x2, table_i32, m_i32, h_i64, s_i64, q, out2):
+    """int8 inputs, per-channel epilogue: ``y = table[u8(x)]`` then requantize."""
+    rows, cols = x2.shape
+    for r in numba.prange(rows):
+        wide_vectors()
+        xr = x2[r]
+        orow = out2[r]
+        for c in range(cols):
+            y_i64 = np.int64(table_i32[np.uint8(xr[c])])
+            v_i64 = (y_i64 * np.int64(m_i32[c]) + h_i64[c]) >> s_i64[c]
+            orow[c] = min(max(v_i64, -q), q)
+
+
+INT8_BY_BYTE = np.arange(256, dtype=np.uint8).view(np.int8)  # byte b holds the int8 value with that bit pattern
+LUT_MIN_SIZE = 1024  # int8 inputs from this size on go through a 256-entry table
+
+
+@functools.lru_cache(maxsize=256)
+def _int8_table(ints: tuple, m: int | None, s: int | None, out_bits: int) -> np.ndarray:
+    """``gelu_ref`` of every int8 value, indexed by the input byte; requantized when ``m, s`` are scalars."""
+    if m is None:
+        table = gelu_ref(INT8_BY_BYTE, *ints)
+    else:
+        table = gelu_ref(INT8_BY_BYTE, *ints, m_i32=m, shift=s, out_bits=out_bits)
+    table.flags.writeable = False
+    return table
 
 
 @register("gelu", "cpu")
 def gelu_cpu(x: np.ndarray, in_shift: int, b_int: int, c_int: int, m_erf: int, shift_erf: int, out_shift: int,
              m_i32=None, shift=None, out_bits: int = 8) -> np.ndarray:
-    """numba version of :func:`gelu_ref` (bit-exact, parallel over chunks/rows).
+    """numba version of :func:`gelu_ref` (bit-exact, parallel over rows, 512-bit SIMD).
 
-    Large int8 inputs go through a 256-entry table of the same scalar code.
+    int8 inputs (from ``LUT_MIN_SIZE`` elements on) go through a 256-entry
+    table of :func:`gelu_ref` (cached per parameters): with a per-tensor
+    epilogue the table holds the requantized outputs (``vpermi2b`` for int8
+    out), otherwise the int32 ``y`` and the per-channel epilogue follows.
     """
     out_dtype, q, m_vec, s_vec = _check_gelu_args(x, in_shift, b_int, c_int, m_erf, shift_erf, out_shift,
                                                   m_i32, shift, out_bits)
-    consts = gelu_args_scalar(in_shift, b_int, c_int, m_erf, shift_erf, out_shift)
     x = np.ascontiguousarray(x).reshape(x.shape)  # (keeps 0-d inputs 0-d)
     out = np.empty(x.shape, dtype=out_dtype)
     if x.size == 0:
         return out
     x2 = x.reshape(-1, x.shape[-1] if x.ndim else 1)
-    if x.dtype == np.int8 and x.size >= LUT_MIN_SIZE:  # same scalar code, tabulated over the 256 inputs
-        table = np.empty(256, dtype=np.int32)
-        _gelu_flat(INT8_VALUES, *consts, table)
-        if m_vec is None:
-            _lut_flat(x.reshape(-1), table, out.reshape(-1))
+    o2 = out.reshape(x2.shape)
+    ints = tuple(int(v) for v in (in_shift, b_int, c_int, m_erf, shift_erf, out_shift))
+    per_tensor = m_vec is not None and bool(np.all(m_vec == m_vec[0]) and np.all(s_vec == s_vec[0]))
+    if x.dtype == np.int8 and x.size >= LUT_MIN_SIZE:
+        if m_vec is None or per_tensor:
+            key = (None, None) if m_vec is None else (int(m_vec[0]), int(s_vec[0]))
+            lut_u8(x2, _int8_table(ints, *key, int(out_bits)), o2)
         else:
-            _lut_requant_2d(x2, table.astype(np.int64), m_vec, s_vec, np.int64(q), out.reshape(x2.shape))
-    elif m_vec is None:
-        _gelu_flat(x.reshape(-1), *consts, out.reshape(-1))
+            table = _int8_table(ints, None, None, int(out_bits))
+            _lut_requant_2d(x2, table, *requant_vectors(m_vec, s_vec), np.int64(q), o2)
+        return out
+    lsh, rsh = max(-ints[0], 0), max(ints[0], 0)
+    consts = (np.int64(lsh), np.int64(rsh), np.int64((1 << rsh) >> 1), np.int64(-b_int), np.int64(b_int),
+              np.int64(c_int), np.int32(m_erf), np.int64(1 << (shift_erf - 1)), np.int64(shift_erf),
+              np.int64(1 << (out_shift - 1)), np.int64(out_shift))
+    if m_vec is None:
+        _gelu_rows(x2, *consts, o2)
     else:
-        _gelu_requant_2d(x2, *consts, m_vec, s_vec, np.int64(q), out.reshape(x2.shape))
+        _gelu_requant_rows(x2, *consts, *requant_vectors(m_vec, s_vec), np.int64(q), o2)
     return out
