@@ -54,7 +54,7 @@ from .kernels.layernorm import (
 )
 from .kernels.softmax import (
     ALPHA_I64, BETA_I64, EXP_HALF, EXP_ONE, POLY_SHIFT, SOFTMAX_NORM_BITS, SOFTMAX_OUT_LEVELS,
-    T_FRAC_BITS, T_FRAC_MASK, Z_ZERO, exp_ref,
+    T_FRAC_BITS, T_FRAC_MASK, Z_ZERO, _exp_core_ref, exp_ref,
 )
 from .kernels.tanh import tanh_ref
 
@@ -268,11 +268,28 @@ class _Builder:
         v = self.op("Clip", [self.cast(x_u64, I64), self.i64(lo), self.i64(hi)], hint="clip")
         return self.cast(v, dtype)
 
+    def finish(self, r: str, offset, bits: int, extra=0) -> str:
+        """``clip(r - offset + extra, -Q, Q)`` in the ``bits`` container, ``r`` from :meth:`round_shift`.
+
+        Fast path: when every offset ``o`` is a multiple of 2^width of the container, ``o ≥ Q`` and
+        ``extra == 0``, clip ``r`` to ``[o - Q, o + Q]`` in uint64 and cast: the modular cast drops
+        ``o`` exactly.  Otherwise subtract, clip in int64, cast."""
+        q = (1 << (bits - 1)) - 1
+        dtype = _container(bits)
+        off = np.asarray(offset, dtype=object)
+        width = 8 * dtype.itemsize
+        if np.all(np.asarray(extra, dtype=object) == 0) and all(o % (1 << width) == 0 and o >= q for o in off.ravel()):
+            if off.ndim == 0:
+                v = self.op("Clip", [r, self.u64(off - q), self.u64(off + q)], hint="clip")
+            else:  # per-channel offsets: Clip takes scalars only
+                v = self.op("Min", [self.op("Max", [r, self.u64(off - q)]), self.u64(off + q)], hint="clip")
+            return self.cast(v, dtype)
+        return self.saturate(self.signed(r, offset, extra), -q, q, dtype)
+
     def requant(self, x: str, m, s, bits: int, bound: int) -> str:
         """``clip(R(x, m, s), -Q, Q)`` in the ``bits`` container (``requantize_ref``)."""
         r, off = self.round_shift(x, m, s, bound)
-        q = (1 << (bits - 1)) - 1
-        return self.saturate(self.signed(r, off), -q, q, _container(bits))
+        return self.finish(r, off, bits)
 
     def bound(self, x: str) -> int:
         try:
@@ -426,9 +443,7 @@ def tr_rescale_add(b: _Builder, node: ir.Node) -> str:
     ra, off_a = b.round_shift(xa, _attr_const(b, node.attr("m_a")), _attr_const(b, node.attr("shift_a")), b.bound(xa))
     rb, off_b = b.round_shift(xb, _attr_const(b, node.attr("m_b")), _attr_const(b, node.attr("shift_b")), b.bound(xb))
     total = b.op("Add", [ra, rb], hint="sum")
-    off = np.asarray(off_a, dtype=object) + np.asarray(off_b, dtype=object)
-    q = (1 << (node.attr("out_bits") - 1)) - 1
-    return b.saturate(b.signed(total, off), -q, q, _container(node.attr("out_bits")))
+    return b.finish(total, np.asarray(off_a, dtype=object) + np.asarray(off_b, dtype=object), node.attr("out_bits"))
 
 
 def _gelu_arith(b: _Builder, x: str, p: dict) -> str:
@@ -518,15 +533,21 @@ def tr_softmax(b: _Builder, node: ir.Node) -> str:
         keep = b.op("Cast", [keep], np.bool_, to=TensorProto.BOOL)
     sentinel = b.const(np.array(-bound - 1, wide), wide, "sentinel")
     row_max = b.reduce("ReduceMax", b.op("Where", [keep, xw, sentinel], wide), -1)
-    u = b.cast(b.op("Sub", [row_max, xw], hint="softmax.u"), U64)  # kept keys: 0 ≤ u < 2^32
-    e = b.exp_core(u, m, s, 2 * bound)
-    keep_u64 = b.cast(keep, U64)
-    e = b.op("Mul", [e, keep_u64], hint="softmax.e")  # masked keys (garbage u) → 0
-    total = b.reduce("ReduceSum", b.cast(e, I64), -1)
+    u = b.op("Sub", [row_max, xw], hint="softmax.u")  # kept keys: 0 ≤ u < 2·bound
+    if b.tables and wide == np.int32:
+        # i-exp of every u ∈ [0, 2·bound) as a table (65536 entries for int16 scores).  Masked keys
+        # give u ∈ [-2·bound, 2·bound) too (x ≥ -bound > sentinel), valid Gather indices whose
+        # (wrapped) entries are zeroed below.
+        table = _exp_core_ref(np.arange(2 * bound, dtype=I64), m, s).astype(np.int32)
+        e = b.op("Gather", [b.const(table, np.int32, "exp.table"), u], axis=0, hint="softmax.exp")
+    else:
+        e = b.exp_core(b.cast(u, U64), m, s, 2 * bound)
+    e = b.op("Where", [keep, b.cast(e, I64), b.i64(0)], I64, hint="softmax.e")  # masked keys → 0
+    total = b.reduce("ReduceSum", e, -1)
     num = b.i64(SOFTMAX_OUT_LEVELS << SOFTMAX_NORM_BITS)
-    factor = b.cast(b.op("Div", [num, b.op("Max", [total, b.i64(1)])], hint="softmax.F"), U64)
-    y = b.op("Add", [b.op("Mul", [e, factor]), b.u64(1 << (SOFTMAX_NORM_BITS - 1))])
-    y = b.op("BitShift", [y, b.u64(SOFTMAX_NORM_BITS)], direction="RIGHT", hint="softmax.y")
+    factor = b.op("Div", [num, b.op("Max", [total, b.i64(1)])], hint="softmax.F")
+    y = b.op("Add", [b.op("Mul", [e, factor]), b.i64(1 << (SOFTMAX_NORM_BITS - 1))])  # ≤ 255·2^54 + 2^53
+    y = b.op("BitShift", [b.cast(y, U64), b.u64(SOFTMAX_NORM_BITS)], direction="RIGHT", hint="softmax.y")
     return b.cast(y, np.uint8)
 
 
@@ -571,8 +592,7 @@ def tr_layernorm(b: _Builder, node: ir.Node) -> str:
     r, off = b.round_shift(y_norm, m_vec, s_vec, 1 << 30)
     v = b.signed(r, off, bias)  # R(y_norm, m, s) + bias, |v| < 2^62
     r, off = b.round_shift(v, 1, BIAS_FRAC, (1 << 62) + (1 << 60))  # |R(y_norm·m)| ≤ 2^60, |bias| < 2^62
-    q = (1 << (bits - 1)) - 1
-    return b.saturate(b.signed(r, off), -q, q, _container(bits))
+    return b.finish(r, off, bits)
 
 
 def tr_embedding_lookup(b: _Builder, node: ir.Node) -> str:
