@@ -92,10 +92,10 @@ def build_model(qmodel, format: str = "qdq", *, opset: int = 17) -> onnx.ModelPr
             from .onnx_integer import build_integer_model
         except ImportError as exc:
             raise ExportError(f"format='integer' is not available in this installation ({exc})") from exc
-        try:
-            model = build_integer_model(qmodel, opset=opset)
-        except TypeError:  # a builder without the opset keyword
-            model = build_integer_model(qmodel)
+        import inspect
+
+        kw = {"opset": opset} if "opset" in inspect.signature(build_integer_model).parameters else {}
+        model = build_integer_model(qmodel, **kw)
         scheme = "integer-only: intengine's integer program"
     meta = {
         "intengine_version": _version(),
@@ -201,11 +201,12 @@ def physical_cores() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def ort_session(path, threads: int | None = None, *, optimized_model_path=None):
+def ort_session(path, threads: int | None = None, *, optimized_model_path=None, config=None):
     """An ``onnxruntime.InferenceSession`` on the CPU: all graph optimizations (the QDQ → integer
     kernel fusions), ``threads`` intra-op threads (default: the physical cores), sequential
     execution.  ``optimized_model_path``: also save ORT's optimized graph there (to inspect which
-    kernels it picked)."""
+    kernels it picked).  ``config``: extra session config entries (e.g.
+    ``{"session.intra_op.allow_spinning": "0"}`` when several sessions share the cores)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -213,6 +214,8 @@ def ort_session(path, threads: int | None = None, *, optimized_model_path=None):
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.intra_op_num_threads = int(threads) if threads else physical_cores()
     so.inter_op_num_threads = 1
+    for k, v in (config or {}).items():
+        so.add_session_config_entry(str(k), str(v))
     if optimized_model_path is not None:
         so.optimized_model_filepath = os.fspath(optimized_model_path)
     src = path.SerializeToString() if isinstance(path, onnx.ModelProto) else os.fspath(path)
