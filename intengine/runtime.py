@@ -15,6 +15,7 @@ host arrays.
 
 from __future__ import annotations
 
+import time
 from typing import Callable
 
 import numpy as np
@@ -201,6 +202,25 @@ class Executor:
                 env.pop(i, None)
         outs = [np.asarray(_host(env[o])) for o in self.graph.outputs]
         return outs[0] if len(outs) == 1 else tuple(outs)
+
+    def profile(self, input_ids, attention_mask=None, token_type_ids=None, reps: int = 3) -> dict[str, float]:
+        """Median seconds per call spent in each op type over ``reps`` runs (after one warm-up run);
+        the kernels' results are host-synchronised like :meth:`run`."""
+        self.run(input_ids, attention_mask, token_type_ids)
+        per_rep: list[dict[str, float]] = []
+        for _ in range(max(1, reps)):
+            env = prepare_inputs(input_ids, attention_mask, token_type_ids)
+            B, T = env["input_ids"].shape
+            acc: dict[str, float] = {}
+            for (node, fn), free in zip(self._steps, self._free):
+                ins = [env[i] if i in env else self.graph.constants[i] for i in node.inputs]
+                t0 = time.perf_counter()
+                env[node.outputs[0]] = fn(ins, B, T)
+                acc[node.op] = acc.get(node.op, 0.0) + time.perf_counter() - t0
+                for i in free:
+                    env.pop(i, None)
+            per_rep.append(acc)
+        return {op: float(np.median([r.get(op, 0.0) for r in per_rep])) for op in per_rep[0]}
 
     def trace(self, input_ids, attention_mask=None, token_type_ids=None) -> dict[str, np.ndarray]:
         """Every value the graph computes (for debugging and node-by-node comparisons)."""
