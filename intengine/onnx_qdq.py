@@ -374,19 +374,21 @@ def t_embedding(E: _Emitter, node: ir.Node) -> None:
 
 def t_position_ids(E: _Emitter, node: ir.Node) -> None:
     ids = E.x(node.inputs[0])
+    o = _out(node)
+    one = E.scalar(1, np.int64, "one_i64_s")
     if node.attr("kind") == "arange":
-        r = E.node("Range", [E.scalar(0, np.int64, "zero_i64_s"), E.node("Squeeze", [E.seq_len(), E.ints([0], "zero_i64")],
-                                                                      "seq_len_s"),
-                             E.scalar(1, np.int64, "one_i64_s")], _out(node) + ".range")
-        y = E.node("Expand", [r, E.node("Shape", [ids], _out(node) + ".shape")], _out(node))
-    else:
+        t = E.node("Squeeze", [E.seq_len(), E.ints([0], "zero_i64")], "seq_len_s")
+        r = E.node("Range", [E.scalar(0, np.int64, "zero_i64_s"), t, one], o + ".range")
+        y = E.node("Expand", [r, E.node("Shape", [ids], o + ".shape")], o)
+    else:  # cumsum(ids != pad) * (ids != pad) + pad
         pad = int(node.attr("padding_idx"))
         padc = E.scalar(pad, np.int64, f"pad_{pad}_i64")
-        not_pad = E.node("Cast", [E.node("Not", [E.node("Equal", [ids, padc], _out(node) + ".is_pad")],
-                                         _out(node) + ".not_pad_b")], _out(node) + ".not_pad", to=TensorProto.INT64)
-        cs = E.node("CumSum", [not_pad, E.scalar(1, np.int64, "one_i64_s")], _out(node) + ".cumsum")
-        y = E.node("Add", [E.node("Mul", [cs, not_pad], _out(node) + ".masked"), padc], _out(node))
-    E.bind(_out(node), y)
+        is_pad = E.node("Equal", [ids, padc], o + ".is_pad")
+        not_pad = E.node("Cast", [E.node("Not", [is_pad], o + ".not_pad_b")], o + ".not_pad",
+                         to=TensorProto.INT64)
+        cs = E.node("CumSum", [not_pad, one], o + ".cumsum")
+        y = E.node("Add", [E.node("Mul", [cs, not_pad], o + ".masked"), padc], o)
+    E.bind(o, y)
 
 
 def _binary(op: str):
@@ -529,16 +531,19 @@ def t_gelu(E: _Emitter, node: ir.Node) -> None:
     """The patterns ORT's GeluFusion / FastGeluFusion recognise (→ Gelu / FastGelu kernels)."""
     x = E.x(node.inputs[0])
     o = _out(node)
+
+    def c(v, hint):
+        return E.scalar(v, np.float32, hint)
+
     if node.attr("approximate", "none") == "tanh":
         x3 = E.node("Mul", [E.node("Mul", [x, x], o + ".x2"), x], o + ".x3")
-        inner = E.node("Add", [x, E.node("Mul", [x3, E.scalar(0.044715, np.float32, "gelu_c")], o + ".cx3")], o + ".inner")
-        t = E.node("Tanh", [E.node("Mul", [inner, E.scalar(math.sqrt(2.0 / math.pi), np.float32, "gelu_sqrt2pi")],
-                                   o + ".arg")], o + ".tanh")
+        inner = E.node("Add", [x, E.node("Mul", [x3, c(0.044715, "gelu_c")], o + ".cx3")], o + ".inner")
+        arg = E.node("Mul", [inner, c(math.sqrt(2.0 / math.pi), "gelu_sqrt2pi")], o + ".arg")
+        t = E.node("Tanh", [arg], o + ".tanh")
     else:
-        t = E.node("Erf", [E.node("Div", [x, E.scalar(math.sqrt(2.0), np.float32, "sqrt2_f32")], o + ".div")], o + ".erf")
-    one_p = E.node("Add", [t, E.scalar(1.0, np.float32, "one_f32")], o + ".onep")
-    y = E.node("Mul", [E.node("Mul", [x, one_p], o + ".xmul"), E.scalar(0.5, np.float32, "half_f32")], o)
-    E.bind(o, y)
+        t = E.node("Erf", [E.node("Div", [x, c(math.sqrt(2.0), "sqrt2_f32")], o + ".div")], o + ".erf")
+    one_p = E.node("Add", [t, c(1.0, "one_f32")], o + ".onep")
+    E.bind(o, E.node("Mul", [E.node("Mul", [x, one_p], o + ".xmul"), c(0.5, "half_f32")], o))
 
 
 def t_tanh(E: _Emitter, node: ir.Node) -> None:

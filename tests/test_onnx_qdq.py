@@ -301,3 +301,20 @@ def test_qdq_from_calibrated_ranges_only():
     sess = ort_session(build_qdq_model(stand_in), threads=2)
     x = random_batches(m, 1, 8, 32, seed=12)[0]
     assert cosine_valid(run_fp32(g, **x), ort_run(sess, **x), x["attention_mask"]) >= MIN_COSINE
+
+
+def test_tanh_gelu_translation():
+    """``gelu {approximate="tanh"}`` (gelu_new): the FastGelu pattern, float and QDQ."""
+    m = _load("roberta-tiny", "token-classification")
+    g = capture(m)
+    nodes = tuple(ir.Node(n.op, n.inputs, n.outputs, (("approximate", "tanh"),), n.name) if n.op == "gelu" else n
+                  for n in g.nodes)
+    g = ir.Graph(g.stage, g.inputs, g.outputs, nodes, g.values, g.constants)
+    x = random_batches(m, 1, 4, 16, seed=8)[0]
+    ref = run_fp32(g, **x)
+    got = ort_run(ort_session(build_float_model(g, m.task), threads=1), **x)
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * float(np.abs(ref).max()))
+    stand_in = types.SimpleNamespace(fp32_graph=g, qparams=calibrate(g, random_batches(m, 2, 4, 16)), graph=None,
+                                     family="roberta", task=m.task)
+    got = ort_run(ort_session(build_qdq_model(stand_in), threads=1), **x)
+    assert cosine_valid(ref, got, x["attention_mask"]) >= MIN_COSINE
