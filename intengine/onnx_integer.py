@@ -238,11 +238,13 @@ class _Builder:
         return self.op(op_type, [x, self.i64([axis])], keepdims=1)
 
     # ------------------------------------------------------------------ the rounding shift
-    def round_shift(self, x: str, m, s, bound: int) -> tuple[str, np.ndarray]:
+    def round_shift(self, x: str, m, s, bound: int, x_offset=0) -> tuple[str, np.ndarray]:
         """``R(x, m, s) + 2^(63-s)`` as uint64, and that offset (see the module docstring).
 
-        ``m``, ``s``: ints or int vectors along the last axis; ``bound`` ≥ max ``|x|`` (x may be
-        a uint64 two's-complement tensor).  Raises unless ``bound·|m| + 2^(s-1) < 2^63``.
+        ``m``, ``s``: ints or int vectors along the last axis; ``bound`` ≥ max ``|x|``.  ``x`` may
+        be a uint64 tensor holding ``x + x_offset`` mod 2^64 (e.g. the biased output of a previous
+        round_shift): the offset is folded into the rounding constant.  Raises unless
+        ``bound·|m| + 2^(s-1) < 2^63``.
         """
         m_a, s_a = _ints(m), _ints(s)
         if np.any(s_a < 1) or np.any(s_a > 62):
@@ -254,7 +256,8 @@ class _Builder:
         v = self.cast(x, U64)
         if not (m_a.ndim == 0 and int(m_a) == 1):
             v = self.op("Mul", [v, self.u64(m_a)], hint="mul_m")
-        v = self.op("Add", [v, self.u64(_map(lambda t: TWO63 + (1 << (t - 1)), s_a))], hint="bias")
+        rnd = _map(lambda t: TWO63 + (1 << (t - 1)), s_a) - np.asarray(x_offset, dtype=object) * m_a.astype(object)
+        v = self.op("Add", [v, self.u64(rnd)], hint="bias")
         r = self.op("BitShift", [v, self.u64(s_a)], direction="RIGHT", hint="shr")
         return r, _map(lambda t: 1 << (63 - t), s_a)
 
@@ -303,22 +306,20 @@ class _Builder:
         The table is stored rotated so that Gather's negative indices (``-k`` → ``256 - k``)
         address it with the int8 value itself."""
         rotated = np.concatenate([values[128:], values[:128]])
-        return self.op("Gather", [self.const(rotated, values.dtype, hint), self.cast(x, np.int32)], values.dtype,
-                       axis=0)
+        # int32 entries: onnxruntime's Gather copies one element per index, 2× faster for 4 bytes
+        entries = self.const(rotated.astype(np.int32), np.int32, hint)
+        return self.cast(self.op("Gather", [entries, self.cast(x, np.int32)], np.int32, axis=0), values.dtype)
 
     # ------------------------------------------------------------------ bit tricks on small tensors
     def bit_length(self, x: str) -> str:
-        """Significant bits of non-negative int64 values (binary search as ``_bit_length_np``); uint64."""
-        v = self.cast(x, U64)
-        n = None
-        for step in (32, 16, 8, 4, 2, 1):
-            big = self.op("Cast", [self.op("GreaterOrEqual", [v, self.u64(1 << step)], np.bool_)], U64,
-                          to=TensorProto.UINT64)
-            amount = self.op("Mul", [big, self.u64(step)])
-            v = self.op("BitShift", [v, amount], direction="RIGHT")
-            n = amount if n is None else self.op("Add", [n, amount])
-        nz = self.op("Cast", [self.op("Greater", [v, self.u64(0)], np.bool_)], U64, to=TensorProto.UINT64)
-        return self.op("Add", [n, nz], hint="bit_length")
+        """Significant bits of non-negative int64 values (``_bit_length_np``), as uint64: the
+        count of ``k ∈ [0, 63)`` with ``2^k ≤ v`` (a broadcast compare against the 63 powers of
+        two, summed over that extra axis; meant for ``[..., 1]`` row tensors)."""
+        v = self.op("Unsqueeze", [self.cast(x, U64), self.i64([-1])])
+        powers = self.const(np.array([1 << k for k in range(63)], dtype=U64), U64, "powers_of_two")
+        hits = self.cast(self.op("GreaterOrEqual", [v, powers], np.bool_), I64)
+        n = self.op("ReduceSum", [hits, self.i64([-1])], keepdims=0, hint="bit_length")
+        return self.cast(n, U64)
 
     def isqrt(self, n: str) -> str:
         """``⌊√n⌋`` for int64 ``0 ≤ n < 2^63`` (``isqrt_ref``), int64.
@@ -331,9 +332,11 @@ class _Builder:
         half_l = self.op("BitShift", [self.op("Add", [self.bit_length(nu), self.u64(1)]), self.u64(1)],
                          direction="RIGHT")
         x = self.op("BitShift", [self.u64(1), half_l], direction="LEFT", hint="isqrt.x0")
+        # n ≤ 1 is selected below; for n ≥ 2 every iterate is ≥ ⌊√n⌋ ≥ 1, so the ref's max(x, 1)
+        # guard is the identity there (running on max(n, 1) keeps n = 0 rows harmless too)
+        n1 = self.op("Max", [nu, self.u64(1)])
         for _ in range(ISQRT_UPDATES):
-            q = self.op("Div", [nu, self.op("Max", [x, self.u64(1)])])
-            y = self.op("BitShift", [self.op("Add", [x, q]), self.u64(1)], direction="RIGHT")
+            y = self.op("BitShift", [self.op("Add", [x, self.op("Div", [n1, x])]), self.u64(1)], direction="RIGHT")
             x = self.op("Min", [x, y], hint="isqrt.x")
         small = self.op("LessOrEqual", [nu, self.u64(1)], np.bool_)
         return self.op("Where", [small, self.cast(n, I64), self.cast(x, I64)], I64, hint="isqrt")
@@ -555,27 +558,35 @@ def tr_layernorm(b: _Builder, node: ir.Node) -> str:
     """``layernorm_ref``: exact centring, per-row shift, eps, isqrt, folded affine.
 
     Row quantities (``Σx``, ``max|y|``, the shift, ``V``, ``std``, ``factor``) are ``[..., 1]``
-    tensors; signed shifts use the uint64 two's-complement view (module docstring)."""
+    tensors.  Full-size work is in uint64 two's complement (module docstring):
+    ``max|y| = max(C·max x - Σx, Σx - C·min x)`` (as ``layernorm_cpu``);
+    ``ys = ((C·x - Σx)·2^lsh + 2^63) >> rsh - 2^63 >> rsh`` with ``C·2^lsh`` and
+    ``2^63 - Σx·2^lsh`` folded into one row multiplier and one row constant (``|y·2^lsh| < 2^52``);
+    then the three rounding shifts ``R(ys·factor, 1, 32)``, ``R(·, m, s) + bias``, ``R(·, 1, 16)``
+    chain through their biased uint64 outputs, each offset folded into the next constant."""
     x = b.get(node.inputs[0])
     c = int(b.g.value(node.inputs[0]).shape[-1])
     m_vec, s_vec = _attr_const(b, node.attr("m_i32")), _attr_const(b, node.attr("shift"))
     bias = _attr_const(b, node.attr("bias_i64"))
     eps_m, eps_e, bits = int(node.attr("eps_m")), int(node.attr("eps_e")), node.attr("out_bits")
     x64 = b.cast(x, I64)
-    total = b.reduce("ReduceSum", x64)
-    y = b.op("Sub", [b.op("Mul", [x64, b.i64(c)]), total], hint="ln.y")  # |y| < 2^52
-    mx = b.reduce("ReduceMax", b.op("Abs", [y]))
+    total = b.reduce("ReduceSum", x64)  # |Σx| < 2^51
+    hi = b.cast(b.reduce("ReduceMax", x), I64)
+    lo = b.cast(b.reduce("ReduceMin", x), I64)
+    mx = b.op("Max", [b.op("Sub", [b.op("Mul", [hi, b.i64(c)]), total]),
+                      b.op("Sub", [total, b.op("Mul", [lo, b.i64(c)])])], hint="ln.max")  # max |C·x - Σx|
     keep = (62 - (c - 1).bit_length()) // 2
     sh = b.op("Sub", [b.cast(b.bit_length(mx), I64), b.i64(keep)])
     sh = b.op("Max", [sh, b.i64(_eps_min_shift(eps_m, eps_e))], hint="ln.sh")  # ≥ -31 (L ≥ 0, keep ≤ 31)
     lsh = b.cast(b.op("Max", [b.op("Neg", [sh]), b.i64(0)]), U64)
     rsh = b.cast(b.op("Min", [b.op("Max", [sh, b.i64(0)]), b.i64(62)]), U64)
-    # ys = (y << lsh) >> rsh (one of them is 0); floor shift of a signed value via the 2^63 bias
-    yl = b.op("Mul", [b.cast(y, U64), b.op("BitShift", [b.u64(1), lsh], direction="LEFT")])
-    ys = b.op("Sub", [b.op("BitShift", [b.op("Add", [yl, b.u64(TWO63)]), rsh], direction="RIGHT"),
-                      b.op("BitShift", [b.u64(TWO63), rsh], direction="RIGHT")], hint="ln.ys")
-    ys64 = b.cast(ys, I64)
-    var = b.reduce("ReduceSum", b.op("Mul", [ys64, ys64]))  # ≤ 2^62
+    pow_l = b.op("BitShift", [b.u64(1), lsh], direction="LEFT")  # one of lsh, rsh is 0
+    row_mul = b.op("Mul", [pow_l, b.u64(c)], hint="ln.row_mul")
+    row_add = b.op("Sub", [b.u64(TWO63), b.op("Mul", [b.cast(total, U64), pow_l])], hint="ln.row_add")
+    shifted = b.op("BitShift", [b.op("Add", [b.op("Mul", [b.cast(x64, U64), row_mul]), row_add]), rsh],
+                   direction="RIGHT")
+    ys = b.op("Sub", [shifted, b.op("BitShift", [b.u64(TWO63), rsh], direction="RIGHT")], hint="ln.ys")
+    var = b.reduce("ReduceSum", b.cast(b.op("Mul", [ys, ys]), I64))  # Σ ys² ≤ 2^62
     if eps_m:
         e_tot = b.op("Add", [b.op("Mul", [sh, b.i64(2)]), b.i64(eps_e)])
         right = b.cast(b.op("Min", [b.op("Max", [e_tot, b.i64(0)]), b.i64(62)]), U64)
@@ -586,13 +597,12 @@ def tr_layernorm(b: _Builder, node: ir.Node) -> str:
     std = b.isqrt(var)
     # std == 0 only when every ys is 0, and then the factor does not matter (ys·factor = 0)
     factor = b.op("Div", [b.i64(1 << FACTOR_BITS), b.op("Max", [std, b.i64(1)])], hint="ln.factor")
-    prod = b.op("Mul", [ys64, factor])  # |ys| ≤ std → |ys·factor| ≤ 2^62
-    r, off = b.round_shift(prod, 1, FACTOR_BITS - NORM_BITS, 1 << 62)
-    y_norm = b.signed(r, off)  # |y_norm| ≤ 2^30
-    r, off = b.round_shift(y_norm, m_vec, s_vec, 1 << 30)
-    v = b.signed(r, off, bias)  # R(y_norm, m, s) + bias, |v| < 2^62
-    r, off = b.round_shift(v, 1, BIAS_FRAC, (1 << 62) + (1 << 60))  # |R(y_norm·m)| ≤ 2^60, |bias| < 2^62
-    return b.finish(r, off, bits)
+    prod = b.op("Mul", [ys, b.cast(factor, U64)], hint="ln.prod")  # |ys| ≤ std → |ys·factor| ≤ 2^62
+    r1, off1 = b.round_shift(prod, 1, FACTOR_BITS - NORM_BITS, 1 << 62)  # y_norm + off1, |y_norm| ≤ 2^30
+    r2, off2 = b.round_shift(r1, m_vec, s_vec, 1 << 30, x_offset=off1)  # R(y_norm·m, s) + off2
+    v_offset = np.asarray(off2, dtype=object) - np.asarray(bias, dtype=object).astype(object)
+    r3, off3 = b.round_shift(r2, 1, BIAS_FRAC, (1 << 62) + (1 << 60), x_offset=v_offset)  # v = R(·) + bias
+    return b.finish(r3, off3, bits)
 
 
 def tr_embedding_lookup(b: _Builder, node: ir.Node) -> str:
