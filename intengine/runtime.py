@@ -51,6 +51,7 @@ class Executor:
         for k, n in enumerate(graph.nodes):
             for i in n.inputs:
                 last[i] = k
+        self.max_len = max_sequence_length(graph)
         keep = set(graph.outputs)
         self._free = [[i for i in n.inputs if last.get(i) == k and i not in keep and i not in graph.constants]
                       for k, n in enumerate(graph.nodes)]
@@ -190,9 +191,17 @@ class Executor:
         raise ir.GraphError(f"node {node.label}: the integer runtime has no op {op!r}")
 
     # ---------------------------------------------------------------- run
+    def _inputs(self, input_ids, attention_mask, token_type_ids) -> dict:
+        env = prepare_inputs(input_ids, attention_mask, token_type_ids)
+        T = env["input_ids"].shape[1]
+        if self.max_len is not None and T > self.max_len:
+            raise InputError(f"input_ids has sequence length {T}, longer than the {self.max_len} positions this "
+                             "model supports (position table / relative-position index): truncate the input")
+        return env
+
     def run(self, input_ids, attention_mask=None, token_type_ids=None):
         """Run the graph; returns its (first) float32 output, or a tuple for several outputs."""
-        env = prepare_inputs(input_ids, attention_mask, token_type_ids)
+        env = self._inputs(input_ids, attention_mask, token_type_ids)
         B, T = env["input_ids"].shape
         consts = self.graph.constants
         for (node, fn), free in zip(self._steps, self._free):
@@ -209,7 +218,7 @@ class Executor:
         self.run(input_ids, attention_mask, token_type_ids)
         per_rep: list[dict[str, float]] = []
         for _ in range(max(1, reps)):
-            env = prepare_inputs(input_ids, attention_mask, token_type_ids)
+            env = self._inputs(input_ids, attention_mask, token_type_ids)
             B, T = env["input_ids"].shape
             acc: dict[str, float] = {}
             for (node, fn), free in zip(self._steps, self._free):
@@ -224,12 +233,28 @@ class Executor:
 
     def trace(self, input_ids, attention_mask=None, token_type_ids=None) -> dict[str, np.ndarray]:
         """Every value the graph computes (for debugging and node-by-node comparisons)."""
-        env = prepare_inputs(input_ids, attention_mask, token_type_ids)
+        env = self._inputs(input_ids, attention_mask, token_type_ids)
         B, T = env["input_ids"].shape
         for node, fn in self._steps:
             ins = [env[i] if i in env else self.graph.constants[i] for i in node.inputs]
             env[node.outputs[0]] = _host(fn(ins, B, T))
         return env
+
+
+def max_sequence_length(graph: ir.Graph) -> int | None:
+    """The longest input the graph can take: rows of the position-embedding tables read through
+    ``position_ids`` (minus RoBERTa's ``padding_idx + 1`` offset) and of the relative-position
+    index tables; None when nothing limits it."""
+    limits = []
+    offset = {}
+    for n in graph.nodes:
+        if n.op == "position_ids":
+            offset[n.outputs[0]] = int(n.attr("padding_idx") or 0) + 1 if n.attr("kind") == "padding" else 0
+        elif n.op == "embedding_lookup" and n.inputs[0] in offset:
+            limits.append(graph.constants[n.attr("table")].shape[0] - offset[n.inputs[0]])
+        elif n.op in ("gather", "scatter_add"):
+            limits.append(graph.constants[n.attr("index")].shape[0])
+    return min(limits) if limits else None
 
 
 def run_integer(graph: ir.Graph, input_ids, attention_mask=None, token_type_ids=None, backend: str = "ref"):
