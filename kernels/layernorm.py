@@ -29,7 +29,7 @@ import numpy as np
 from ._util import check_int, container_for_bits, qmax_for_bits
 from .errors import KernelInputError
 from .registry import register
-from .requant import MAX_SHIFT, MIN_SHIFT, MULT_BITS, quantize_multipliers, round_shift, saturate
+from .requant import MAX_SHIFT, MIN_SHIFT, MULT_BITS, quantize_multipliers, requant_vectors, wide_vectors
 
 ISQRT_UPDATES = 6  # Newton updates that suffice for every n < 2^63 (see isqrt_ref)
 MAX_C = 1 << 20  # longest supported normalized axis
@@ -354,41 +354,90 @@ def eps_scaled(eps_m, eps_e, sh):
     return np.int64(eps_m) << (-e_tot)
 
 
-@numba.njit(parallel=True, cache=True)
-def _layernorm_rows(x2, m_i64, s_i64, b_i64, eps_m, eps_e, keep, sh_eps, q, out2):
+@numba.njit(inline="always")
+def _centered_var(xr, c_i64, total, lsh, rsh, ys_buf):
+    """``ys = ((C·x - Σx) << lsh) >> rsh`` into ``ys_buf`` (int32: ``|ys| ≤ 2^keep ≤ 2^30``), returns ``Σ ys²``.
+
+    Shifts and multiplies run on one port of current Xeons (p0): one shift
+    direction per row, the squares as 32×32→64 products of the stored int32.
+    """
+    n = xr.shape[0]
+    if lsh > 0:
+        for i in range(n):
+            ys_buf[i] = np.int32((np.int64(xr[i]) * c_i64 - total) << lsh)
+    else:
+        for i in range(n):
+            ys_buf[i] = np.int32((np.int64(xr[i]) * c_i64 - total) >> rsh)
+    var = np.int64(0)
+    for i in range(n):
+        ys = np.int64(ys_buf[i])
+        var += ys * ys
+    return var
+
+
+@numba.njit(parallel=True, cache=True, error_model="numpy")
+def _layernorm_rows(x2, m_i32, h_i64, s_i64, k_i64, fused, eps_m, eps_e, keep, sh_eps, q, nchunks, out2):
+    """Rows in parallel: sum/min/max, centred+shifted ``ys`` (int32 buffer) and ``Σys²``, isqrt, output.
+
+    Output pass, with ``y_norm = (ys·factor + 2^31) >> 32`` (``|ys·factor| ≤ 2^62``,
+    ``|y_norm| ≤ 2^30``, ``P = y_norm·m``, ``|P| < 2^61``):
+
+    * ``fused``: ``out = clip((P + K_c) >> (s_c + 16))`` with ``K_c = 2^(s_c-1) + (bias_c + 2^15)·2^s_c``
+      (``|K_c| < 2^62``), which is ``R(R(P, s_c) + bias_c, 16)`` since
+      ``⌊(⌊a/2^s⌋ + b)/2^16⌋ = ⌊(a + b·2^s)/2^(s+16)⌋``;
+    * otherwise ``out = clip((((P + 2^(s_c-1)) >> s_c) + K_c) >> 16)`` with ``K_c = bias_c + 2^15``.
+    """
     rows, c = x2.shape
-    one_i64 = np.int64(1)
-    c_i64 = np.int64(c)
-    for r in numba.prange(rows):
-        total = np.int64(0)
-        lo = np.int64(x2[r, 0])
-        hi = lo
+    for ch in numba.prange(nchunks):
+        wide_vectors()
+        ys_buf = np.zeros(c, np.int32)
+        for r in range(ch * rows // nchunks, (ch + 1) * rows // nchunks):
+            _layernorm_row(x2[r], m_i32, h_i64, s_i64, k_i64, fused, eps_m, eps_e, keep, sh_eps, q, ys_buf, out2[r])
+
+
+@numba.njit(inline="always")
+def _layernorm_row(xr, m_i32, h_i64, s_i64, k_i64, fused, eps_m, eps_e, keep, sh_eps, q, ys_buf, orow):
+    """One row of :func:`_layernorm_rows` (``ys_buf``: int32 scratch of length C)."""
+    c = xr.shape[0]
+    c_i64 = np.int64(np.int32(c))  # C ≤ 2^20: 32×32→64 products (LLVM sees the sext)
+    total = np.int64(0)
+    lo = np.int32(xr[0])
+    hi = lo
+    for i in range(c):
+        v = np.int32(xr[i])
+        total += np.int64(v)
+        lo = min(lo, v)
+        hi = max(hi, v)
+    mx = max(c_i64 * np.int64(hi) - total, total - c_i64 * np.int64(lo))  # max |C·x - Σx|
+    factor = np.int64(0)
+    if mx > 0:
+        sh = max(bit_length(mx) - keep, sh_eps)
+        lsh = max(-sh, 0)
+        rsh = min(max(sh, 0), 62)
+        var = _centered_var(xr, c_i64, total, lsh, rsh, ys_buf) + eps_scaled(eps_m, eps_e, sh)
+        std = isqrt_scalar(var)
+        if std > 0:
+            factor = (np.int64(1) << FACTOR_BITS) // std
+    if fused:
         for i in range(c):
-            v = np.int64(x2[r, i])
-            total += v
-            lo = min(lo, v)
-            hi = max(hi, v)
-        mx = max(c_i64 * hi - total, total - c_i64 * lo)  # max |C·x - Σx|
-        factor = np.int64(0)
-        lsh = np.int64(0)
-        rsh = np.int64(0)
-        if mx > 0:
-            sh = max(bit_length(mx) - keep, sh_eps)
-            lsh = max(-sh, 0)
-            rsh = min(max(sh, 0), 62)
-            var = np.int64(0)
-            for i in range(c):
-                ys = ((c_i64 * np.int64(x2[r, i]) - total) << lsh) >> rsh
-                var += ys * ys
-            var += eps_scaled(eps_m, eps_e, sh)
-            std = isqrt_scalar(var)
-            if std > 0:
-                factor = (one_i64 << FACTOR_BITS) // std
+            y_norm = (np.int64(ys_buf[i]) * factor + (np.int64(1) << 31)) >> 32
+            orow[i] = min(max((y_norm * np.int64(m_i32[i]) + k_i64[i]) >> s_i64[i], -q), q)
+    else:
         for i in range(c):
-            ys = ((c_i64 * np.int64(x2[r, i]) - total) << lsh) >> rsh
-            y_norm = round_shift(ys * factor, one_i64, FACTOR_BITS - NORM_BITS)
-            v = round_shift(np.int64(np.int32(y_norm)), np.int64(np.int32(m_i64[i])), s_i64[i]) + b_i64[i]
-            out2[r, i] = saturate(round_shift(v, one_i64, BIAS_FRAC), q)
+            y_norm = (np.int64(ys_buf[i]) * factor + (np.int64(1) << 31)) >> 32
+            v = ((y_norm * np.int64(m_i32[i]) + h_i64[i]) >> s_i64[i]) + k_i64[i]
+            orow[i] = min(max(v >> BIAS_FRAC, -q), q)
+
+
+def _output_constants(m_vec, s_vec, b_vec):
+    """``(m_i32, h_i64, shift_i64, K_i64, fused)`` of the output pass (see :func:`_layernorm_rows`)."""
+    m_i32, h_i64, s_i64 = requant_vectors(m_vec, s_vec)
+    bq = b_vec + np.int64(1 << (BIAS_FRAC - 1))  # |bias| < 2^62: no overflow
+    # (bias + 2^15)·2^s + 2^(s-1) stays below 2^62 when |bq| < 2^(61-s) (s ≤ 61; s = 62 needs bq = 0)
+    lim = np.left_shift(np.int64(1), np.maximum(61 - s_i64, 0))
+    if bool(np.all(np.where(s_i64 <= 61, np.abs(bq) < lim, bq == 0))):
+        return m_i32, h_i64, s_i64 + BIAS_FRAC, h_i64 + np.left_shift(bq, s_i64), True
+    return m_i32, h_i64, s_i64, bq, False
 
 
 @register("layernorm", "cpu")
@@ -400,6 +449,8 @@ def layernorm_cpu(x: np.ndarray, m_i32, shift, bias_i64, eps_m: int, eps_e: int,
     out = np.empty(x2.shape, dtype=out_dtype)
     if x2.size:
         keep = (62 - int(c - 1).bit_length()) // 2
-        _layernorm_rows(x2, m_vec, s_vec, b_vec, np.int64(eps_m), np.int64(eps_e), np.int64(keep),
-                        np.int64(_eps_min_shift(eps_m, eps_e)), np.int64(qmax_for_bits(out_bits)), out)
+        nchunks = min(x2.shape[0], 8 * numba.get_num_threads())
+        _layernorm_rows(x2, *_output_constants(m_vec, s_vec, b_vec), np.int64(eps_m), np.int64(eps_e),
+                        np.int64(keep), np.int64(_eps_min_shift(eps_m, eps_e)), np.int64(qmax_for_bits(out_bits)),
+                        nchunks, out)
     return out.reshape(x.shape)
