@@ -281,9 +281,14 @@ def _gelu_rows(x2, lsh, rsh, half, clip, b_int, c_int, m_erf_i32, h_erf, shift_e
         wide_vectors()
         xr = x2[r]
         orow = out2[r]
-        for c in range(cols):
-            orow[c] = np.int32(gelu_simd(np.int64(xr[c]), lsh, rsh, half, clip, b_int, c_int, m_erf_i32, h_erf,
-                                         shift_erf, h_out, out_shift))
+        if lsh > 0:  # (t < 0: rsh = 0, half = 0) one shift direction per loop: shifts are scarce ports
+            for c in range(cols):
+                orow[c] = np.int32(gelu_simd(np.int64(xr[c]), lsh, np.int64(0), np.int64(0), clip, b_int, c_int,
+                                             m_erf_i32, h_erf, shift_erf, h_out, out_shift))
+        else:
+            for c in range(cols):
+                orow[c] = np.int32(gelu_simd(np.int64(xr[c]), np.int64(0), rsh, half, clip, b_int, c_int, m_erf_i32,
+                                             h_erf, shift_erf, h_out, out_shift))
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy")
@@ -294,11 +299,18 @@ def _gelu_requant_rows(x2, lsh, rsh, half, clip, b_int, c_int, m_erf_i32, h_erf,
         wide_vectors()
         xr = x2[r]
         orow = out2[r]
-        for c in range(cols):
-            y_i64 = gelu_simd(np.int64(xr[c]), lsh, rsh, half, clip, b_int, c_int, m_erf_i32, h_erf, shift_erf,
-                              h_out, out_shift)
-            v_i64 = (np.int64(np.int32(y_i64)) * np.int64(m_i32[c]) + h_i64[c]) >> s_i64[c]  # |y·m| < 2^62
-            orow[c] = min(max(v_i64, -q), q)
+        if lsh > 0:  # (t < 0: rsh = 0, half = 0) one shift direction per loop
+            for c in range(cols):
+                y_i64 = gelu_simd(np.int64(xr[c]), lsh, np.int64(0), np.int64(0), clip, b_int, c_int, m_erf_i32,
+                                  h_erf, shift_erf, h_out, out_shift)
+                v_i64 = (np.int64(np.int32(y_i64)) * np.int64(m_i32[c]) + h_i64[c]) >> s_i64[c]  # |y·m| < 2^62
+                orow[c] = min(max(v_i64, -q), q)
+        else:
+            for c in range(cols):
+                y_i64 = gelu_simd(np.int64(xr[c]), np.int64(0), rsh, half, clip, b_int, c_int, m_erf_i32, h_erf,
+                                  shift_erf, h_out, out_shift)
+                v_i64 = (np.int64(np.int32(y_i64)) * np.int64(m_i32[c]) + h_i64[c]) >> s_i64[c]
+                orow[c] = min(max(v_i64, -q), q)
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy")
