@@ -22,15 +22,17 @@ Conventions (the specification of every op is its ``*_ref`` kernel in ``intengin
   constants) and saturate.
 * **Non-negative quantities** (i-exp's range reduction, softmax normalisation, isqrt) stay in
   uint64, where ``BitShift`` is a floor and ``Div`` is a floor division.
-* **GEMMs**: ``MatMulInteger`` with uint8 activations ``x + 128`` (``BitwiseXor`` of the int8
-  bits with 0x80) and ``a_zero_point = 128``, int8 weights as ``[K, N]`` initializers (zero point
-  0), int32 accumulators; u8 softmax probabilities enter with zero point 0.  NOTE: this is exact
-  on x86 with AVX-512 VNNI / AVX-VNNI / AMX (and on ARM); onnxruntime's AVX2-only u8×s8 kernel
-  (``vpmaddubsw``) saturates int16 pair sums, so on such hosts ``weights="u8"`` (uint8 weights
-  ``w + 128`` with ``b_zero_point = 128``, the exact u8×u8 path) keeps the export bit-exact.
-* **Tables.** Elementwise ops of one int8 input (i-GELU, i-tanh, i-exp) become a 256-entry
-  ``Gather`` whose entries are the ``*_ref`` kernel evaluated on all 256 inputs (exact by
-  construction; ``tables=False`` emits the arithmetic instead).
+* **GEMMs**: ``MatMulInteger`` with uint8 activations ``x + 128`` (a wrapping uint8 ``Add`` on
+  the int8 bits) and ``a_zero_point = 128``, int8 weights as ``[..., K, N]`` initializers (zero
+  point 0), int32 accumulators; u8 softmax probabilities enter with zero point 0.  Checked exact
+  on x86 with AVX-512 VNNI / AMX.  onnxruntime documents that its u8×s8 kernels for x86 without
+  VNNI (AVX2 ``vpmaddubsw``) can saturate int16 pair sums; for such hosts ``weights="u8"`` stores
+  uint8 weights ``w + 128`` with ``b_zero_point = 128`` (the u8×u8 kernels widen to int16 first).
+* **Tables.** Elementwise ops of one int8 input (i-GELU with its epilogue, i-tanh, i-exp) become
+  a 256-entry ``Gather``, and softmax's i-exp of ``u = max - x`` for int8/int16 scores a
+  ``2·2^(bits-1)``-entry one (65536 for int16); the entries are the ``*_ref`` kernels evaluated on
+  every possible input, so the lookups are exact by construction (``tables=False`` emits the
+  arithmetic instead).  Entries are int32: onnxruntime's Gather is faster on 4-byte elements.
 * **Dynamic shapes**: inputs are ``[batch, sequence]``; the ``B``/``T`` symbols of reshapes come
   from ``Shape(input_ids)``; relative-position tables are sliced ``[:T, :T]`` at run time.
 
@@ -54,14 +56,14 @@ from .kernels.layernorm import (
 )
 from .kernels.softmax import (
     ALPHA_I64, BETA_I64, EXP_HALF, EXP_ONE, POLY_SHIFT, SOFTMAX_NORM_BITS, SOFTMAX_OUT_LEVELS,
-    T_FRAC_BITS, T_FRAC_MASK, Z_ZERO, _exp_core_ref, exp_ref,
+    T_FRAC_BITS, Z_ZERO, _exp_core_ref, exp_ref,
 )
 from .kernels.tanh import tanh_ref
 
-__all__ = ["build_integer_model", "TRANSLATIONS", "OnnxTranslationError", "OPSET", "IR_VERSION"]
+__all__ = ["build_integer_model", "translate_graph", "TRANSLATIONS", "OnnxTranslationError", "OPSET"]
 
-OPSET = 18  # BitwiseXor/BitwiseAnd (18), ScatterElements reduction="add" (16), Shape start/end (15)
-IR_VERSION = 8
+OPSET = 17  # default; 17..21 (ScatterElements reduction="add" needs 16, Shape start/end 15)
+IR_VERSIONS = {17: 8, 18: 8, 19: 9, 20: 9, 21: 10}  # the IR version that introduced each opset
 U64 = np.uint64
 I64 = np.int64
 TWO63 = 1 << 63
@@ -70,8 +72,6 @@ MOD64 = 1 << 64
 _NP_OF_IR = {k: np.dtype(v) for k, v in ir.NUMPY_DTYPES.items()}
 _BOUND_OF = {np.dtype(np.int8): 1 << 7, np.dtype(np.uint8): 255, np.dtype(np.int16): 1 << 15,
              np.dtype(np.int32): 1 << 31, np.dtype(np.bool_): 1}
-
-
 _SHORT = {np.dtype(d): n for d, n in ((np.int8, "i8"), (np.uint8, "u8"), (np.int16, "i16"), (np.int32, "i32"),
                                          (np.int64, "i64"), (np.uint64, "u64"), (np.float32, "f32"),
                                          (np.bool_, "bool"))}
@@ -111,10 +111,12 @@ def _ints(v) -> np.ndarray:
 class _Builder:
     """The ONNX graph under construction: nodes, initializers and the IR value → tensor map."""
 
-    def __init__(self, graph: ir.Graph, *, tables: bool = True, weights: str = "s8"):
+    def __init__(self, graph: ir.Graph, *, tables: bool = True, weights: str = "s8", opset: int = OPSET):
         if weights not in ("s8", "u8"):
             raise OnnxTranslationError(f"weights must be 's8' or 'u8', got {weights!r}")
-        self.g, self.tables, self.weights = graph, tables, weights
+        if opset not in IR_VERSIONS:
+            raise OnnxTranslationError(f"opset must be one of {sorted(IR_VERSIONS)}, got {opset!r}")
+        self.g, self.tables, self.weights, self.opset = graph, tables, weights, opset
         self.nodes: list[onnx.NodeProto] = []
         self.inits: dict[str, onnx.TensorProto] = {}
         self.dtypes: dict[str, np.dtype] = {}
@@ -203,8 +205,8 @@ class _Builder:
             return x
         if self.dtypes[x] != np.int8:
             raise OnnxTranslationError(f"internal: as_u8 expects int8, got {self.dtypes[x]}")
-        return self.memo(("u8", x), lambda: self.op("BitwiseXor", [self.cast(x, np.uint8),
-                                                                    self.const(np.uint8(128), np.uint8, "x80")]))
+        return self.memo(("u8", x), lambda: self.op("Add", [self.cast(x, np.uint8), self.const(np.uint8(128), np.uint8)],
+                                                    hint="plus128"))
 
     def shape(self, x: str, start: int | None = None, end: int | None = None) -> str:
         attrs = {}
@@ -235,7 +237,10 @@ class _Builder:
         return self.memo(("transpose", root, composed), make)
 
     def reduce(self, op_type: str, x: str, axis: int = -1) -> str:
-        return self.op(op_type, [x, self.i64([axis])], keepdims=1)
+        """Reduction over one axis, kept (ReduceMax/Min take their axes as an input from opset 18)."""
+        if op_type == "ReduceSum" or self.opset >= 18:
+            return self.op(op_type, [x, self.i64([axis])], keepdims=1)
+        return self.op(op_type, [x], axes=[axis], keepdims=1)
 
     # ------------------------------------------------------------------ the rounding shift
     def round_shift(self, x: str, m, s, bound: int, x_offset=0) -> tuple[str, np.ndarray]:
@@ -345,7 +350,7 @@ class _Builder:
         """i-exp core ``_exp_core_ref``: ``≈ exp(-u·S)·2^30`` for uint64 ``u`` (``0 ≤ u ≤ u_bound``).
 
         Every intermediate is non-negative, so it runs in uint64 where shifts are floors:
-        ``t = (u·m) >> s``, ``z = t >> 20``, ``f = t & (2^20-1)``,
+        ``t = (u·m) >> s``, ``z = t >> 20``, ``f = t - (z << 20) = t & (2^20-1)``,
         ``g·f >> 21 = -ceil(p / 2^21)`` with ``p = (BETA - ((ALPHA·f) >> 20))·f ≥ 0``
         (``ALPHA·f >> 20 < ALPHA < BETA``), ``L = max(2^30 - ceil(p/2^21), 2^29)`` (``ceil(p/2^21)
         < 2^30``), ``e = L >> min(z, 31)``.  Requires ``u·m < 2^64`` (the ref: ``< 2^63``)."""
@@ -353,7 +358,7 @@ class _Builder:
             raise OnnxTranslationError(f"{self.prefix}: i-exp input bound {u_bound} · m overflows")
         t = self.op("BitShift", [self.op("Mul", [u, self.u64(m)]), self.u64(s)], direction="RIGHT", hint="exp.t")
         z = self.op("BitShift", [t, self.u64(T_FRAC_BITS)], direction="RIGHT", hint="exp.z")
-        f = self.op("BitwiseAnd", [t, self.u64(T_FRAC_MASK)], hint="exp.f")
+        f = self.op("Sub", [t, self.op("BitShift", [z, self.u64(T_FRAC_BITS)], direction="LEFT")], hint="exp.f")
         h = self.op("BitShift", [self.op("Mul", [f, self.u64(ALPHA_I64)]), self.u64(T_FRAC_BITS)], direction="RIGHT")
         p = self.op("Mul", [self.op("Sub", [self.u64(BETA_I64), h]), f], hint="exp.p")
         ceil = self.op("BitShift", [self.op("Add", [p, self.u64((1 << POLY_SHIFT) - 1)]), self.u64(POLY_SHIFT)],
@@ -769,7 +774,7 @@ def _prune(nodes: list[onnx.NodeProto], outputs: list[str]) -> list[onnx.NodePro
     return kept[::-1]
 
 
-def translate_graph(graph: ir.Graph, *, tables: bool = True, weights: str = "s8",
+def translate_graph(graph: ir.Graph, *, tables: bool = True, weights: str = "s8", opset: int = OPSET,
                     name: str = "intengine_integer") -> onnx.ModelProto:
     """The ONNX model of an integer-stage graph.  Token inputs (``input_ids``, ``attention_mask``,
     ``token_type_ids``) become int64 ``[batch, sequence]`` inputs (``token_type_ids`` only when
@@ -778,7 +783,7 @@ def translate_graph(graph: ir.Graph, *, tables: bool = True, weights: str = "s8"
     if graph.stage != "integer":
         raise OnnxTranslationError(f"the integer export takes integer-stage graphs, got stage {graph.stage!r}")
     ir.verify_integer(graph)
-    b = _Builder(graph, tables=tables, weights=weights)
+    b = _Builder(graph, tables=tables, weights=weights, opset=opset)
     read = {i for n in graph.nodes for i in n.inputs}
     inputs = []
     for name_in in ("input_ids", "attention_mask", "token_type_ids"):
@@ -822,21 +827,22 @@ def translate_graph(graph: ir.Graph, *, tables: bool = True, weights: str = "s8"
     used = {i for n in nodes for i in n.input}
     inits = [t for k, t in b.inits.items() if k in used]
     g = helper.make_graph(nodes, name, inputs, outputs, initializer=inits)
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION,
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], ir_version=IR_VERSIONS[opset],
                              producer_name="intengine")
 
 
-def build_integer_model(qm, *, tables: bool = True, weights: str = "s8") -> onnx.ModelProto:
+def build_integer_model(qm, *, opset: int = OPSET, tables: bool = True, weights: str = "s8") -> onnx.ModelProto:
     """The integer-only ONNX model of a :class:`~intengine.quantize.QuantizedModel`.
 
     Inputs ``input_ids``, ``attention_mask`` (0/1) and, when the graph reads it,
     ``token_type_ids``: int64 ``[batch, sequence]``.  Outputs: the IR outputs (float32, from the
-    final dequantize), bit-exact with ``qm.run(..., backend="ref")``.  ``tables``: int8
-    elementwise ops as 256-entry lookups (else arithmetic); ``weights="u8"`` stores uint8
-    weights for onnxruntime's exact u8×u8 GEMM on AVX2-only x86 hosts (see the module docstring).
+    final dequantize), bit-exact with ``qm.run(..., backend="ref")``.  ``opset``: 17..21.
+    ``tables``: int8 elementwise ops and int8/int16 softmax exponentials as exact lookups (else
+    arithmetic); ``weights="u8"`` stores uint8 weights for onnxruntime's u8×u8 GEMM on x86 hosts
+    without VNNI (see the module docstring).
     Raises :class:`OnnxTranslationError` (a ``LoweringError``) naming the node of an op without a
     translation.
     """
     graph = qm.graph
     name = f"{getattr(qm, 'family', 'model')}_{getattr(qm, 'task', '')}".replace("-", "_")
-    return translate_graph(graph, tables=tables, weights=weights, name=f"intengine_{name}_integer")
+    return translate_graph(graph, tables=tables, weights=weights, opset=opset, name=f"intengine_{name}_integer")

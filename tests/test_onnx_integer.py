@@ -111,15 +111,19 @@ def test_no_float_op_but_the_final_dequantize(exported):
 
 
 @pytest.mark.parametrize("preset,kw", [("roberta-tiny", {"tables": False}), ("nezha-cn-tiny", {"tables": False}),
-                                       ("roberta-tiny", {"weights": "u8"})])
+                                       ("roberta-tiny", {"weights": "u8", "opset": 21}),
+                                       ("deberta-v2-xlarge-tiny", {"opset": 18})])
 def test_variants_bit_exact(preset, kw):
-    """Arithmetic i-GELU/i-tanh instead of tables; uint8 weights (the AVX2-only u8×u8 path)."""
+    """Arithmetic i-GELU/i-tanh/i-exp instead of tables; uint8 weights (the u8×u8 path for x86
+    without VNNI); other opsets than the default 17."""
     m = intengine.load_fp32(preset, task="sequence-classification" if preset == "roberta-tiny" else "masked-lm")
     init_weights(m, 1, std=0.15)
     qm = quantize(m, random_batches(m, 2, 3, 12))
     model = build_integer_model(qm, **kw)
+    onnx.checker.check_model(model, full_check=True)
+    assert model.opset_import[0].version == kw.get("opset", 17)
     if kw.get("tables") is False:
-        assert not any(n.input[0].endswith(("gelu.table", "tanh.table")) for n in model.graph.node)
+        assert not any(n.input[0].endswith(("gelu.table", "tanh.table", "exp.table")) for n in model.graph.node)
     sess = session(model)
     x = padded_batch(m, 3, 11, seed=9)
     np.testing.assert_array_equal(sess.run(None, ort_feed(sess, x))[0], qm.run(**x, backend="ref"))
@@ -257,3 +261,26 @@ def test_untranslatable_op_names_node_and_op():
     with pytest.raises(OnnxTranslationError, match=r"layer3\.attn\.clamp.*'clamp_index'") as e:
         translate_graph(g)
     assert isinstance(e.value, LoweringError) and isinstance(e.value, IntengineError)
+
+
+def test_bias_free_output_linear_stays_integer():
+    """``MatMulInteger → Cast → Mul`` (a bias-free head + dequantize) must not be fused by
+    onnxruntime into a float kernel: still bit-exact at every optimization level."""
+    x = extreme(np.int8, (2, 5, 64))
+    x[x == -128] = -127
+    w = extreme(np.int8, (48, 64))
+    w[w == -128] = -127
+    scale = tuple(float(np.float32(v)) for v in RNG.uniform(1e-6, 1e-3, 48))
+    values = (ir.Value("x", "i8", ("B", "T", 64)), ir.Value("w", "i8", (48, 64)), ir.Value("acc", "i32", ("B", "T", 48)),
+              ir.Value("out", "f32", ("B", "T", 48)))
+    nodes = (ir.Node("linear", ("x",), ("acc",), (("weight", "w"), ("bias", None)), name="acc"),
+             ir.Node("dequantize", ("acc",), ("out",), (("scale", scale), ("axis", -1)), name="out"))
+    g = ir.Graph("integer", ("x",), ("out",), nodes, values, {"w": w})
+    steps = Executor(g, "ref")._steps
+    want = steps[1][1]([steps[0][1]([x], 2, 5)], 2, 5)
+    model = translate_graph(g)
+    for level in (ort.GraphOptimizationLevel.ORT_ENABLE_ALL, ort.GraphOptimizationLevel.ORT_DISABLE_ALL):
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = level
+        sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        np.testing.assert_array_equal(sess.run(None, {"x": x})[0], want)
