@@ -195,12 +195,8 @@ class _Builder:
             return x
         return self.memo(("cast", x, dtype.str), lambda: self.op("Cast", [x], dtype, to=_onnx_type(dtype)))
 
-    def arith(self, x: str) -> str:
-        """``x`` in a dtype onnxruntime computes on (int8/int16/uint8/bool → int32)."""
-        return self.cast(x, np.int32) if self.dtypes[x].itemsize < 4 else x
-
     def as_u8(self, x: str) -> str:
-        """int8 ``x`` → uint8 ``x + 128`` (flip the sign bit); uint8 stays as is."""
+        """int8 ``x`` → uint8 ``x + 128`` (modular cast to uint8, wrapping uint8 Add); uint8 stays."""
         if self.dtypes[x] == np.uint8:
             return x
         if self.dtypes[x] != np.int8:
@@ -353,7 +349,7 @@ class _Builder:
         ``t = (u·m) >> s``, ``z = t >> 20``, ``f = t - (z << 20) = t & (2^20-1)``,
         ``g·f >> 21 = -ceil(p / 2^21)`` with ``p = (BETA - ((ALPHA·f) >> 20))·f ≥ 0``
         (``ALPHA·f >> 20 < ALPHA < BETA``), ``L = max(2^30 - ceil(p/2^21), 2^29)`` (``ceil(p/2^21)
-        < 2^30``), ``e = L >> min(z, 31)``.  Requires ``u·m < 2^64`` (the ref: ``< 2^63``)."""
+        < 2^30``), ``e = L >> min(z, 31)``.  Checks ``u_bound·m < 2^63`` (the ref's bound)."""
         if u_bound * int(m) >= TWO63:
             raise OnnxTranslationError(f"{self.prefix}: i-exp input bound {u_bound} · m overflows")
         t = self.op("BitShift", [self.op("Mul", [u, self.u64(m)]), self.u64(s)], direction="RIGHT", hint="exp.t")
@@ -605,7 +601,7 @@ def tr_layernorm(b: _Builder, node: ir.Node) -> str:
     prod = b.op("Mul", [ys, b.cast(factor, U64)], hint="ln.prod")  # |ys| ≤ std → |ys·factor| ≤ 2^62
     r1, off1 = b.round_shift(prod, 1, FACTOR_BITS - NORM_BITS, 1 << 62)  # y_norm + off1, |y_norm| ≤ 2^30
     r2, off2 = b.round_shift(r1, m_vec, s_vec, 1 << 30, x_offset=off1)  # R(y_norm·m, s) + off2
-    v_offset = np.asarray(off2, dtype=object) - np.asarray(bias, dtype=object).astype(object)
+    v_offset = np.asarray(off2, dtype=object) - np.asarray(bias, dtype=object)
     r3, off3 = b.round_shift(r2, 1, BIAS_FRAC, (1 << 62) + (1 << 60), x_offset=v_offset)  # v = R(·) + bias
     return b.finish(r3, off3, bits)
 
