@@ -101,25 +101,42 @@ def _log(cfg: BenchConfig, msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
-def _rss_peak_reset() -> bool:
-    """Reset the kernel's peak-RSS counter of this process (Linux ``clear_refs`` 5)."""
+def _rss_bytes() -> int | None:
+    """Resident set size of this process (Linux ``/proc/self/statm``), or None elsewhere."""
     try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
-def _rss(field_name: str) -> int | None:
+def peak_rss_during(fn: Callable[[], object]) -> tuple[object, int | None]:
+    """``fn()`` and the peak growth of the resident set while it ran, sampled every 0.5 ms by a
+    thread (covers numpy, torch, numba and ONNX Runtime allocations alike)."""
+    import threading
+
+    base = _rss_bytes()
+    if base is None:
+        return fn(), None
+    peak = [base]
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            r = _rss_bytes()
+            if r is not None and r > peak[0]:
+                peak[0] = r
+            stop.wait(0.0005)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
     try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field_name + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+        out = fn()
+    finally:
+        stop.set()
+        th.join()
+    r = _rss_bytes()
+    return out, max(peak[0], r or 0) - base
 
 
 def cpu_flags() -> list[str]:
@@ -366,17 +383,15 @@ def run_bench(cfg: BenchConfig) -> dict:
     peak: dict[str, int | None] = {}
     bar = Progress("parity + peak memory", len(order), cfg.progress)
     for eng in list(order):
-        base = _rss("VmRSS") if _rss_peak_reset() else None
         try:
-            outputs[eng] = np.asarray(runners[eng](), dtype=np.float32)
+            y, peak[eng] = peak_rss_during(runners[eng])
+            outputs[eng] = np.asarray(y, dtype=np.float32)
         except Exception as exc:  # noqa: BLE001 - e.g. an ORT kernel refusing the model: report, go on
             if eng.startswith("intengine"):
                 raise
             skipped[eng] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
             order.remove(eng)
             continue
-        hwm = _rss("VmHWM")
-        peak[eng] = (hwm - base) if (base is not None and hwm is not None) else None
         bar.step()
     bar.done()
     ref = outputs.get("torch-fp32")
