@@ -10,6 +10,9 @@ exist:
   plus ``dequantize`` nodes that turn an integer graph output into float32.
   :func:`verify_integer` proves that no float op or float tensor survives
   between the token ids and the final dequantize.
+* ``"mixed"``: lowered with I-BERT's ``force_dequant``: as ``"integer"``, but the
+  ops of :data:`FLOAT_ISLAND_OPS` (integer in and out, float math inside, float
+  constants such as LayerNorm's γ/β) are allowed (:func:`verify_mixed`).
 
 Scales are metadata: a value's real meaning is ``scale · int`` (a float, or a
 tuple of per-channel floats along the last axis).  Kernels never see them —
@@ -51,6 +54,8 @@ INTEGER_OPS = frozenset({
     "position_ids", "select", "scatter_add", "mask_fill", "unfold",
 })
 BOUNDARY_OPS = frozenset({"dequantize"})  # integer → float32, only at graph outputs
+# I-BERT's ``force_dequant``: integer in, integer out, float math inside (stage "mixed" only)
+FLOAT_ISLAND_OPS = frozenset({"float_gelu", "float_softmax", "float_layernorm"})
 
 
 @dataclass(frozen=True)
@@ -206,11 +211,34 @@ def verify_integer(g: Graph) -> None:
     """
     if g.stage != "integer":
         raise GraphError(f"verify_integer expects an integer-stage graph, got stage {g.stage!r}")
+    _verify_lowered(g, islands=False)
+
+
+def verify_mixed(g: Graph) -> None:
+    """``force_dequant`` graphs: :func:`verify_integer`'s rules, except that the float-island ops
+    (:data:`FLOAT_ISLAND_OPS`) may run and read float constants; their inputs and outputs are
+    still integer tensors, so every other op stays integer."""
+    if g.stage != "mixed":
+        raise GraphError(f"verify_mixed expects a mixed-stage graph, got stage {g.stage!r}")
+    _verify_lowered(g, islands=True)
+
+
+def verify_lowered(g: Graph) -> None:
+    """:func:`verify_integer` or :func:`verify_mixed`, by the graph's stage."""
+    if g.stage == "mixed":
+        verify_mixed(g)
+    else:
+        verify_integer(g)
+
+
+def _verify_lowered(g: Graph, islands: bool) -> None:
     verify_structure(g)
+    island_consts = {i for n in g.nodes if islands and n.op in FLOAT_ISLAND_OPS for i in n.inputs
+                     if i in g.constants}
     for name in list(g.inputs) + list(g.constants):
-        if g.value(name).dtype not in INT_DTYPES:
+        if g.value(name).dtype not in INT_DTYPES and name not in island_consts:
             raise GraphError(f"input or constant {name!r} is {g.value(name).dtype}: the integer graph takes integers only")
-    float_ok: set[str] = set()
+    float_ok: set[str] = set(island_consts)
     for node in g.nodes:
         if node.op in BOUNDARY_OPS:
             (src,) = node.inputs
@@ -223,10 +251,11 @@ def verify_integer(g: Graph) -> None:
                     raise GraphError(f"node {node.label}: dequantized {o!r} feeds {g.consumers(o)[0].label}; floats may only leave the graph")
                 float_ok.add(o)
             continue
-        if node.op not in INTEGER_OPS:
+        if node.op not in INTEGER_OPS and not (islands and node.op in FLOAT_ISLAND_OPS):
             raise GraphError(f"node {node.label}: op {node.op!r} is not an integer op")
+        floats = island_consts if node.op in FLOAT_ISLAND_OPS else set()
         for name in node.inputs + node.outputs:
-            if g.value(name).dtype not in INT_DTYPES:
+            if g.value(name).dtype not in INT_DTYPES and name not in floats:
                 raise GraphError(f"node {node.label}: value {name!r} is {g.value(name).dtype}, not an integer tensor")
     for v in g.values:
         if v.dtype in FLOAT_DTYPES and v.name not in float_ok:

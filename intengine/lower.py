@@ -60,8 +60,8 @@ def _qmax(bits: int) -> int:
 class _Lowerer:
     """State of one lowering: the fp32 graph, the ranges, and the integer graph being built."""
 
-    def __init__(self, g: ir.Graph, qparams: Mapping, family: str):
-        self.g, self.qp, self.family = g, qparams, family
+    def __init__(self, g: ir.Graph, qparams: Mapping, family: str, force: frozenset = frozenset()):
+        self.g, self.qp, self.family, self.force = g, qparams, family, force
         self.values: dict[str, ir.Value] = {}
         self.nodes: list[ir.Node] = []
         self.constants: dict[str, np.ndarray] = {}
@@ -395,16 +395,18 @@ def lower_softmax(L: _Lowerer, node: ir.Node) -> None:
     vx = L.value(x)
     if vx.dtype not in ("i8", "i16", "i32"):
         L.fail(node, f"scores are {vx.dtype}")
-    p = softmax_params(L.scalar_scale(x, "softmax"))
     shape = L.g.value(out).shape
+    if "softmax" in L.force:
+        op, attrs = "float_softmax", dict(in_scale=L.scalar_scale(x, "softmax"))
+    else:
+        p = softmax_params(L.scalar_scale(x, "softmax"))
+        op, attrs = "softmax", dict(m_i32=int(p.m_i32), shift=int(p.shift))
     if kind == "key":
-        L.emit("softmax", [vx.name, _key_mask(L, mask)], "", "u8", shape, SOFTMAX_OUT_SCALE,
-               fp=out, m_i32=int(p.m_i32), shift=int(p.shift))
+        L.emit(op, [vx.name, _key_mask(L, mask)], "", "u8", shape, SOFTMAX_OUT_SCALE, fp=out, **attrs)
         return
     # DeBERTa's pair mask m_i ∧ m_j: on a valid query row it is the key mask; rows of padded
     # queries are all-zero (XSoftmax), which a mask_fill over the query axis reproduces exactly
-    keyed = L.emit("softmax", [vx.name, _key_mask(L, mask)], f"{out}.keyed", "u8", shape, SOFTMAX_OUT_SCALE,
-                   m_i32=int(p.m_i32), shift=int(p.shift))
+    keyed = L.emit(op, [vx.name, _key_mask(L, mask)], f"{out}.keyed", "u8", shape, SOFTMAX_OUT_SCALE, **attrs)
     qmask = L.emit("reshape", [L.env[mask]], f"{mask}.queries", "bool", ("B", 1, "T", 1),
                    shape=("B", 1, "T", 1)) if f"{mask}.queries" not in L.values else f"{mask}.queries"
     L.emit("mask_fill", [keyed, qmask], "", "u8", shape, SOFTMAX_OUT_SCALE, fp=out)
@@ -416,11 +418,21 @@ def lower_layernorm(L: _Lowerer, node: ir.Node) -> None:
     (x,) = node.inputs
     vx = L.value(x)
     s_in = L.scalar_scale(x, "layernorm")
+    bits = 8 if out in L.g.outputs else L.out_bits(out)
+    s_out = L.act_scale(out, bits)
+    if "layernorm" in L.force:
+        w = L.fconst[node.attr("weight")]
+        b = L.fconst[node.attr("bias")]
+        for cname, arr in ((node.attr("weight"), w), (node.attr("bias"), b)):
+            L.constants.setdefault(cname, np.ascontiguousarray(arr, np.float32))
+            L.values.setdefault(cname, ir.Value(cname, "f32", arr.shape))
+        L.emit("float_layernorm", [vx.name, node.attr("weight"), node.attr("bias")], "", _dtype_for_bits(bits),
+               L.g.value(out).shape, s_out, fp=out, in_scale=s_in, out_scale=s_out, out_bits=bits,
+               eps=float(node.attr("eps")))
+        return
     src = vx.name
     if vx.dtype != "i32":
         src = L.emit("cast_int", [vx.name], f"{x}.i32", "i32", vx.shape, s_in, to="i32")
-    bits = 8 if out in L.g.outputs else L.out_bits(out)
-    s_out = L.act_scale(out, bits)
     g = L.fconst
     p = layernorm_params(g[node.attr("weight")], g[node.attr("bias")], node.attr("eps"), s_out, bits,
                          in_scale=s_in)
@@ -435,6 +447,12 @@ def lower_gelu(L: _Lowerer, node: ir.Node) -> None:
     out = node.outputs[0]
     (x,) = node.inputs
     vx = L.value(x)
+    if "gelu" in L.force:
+        s_out = L.act_scale(out, 8)
+        L.emit("float_gelu", [vx.name], "", "i8", L.g.value(out).shape, s_out, fp=out,
+               in_scale=L.scalar_scale(x, "gelu"), out_scale=s_out, out_bits=8,
+               approximate=node.attr("approximate", "none"))
+        return
     in_bits = {"i8": 8, "i16": 16, "i32": 32}.get(vx.dtype)
     if in_bits is None:
         L.fail(node, f"input is {vx.dtype}")
@@ -555,14 +573,25 @@ RULES: dict[str, Callable[[_Lowerer, ir.Node], None]] = {
 }
 
 
-def lower(graph: ir.Graph, qparams: Mapping, family: str = "?") -> ir.Graph:
+FORCE_DEQUANT = {"none": frozenset(), "gelu": frozenset({"gelu"}), "softmax": frozenset({"softmax"}),
+                 "layernorm": frozenset({"layernorm"}), "nonlinear": frozenset({"gelu", "softmax", "layernorm"})}
+
+
+def lower(graph: ir.Graph, qparams: Mapping, family: str = "?", force_dequant: str = "none") -> ir.Graph:
     """The integer-stage graph of an fp32-stage ``graph`` with calibrated ``qparams``
-    (:func:`intengine.calibrate.calibrate`).  ``verify_integer`` holds on the result."""
+    (:func:`intengine.calibrate.calibrate`).  ``verify_integer`` holds on the result.
+
+    ``force_dequant`` (I-BERT's option, for accuracy studies): ``gelu``, ``softmax``,
+    ``layernorm`` or ``nonlinear`` (all three) lowers those ops to float islands
+    (:data:`~intengine.ir.FLOAT_ISLAND_OPS`: integer in, float math, integer out at the same
+    scales); the result is a ``"mixed"``-stage graph (:func:`~intengine.ir.verify_mixed`)."""
+    if force_dequant not in FORCE_DEQUANT:
+        raise LoweringError(f"force_dequant must be one of {', '.join(FORCE_DEQUANT)}, got {force_dequant!r}")
     if graph.stage != "fp32":
         raise LoweringError(f"lower expects an fp32-stage graph, got stage {graph.stage!r}")
     if not qparams:
         raise LoweringError("lower needs calibrated ranges: calibrate(graph, batches) returned nothing")
-    L = _Lowerer(graph, qparams, family)
+    L = _Lowerer(graph, qparams, family, FORCE_DEQUANT[force_dequant])
     for name in graph.inputs:
         v = graph.value(name)
         L.values[name] = ir.Value(name, v.dtype, v.shape)
@@ -585,7 +614,8 @@ def lower(graph: ir.Graph, qparams: Mapping, family: str = "?") -> ir.Graph:
         L.values[o] = ir.Value(o, "f32", v.shape)
         L.nodes.append(ir.Node("dequantize", (v.name,), (o,), (("scale", scale_attr), ("axis", axis)), name=o))
         outs.append(o)
-    g = ir.Graph(stage="integer", inputs=graph.inputs, outputs=tuple(outs), nodes=tuple(L.nodes),
+    stage = "mixed" if any(n.op in ir.FLOAT_ISLAND_OPS for n in L.nodes) else "integer"
+    g = ir.Graph(stage=stage, inputs=graph.inputs, outputs=tuple(outs), nodes=tuple(L.nodes),
                  values=tuple(L.values.values()), constants=L.constants)
-    ir.verify_integer(g)
+    ir.verify_lowered(g)
     return g

@@ -18,13 +18,12 @@ from . import ir
 from .calibrate import calibrate
 from .calibration import QParams
 from .capture import capture
-from .errors import CalibrationError, LoweringError
+from .errors import CalibrationError
 from .lower import lower
 from .runtime import Executor
 
 __all__ = ["quantize", "QuantizedModel"]
 
-FORCE_DEQUANT = ("none", "gelu", "softmax", "layernorm", "nonlinear")
 
 
 class QuantizedModel:
@@ -71,16 +70,10 @@ def quantize(model, calibration=None, method: str = "minmax", force_dequant: str
     * ``method``: the observer (``minmax``, ``ema``, ``percentile``, ``mse``, ``entropy``);
       ``calibrate_options`` go to ``calibrate`` (``bits=``, ``percentile=``, ...).  I-BERT
       checkpoints' stored QuantAct ranges are applied as overrides.
-    * ``force_dequant``: only ``"none"``; I-BERT's float fallbacks would leave float ops inside the
-      graph, which the integer pipeline forbids (``LoweringError``).
+    * ``force_dequant``: ``"none"`` (integer-only), or I-BERT's ``"gelu"``, ``"softmax"``,
+      ``"layernorm"``, ``"nonlinear"``: those ops run in float between integer tensors (a
+      ``"mixed"``-stage graph, for accuracy studies; the ONNX integer export refuses it).
     """
-    if force_dequant not in FORCE_DEQUANT:
-        raise LoweringError(f"force_dequant must be one of {FORCE_DEQUANT}, got {force_dequant!r}")
-    if force_dequant != "none":
-        raise LoweringError(
-            f"force_dequant={force_dequant!r} would keep float {force_dequant} ops inside the graph; "
-            "the integer pipeline lowers every nonlinear op (use force_dequant='none')"
-        )
     if calibration is None:
         raise CalibrationError(
             "quantize needs calibration data: pass batches (random_batches(model, n, batch, seq), "
@@ -97,6 +90,6 @@ def quantize(model, calibration=None, method: str = "minmax", force_dequant: str
             f"calibration must be an iterable of batch dicts or a QParams dict, got {type(calibration).__name__}"
         )
     family = str(getattr(model, "family", "?")).rsplit(".", 1)[-1]
-    ig = lower(g, qp, family)
+    ig = lower(g, qp, family, force_dequant=force_dequant)
     return QuantizedModel(ig, g, qp, family, getattr(model, "task", "?"),
                           method=None if isinstance(calibration, Mapping) else method)

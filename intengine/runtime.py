@@ -42,9 +42,9 @@ class Executor:
     """An integer graph bound to one backend (weights packed once, here)."""
 
     def __init__(self, graph: ir.Graph, backend: str = "ref"):
-        if graph.stage != "integer":
-            raise ir.GraphError(f"the runtime executes integer-stage graphs, got stage {graph.stage!r}")
-        ir.verify_integer(graph)
+        if graph.stage not in ("integer", "mixed"):
+            raise ir.GraphError(f"the runtime executes lowered graphs (stage 'integer' or 'mixed'), got {graph.stage!r}")
+        ir.verify_lowered(graph)
         self.graph, self.backend = graph, backend
         self._steps: list[tuple[ir.Node, _Fn]] = [(n, self._bind(n)) for n in graph.nodes]
         last: dict[str, int] = {}
@@ -108,6 +108,8 @@ class Executor:
             scale, axis = a("scale"), a("axis")
             sc = np.asarray(scale, dtype=np.float32)
             return lambda ins, B, T: _host(k(_host(ins[0]), sc if sc.ndim else sc.item(), axis))
+        if op in ir.FLOAT_ISLAND_OPS:
+            return _float_island(node, self.graph.constants)
         # ---- integer data movement (host numpy)
         if op == "embedding_lookup":
             table = self.graph.constants[a("table")]
@@ -239,6 +241,40 @@ class Executor:
             ins = [env[i] if i in env else self.graph.constants[i] for i in node.inputs]
             env[node.outputs[0]] = _host(fn(ins, B, T))
         return env
+
+
+def _float_island(node: ir.Node, consts) -> _Fn:
+    """``force_dequant`` ops (stage ``"mixed"``): dequantize, the float op (torch, float32, as the
+    FP32 modules compute it), requantize with round-half-even and symmetric saturation.  They run
+    on the host for every backend, so backends stay bit-identical."""
+    import torch
+
+    from .kernels.quant import quantize_ref
+
+    a = node.attr
+    s_in = np.float32(a("in_scale"))
+
+    def deq(x):
+        return torch.from_numpy(_host(x).astype(np.float32) * s_in)
+
+    if node.op == "float_gelu":
+        approx, s_out, bits = a("approximate"), a("out_scale"), a("out_bits")
+        return lambda ins, B, T: quantize_ref(torch.nn.functional.gelu(deq(ins[0]), approximate=approx).numpy(),
+                                              s_out, None, bits)
+    if node.op == "float_softmax":
+        def softmax(ins, B, T):
+            x, keep = deq(ins[0]), torch.from_numpy(np.broadcast_to(_host(ins[1]), ins[0].shape).copy())
+            p = torch.softmax(x.masked_fill(~keep, torch.finfo(torch.float32).min), dim=-1)
+            p = torch.where(keep.any(-1, keepdim=True), p, torch.zeros_like(p))  # fully masked row → 0
+            return np.clip(np.rint(p.numpy() * 255.0), 0, 255).astype(np.uint8)
+
+        return softmax
+    if node.op == "float_layernorm":
+        w, b = torch.from_numpy(consts[node.inputs[1]]), torch.from_numpy(consts[node.inputs[2]])
+        eps, s_out, bits = a("eps"), a("out_scale"), a("out_bits")
+        return lambda ins, B, T: quantize_ref(
+            torch.nn.functional.layer_norm(deq(ins[0]), w.shape, w, b, eps).numpy(), s_out, None, bits)
+    raise ir.GraphError(f"node {node.label}: unknown float-island op {node.op!r}")
 
 
 def max_sequence_length(graph: ir.Graph) -> int | None:

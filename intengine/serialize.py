@@ -208,7 +208,7 @@ def save_quantized(qm, path: str | os.PathLike, *, overwrite: bool = False) -> P
     if not isinstance(g, ir.Graph):
         raise QuantizedFormatError(f"save_quantized needs a QuantizedModel, got {type(qm).__name__}")
     try:
-        ir.verify_integer(g)
+        ir.verify_lowered(g)
     except ir.GraphError as e:
         raise QuantizedFormatError(f"refusing to save an invalid integer graph: {e}") from e
     path = Path(path)
@@ -353,8 +353,8 @@ def _parse_node(obj: Any, where: str) -> ir.Node:
 def _parse_graph(obj: Any) -> tuple[ir.Graph, list[str]]:
     f = _Fields(obj, "graph")
     stage = f.get("stage", str, "'integer'")
-    if stage != "integer":
-        raise _bad("graph.stage", "'integer' (a lowered graph)", stage)
+    if stage not in ("integer", "mixed"):
+        raise _bad("graph.stage", "'integer' or 'mixed' (a lowered graph)", stage)
     inputs, outputs, constants = f.strings("inputs"), f.strings("outputs"), f.strings("constants")
     values = tuple(_parse_value(v, f"graph.values[{i}]")
                    for i, v in enumerate(f.get("values", list, "a list of values")))
@@ -487,7 +487,7 @@ def load_quantized(path: str | os.PathLike):
         constants[c] = arr
     graph = ir.Graph(graph.stage, graph.inputs, graph.outputs, graph.nodes, graph.values, constants)
     try:
-        ir.verify_integer(graph)
+        ir.verify_lowered(graph)
     except ir.GraphError as e:
         raise QuantizedFormatError(f"{gpath}: the stored graph is not a valid integer graph: {e}") from e
     return QuantizedModel(graph, None, qparams, family, task, method=method)

@@ -159,10 +159,31 @@ def test_no_calibration_batches_is_an_error():
         lower(g, {}, "roberta")
 
 
-def test_force_dequant_refused():
-    m = load("roberta-tiny", "base")
+@pytest.mark.parametrize("mode,ops", [("gelu", {"float_gelu"}), ("softmax", {"float_softmax"}),
+                                      ("layernorm", {"float_layernorm"}),
+                                      ("nonlinear", {"float_gelu", "float_softmax", "float_layernorm"})])
+def test_force_dequant(mode, ops, tmp_path):
+    """I-BERT's force_dequant: float islands between integer tensors, a "mixed" graph that the
+    integer verifier refuses; backends still agree bit for bit and accuracy holds."""
+    m = load("deberta-v3-base-tiny", "base", std=0.15)
+    calib = random_batches(m, 2, 4, 24)
+    qm = quantize(m, calib, force_dequant=mode)
+    g = qm.graph
+    assert g.stage == "mixed"
+    ir.verify_mixed(g)
+    with pytest.raises(ir.GraphError):
+        ir.verify_integer(g)
+    present = {n.op for n in g.nodes}
+    assert ops <= present
+    assert not present & {o.replace("float_", "") for o in ops}  # the forced integer ops are gone
+    x = batch(m)
+    y = qm.run(**x, backend="ref")
+    np.testing.assert_array_equal(y, qm.run(**x, backend="cpu"))
+    assert cosine_valid(torch_out(m, x), y, x["attention_mask"]) >= MIN_COSINE
+    loaded = intengine.load_quantized(qm.save(tmp_path / "q"))  # mixed graphs round-trip too
+    np.testing.assert_array_equal(loaded.run(**x, backend="ref"), y)
     with pytest.raises(LoweringError, match="force_dequant"):
-        quantize(m, random_batches(m, 1, 2, 8), force_dequant="gelu")
+        quantize(m, calib, force_dequant="everything")
 
 
 def test_deberta_relative_terms_and_conv_are_integer():
