@@ -8,8 +8,8 @@ math happens here (the integer graph carries ready-made multipliers and params);
 op is the graph-output ``dequantize`` kernel.
 
 Integer data movement (``embedding_lookup``, ``position_ids``, ``reshape``, ``transpose``,
-``select``, ``cast_int``, ``gather``, ``scatter_add``, ``mask_fill``, ``unfold``) runs in numpy on
-the host for every backend; the kernels of the ``cuda`` backend accept host arrays and return
+``select``, ``cast_int``, ``scatter_add``, ``mask_fill``, ``unfold``) runs in numpy on the host for
+every backend (the relative-position ``gather`` has kernels: ``rel_gather``); the kernels of the ``cuda`` backend accept host arrays and return
 host arrays.
 """
 
@@ -149,14 +149,16 @@ class Executor:
             return lambda ins, B, T: _host(ins[0]).astype(dt)
         if op == "gather":
             index = self.graph.constants[a("index")]
+            k = get_kernel("rel_gather", be)
+            sliced: dict[int, np.ndarray] = {}  # T → contiguous index[:T, :T], built once per length
 
             def gather(ins, B, T):
-                x = _host(ins[0])
-                t = x.shape[-2]
+                t = ins[0].shape[-2]
                 if t > index.shape[0]:
                     raise InputError(f"sequence length {t} exceeds the {index.shape[0]} positions of {node.label}")
-                idx = index[:t, :t]
-                return np.take_along_axis(x, np.broadcast_to(idx, x.shape[:-1] + (t,)), axis=-1)
+                if t not in sliced:
+                    sliced[t] = np.ascontiguousarray(index[:t, :t])
+                return k(ins[0], sliced[t])
 
             return gather
         if op == "mask_fill":

@@ -39,6 +39,8 @@ OPS: tuple[str, ...] = (
     "layernorm",
     # tanh.py
     "tanh",
+    # gather.py
+    "rel_gather",
 )
 
 KERNELS: dict[tuple[str, str], Callable] = {}
