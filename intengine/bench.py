@@ -404,7 +404,8 @@ def run_bench(cfg: BenchConfig) -> dict:
     report["error_report"] = {
         "worst": [{"name": r.name, "op": r.op, "sqnr_db": r.sqnr_db, "cosine": r.cosine,
                    "max_abs_err": r.max_abs_err} for r in rows[:8]],
-        "per_layer": [{"name": r.name, "layer": r.layer, "sqnr_db": r.sqnr_db} for r in _per_layer(rows)],
+        "per_layer": [{"name": r.name, "layer": layer, "sqnr_db": r.sqnr_db}
+                      for layer, r in summ.worst_per_layer.items()],
         "summary": str(summ),
     }
 
@@ -444,14 +445,6 @@ def run_bench(cfg: BenchConfig) -> dict:
         write_reports(report, cfg.out)
     tmpdir.cleanup()
     return report
-
-
-def _per_layer(rows) -> list:
-    worst: dict[str, object] = {}
-    for r in rows:
-        if r.layer not in worst or r.sqnr_db < worst[r.layer].sqnr_db:
-            worst[r.layer] = r
-    return sorted(worst.values(), key=lambda r: r.order)
 
 
 # ============================================================================ reports
