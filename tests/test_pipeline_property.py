@@ -1,0 +1,368 @@
+"""Property: every valid configuration of every family goes through the whole pipeline.
+
+Hypothesis draws a random, valid Hugging Face ``config.json`` dict per family (tiny sizes: hidden
+<= 64, 1-2 layers, small vocabulary) with the family's options (NEZHA's relative window, DeBERTa
+v1's relative attention / c2p / p2c / absolute positions, DeBERTa-v2's log buckets, shared keys,
+LayerNorm on the relative table, the nGiE conv, ...), a task, a weight scale and an input batch.
+The FP32 module is built with seeded random weights, then
+
+    capture → calibrate (random_batches) → lower → ir.verify_integer → Executor(ref | cpu)
+
+and the test requires ``ref == cpu`` bit for bit and a cosine >= 0.98 with the FP32 torch module's
+output on valid tokens.  Configurations are only excluded where the FP32 module (i.e. the family's
+``Config.from_hf``, which follows transformers) rejects them; each exclusion says why.  Two
+findings are pinned by strict xfails at the end of the file instead: near-zero calibrated ranges
+crash lowering (examples hitting it are rejected, with a hypothesis event), and DeBERTa without
+absolute positions refuses inputs longer than ``max_position_embeddings`` (lengths are drawn up
+to that limit).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import event, given, note, reject, settings
+from hypothesis import strategies as st
+
+from intengine import ir
+from intengine.calibrate import calibrate, random_batches
+from intengine.capture import CaptureError, capture
+from intengine.errors import InputError
+from intengine.kernels.errors import KernelInputError
+from intengine.lower import lower
+from intengine.models import TASKS, get_family, init_weights
+from intengine.quantize import QuantizedModel, quantize
+from intengine.report import error_report
+from intengine.runtime import Executor
+
+FAMILY_NAMES = ("roberta", "nezha", "deberta", "deberta-v2")
+MIN_COSINE = 0.98
+MAX_HIDDEN, MAX_SEQ, MAX_BATCH = 64, 24, 3
+EXAMPLES_PER_FAMILY = 10
+POS_ATT_TYPES = ((), ("c2p",), ("p2c",), ("c2p", "p2c"))
+
+
+# ----------------------------------------------------------------------------- config strategies
+
+
+@st.composite
+def _sizes(draw, *, even_head: bool) -> dict:
+    """Heads x head size = hidden <= 64 (NEZHA's sinusoid table needs an even head size)."""
+    heads = draw(st.sampled_from([1, 2, 4]))
+    head_sizes = [h for h in range(1, MAX_HIDDEN // heads + 1) if not (even_head and h % 2)]
+    common = [s for s in (2, 4, 8, 16) if s in head_sizes]
+    head = draw(st.sampled_from(head_sizes) | st.sampled_from(common))
+    return dict(
+        hidden_size=heads * head,
+        num_attention_heads=heads,
+        num_hidden_layers=draw(st.integers(1, 2)),
+        intermediate_size=draw(st.integers(4, 96)),
+        vocab_size=draw(st.integers(8, 120)),
+        hidden_act="gelu",
+        layer_norm_eps=draw(st.sampled_from([1e-12, 1e-7, 1e-5])),
+        num_labels=draw(st.integers(1, 3)),
+    )
+
+
+@st.composite
+def family_configs(draw, family: str) -> dict:
+    """A ``config.json`` dict of ``family`` that ``Config.from_hf`` accepts (tiny sizes)."""
+    d = draw(_sizes(even_head=family == "nezha"))
+    if family == "roberta":
+        # positions run up to T + pad_token_id (1): max_position_embeddings >= 3 leaves >= 1
+        # position (from_hf rejects less); type_vocab_size must be positive
+        d.update(model_type="roberta", pad_token_id=1, bos_token_id=0, eos_token_id=2,
+                 max_position_embeddings=draw(st.integers(3, 40)),
+                 type_vocab_size=draw(st.sampled_from([1, 2])))
+    elif family == "nezha":
+        d.update(model_type="nezha", pad_token_id=0,
+                 max_position_embeddings=draw(st.integers(1, 40)),
+                 max_relative_position=draw(st.integers(1, 32)),
+                 type_vocab_size=draw(st.sampled_from([1, 2])))
+    elif family in ("deberta", "deberta-v2"):
+        rel = draw(st.booleans())
+        pos_att = draw(st.sampled_from(POS_ATT_TYPES))
+        # both spellings transformers accepts: "c2p|p2c" and a list
+        spellings = ["|".join(pos_att), list(pos_att)]
+        pos_att_type = draw(st.sampled_from(spellings)) if pos_att else None
+        d.update(
+            model_type=family, pad_token_id=0,
+            max_position_embeddings=draw(st.integers(1, 40)),
+            type_vocab_size=draw(st.sampled_from([0, 1, 2])),
+            relative_attention=rel,
+            max_relative_positions=draw(st.sampled_from([-1]) | st.integers(1, 32)),
+            position_biased_input=draw(st.booleans()),
+            pos_att_type=pos_att_type,
+            # embedding_size != hidden_size adds the embed_proj linear
+            embedding_size=draw(st.sampled_from([None]) | st.integers(2, MAX_HIDDEN)),
+            pooler_hidden_act=draw(st.sampled_from(["gelu", "tanh"])),
+        )
+        if family == "deberta-v2":
+            hidden = d["hidden_size"]
+            d.update(
+                # position_buckets: -1/0 = off, 1 is rejected by from_hf (log of 0 buckets)
+                position_buckets=draw(st.sampled_from([-1, 0]) | st.integers(2, 16)),
+                norm_rel_ebd=draw(st.sampled_from(["none", "layer_norm"])),
+                share_att_key=draw(st.booleans()),
+                # even kernels are rejected by from_hf (no same-length padding)
+                conv_kernel_size=draw(st.sampled_from([0, 1, 3, 5])),
+                conv_act=draw(st.sampled_from(["tanh", "gelu"])),
+                conv_groups=draw(st.sampled_from([g for g in (1, 2, 4) if hidden % g == 0])),
+                attention_head_size=hidden // d["num_attention_heads"],
+            )
+    else:
+        raise ValueError(family)
+    return d
+
+
+def build_fp32(hf: dict, task: str, seed: int, std: float) -> torch.nn.Module:
+    """The FP32 module of a config dict, as ``load_fp32`` builds presets (seeded random weights)."""
+    fam = get_family(hf["model_type"], "hypothesis config")
+    cfg = fam.Config.from_hf(dict(hf), "hypothesis config")
+    m = fam.build(cfg, task, None)
+    init_weights(m, seed, std=std)
+    m.requires_grad_(False)
+    return m.eval()
+
+
+def integer_max_length(cfg) -> int:
+    """Longest sequence both the FP32 module and the integer program accept.
+
+    RoBERTa: ``max_position_embeddings - pad - 1``; NEZHA: ``max_position_embeddings``; DeBERTa
+    with absolute positions: ``max_position_embeddings``.  DeBERTa *without* absolute positions
+    accepts any length in FP32 (as transformers), but the integer program folds its relative
+    index tables for ``max_position_embeddings`` positions and refuses longer inputs: that
+    divergence is pinned by ``test_deberta_relative_only_longer_than_max_positions`` (xfail), and
+    the property only draws lengths up to ``max_position_embeddings``.
+    """
+    return getattr(cfg, "max_length", None) or cfg.max_position_embeddings
+
+
+def torch_out(m, x) -> np.ndarray:
+    with torch.no_grad():
+        y = m(torch.from_numpy(x["input_ids"]), torch.from_numpy(x["attention_mask"]),
+              torch.from_numpy(x["token_type_ids"]))
+    return y.detach().numpy()
+
+
+def cosine_valid(ref: np.ndarray, got: np.ndarray, mask: np.ndarray) -> float:
+    """Cosine over the valid tokens' entries (all entries for pooled outputs)."""
+    if ref.ndim == 3:
+        ref, got = ref[mask.astype(bool)], got[mask.astype(bool)]
+    a, b = ref.astype(np.float64).ravel(), got.astype(np.float64).ravel()
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+# ----------------------------------------------------------------------------- the property
+
+
+class TinyScaleRejected(Exception):
+    """Lowering hit the near-zero-range bug (see ``test_near_zero_scores_lower``)."""
+
+
+def lower_verified(g: ir.Graph, qp, family: str) -> ir.Graph:
+    """lower → verify_integer."""
+    try:
+        ig = lower(g, qp, family)
+    except KernelInputError as e:
+        # Library bug: a calibrated range below ~2^-24·qmax (all-zero or near-zero attention
+        # scores / tanh inputs) reaches softmax_params / tanh_params, which raise a raw
+        # KernelInputError.  Pinned by the strict xfails below; such examples are rejected here
+        # (counted with hypothesis' event) instead of failing every run.
+        if "scale_in must be a finite scale" in str(e):
+            raise TinyScaleRejected(str(e)) from e
+        raise
+    ir.verify_integer(ig)
+    return ig
+
+
+def run_pipeline(hf: dict, task: str, seed: int, std: float, b: int, t: int):
+    """Build, quantize, run on ref and cpu; returns (fp32 out, ref out, cpu out, inputs, qm).
+
+    Calibration and evaluation batches come from the same distribution (``random_batches`` at
+    length ``t``: rows of ``t//2 .. t`` tokens, pad after), with different seeds.  On purpose:
+    calibrating on 12-24 tokens and then running a 1-token row puts that row's attention context
+    (the value vector itself, not an average) outside the calibrated ranges, and the cosine of its
+    two QA logits drops to ~0.85; that is out-of-distribution input, not a lowering error.
+    """
+    m = build_fp32(hf, task, seed, std)
+    g = capture(m)
+    qp = calibrate(g, random_batches(m, 3, 4, t, seed=seed), method="minmax")
+    ig = lower_verified(g, qp, m.family.rsplit(".", 1)[-1])
+    x = random_batches(m, 1, b, t, seed=seed + 1)[0]
+    fp = torch_out(m, x)
+    y_ref = Executor(ig, "ref").run(**x)
+    y_cpu = Executor(ig, "cpu").run(**x)
+    return fp, y_ref, y_cpu, x, QuantizedModel(ig, g, qp, ig_family(m), task)
+
+
+def ig_family(m) -> str:
+    return m.family.rsplit(".", 1)[-1]
+
+
+def check_outputs(fp: np.ndarray, y_ref: np.ndarray, y_cpu: np.ndarray, x: dict) -> float:
+    """ref == cpu bit for bit; returns the cosine with the FP32 output on valid tokens."""
+    assert y_ref.dtype == np.float32 and y_ref.shape == fp.shape
+    np.testing.assert_array_equal(y_ref, y_cpu)
+    if not np.any(fp):  # degenerate module (e.g. every LayerNorm over one feature): exact zeros
+        np.testing.assert_allclose(y_ref, 0.0, atol=1e-6)
+        return 1.0
+    return cosine_valid(fp, y_ref, x["attention_mask"])
+
+
+def head_nonlinearity_explains(qm: QuantizedModel, x: dict) -> bool:
+    """True when everything up to the sequence-classification head's nonlinearity (RoBERTa's
+    ``head.act`` tanh, NEZHA's pooler tanh, DeBERTa's pooler gelu/tanh) is accurate (cosine >=
+    0.999 at its input): then a low logits cosine comes from that nonlinearity's error at small
+    input ranges (tanh: fixed 1/127 output step; i-GELU: I-BERT's erf polynomial is off by 0.096
+    at 0+), amplified by a tiny classifier (hidden 4-18, one label).  Both are pinned by strict
+    xfails below (``test_small_range_tanh_head_accuracy``, ``test_small_range_gelu_pooler_accuracy``)."""
+    g = qm.fp32_graph
+    act = next((n for n in g.nodes if n.outputs[0] in ("head.act", "head.pooled")), None)
+    if act is None or act.op not in ("tanh", "gelu"):
+        return False
+    rows = {r.name: r for r in error_report(qm, x)}
+    pre = rows.get(act.inputs[0])
+    return pre is not None and pre.cosine >= 0.999
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+@settings(max_examples=EXAMPLES_PER_FAMILY)
+@given(data=st.data())
+def test_random_config_pipeline(family, data):
+    hf = data.draw(family_configs(family), label="config")
+    task = data.draw(st.sampled_from(TASKS), label="task")
+    std = data.draw(st.sampled_from([0.02, 0.08, 0.15]), label="init std")
+    seed = data.draw(st.integers(0, 2**16), label="seed")
+    b = data.draw(st.integers(1, MAX_BATCH), label="batch")
+    cfg = get_family(hf["model_type"], "config").Config.from_hf(dict(hf), "hypothesis config")
+    t = data.draw(st.integers(1, min(MAX_SEQ, integer_max_length(cfg))), label="seq")
+    try:
+        fp, y_ref, y_cpu, x, qm = run_pipeline(hf, task, seed, std, b, t)
+    except TinyScaleRejected:
+        event("rejected: near-zero calibrated range (library bug, see xfail)")
+        reject()
+    cos = check_outputs(fp, y_ref, y_cpu, x)
+    note(f"cosine {cos:.5f}")
+    if cos < MIN_COSINE and task == "sequence-classification" and head_nonlinearity_explains(qm, x):
+        event("rejected: small-range head nonlinearity (accuracy limitation, see xfail)")
+        reject()
+    assert cos >= MIN_COSINE, cos
+
+
+# ----------------------------------------------------------------------------- findings, pinned
+
+NEAR_ZERO_RANGE_BUG = (
+    "library bug: lower() derives the int16 score scale (softmax) and the tanh input scale from "
+    "the calibrated threshold floored at 1e-8 (act_scale), and passes scales below the kernels' "
+    "2^-24 minimum to softmax_params/tanh_params, which raise a raw KernelInputError (not a "
+    "LoweringError) when a head's scores or a pooler's tanh input span less than ~2e-3 (all-zero "
+    "query or pooler weights; tiny random configs: hidden 2, init std 0.02)"
+)
+
+
+def _zeroed(preset: str, task: str, module: str):
+    import intengine
+
+    m = intengine.load_fp32(preset, task=task)
+    sub = m.get_submodule(module)
+    with torch.no_grad():
+        sub.weight.zero_()
+        if getattr(sub, "bias", None) is not None:
+            sub.bias.zero_()
+    return m
+
+
+@pytest.mark.xfail(strict=True, raises=KernelInputError, reason=NEAR_ZERO_RANGE_BUG)
+@pytest.mark.parametrize("preset, task, module", [
+    # scores == 0
+    ("roberta-tiny", "sequence-classification", "roberta.encoder.layer.0.attention.self.query"),
+    # q = k = 0: qk, c2p and p2c all zero
+    ("deberta-base-tiny", "base", "encoder.layer.0.attention.self.in_proj"),
+    ("nezha-cn-tiny", "sequence-classification", "nezha.pooler.dense"),  # tanh input == 0
+], ids=["roberta-scores", "deberta-scores", "nezha-pooler-tanh"])
+def test_near_zero_scores_lower(preset, task, module):
+    """A module whose attention scores (or pooler tanh input) are all zero is valid FP32 (uniform
+    attention) and must quantize like any other."""
+    m = _zeroed(preset, task, module)
+    qm = quantize(m, random_batches(m, 2, 4, 16))  # KernelInputError today
+    ir.verify_integer(qm.graph)
+    x = random_batches(m, 1, 3, 16, seed=5)[0]
+    cos = check_outputs(torch_out(m, x), qm.run(**x, backend="ref"), qm.run(**x, backend="cpu"), x)
+    assert cos >= MIN_COSINE, cos
+
+
+@pytest.mark.xfail(strict=True, raises=InputError, reason=(
+    "limitation: DeBERTa v1/v2 without absolute positions (position_biased_input=false) accept "
+    "any length in FP32 and in transformers (relative positions are clamped/bucketed), but the "
+    "integer program folds its relative index tables for max_position_embeddings positions and "
+    "its Executor refuses longer inputs with InputError"))
+@pytest.mark.parametrize("preset", ["deberta-base-tiny", "deberta-v3-base-tiny"])
+def test_deberta_relative_only_longer_than_max_positions(preset):
+    import intengine
+
+    m = intengine.load_fp32(preset, task="token-classification")
+    init_weights(m, 0, std=0.1)
+    t = m.config.max_position_embeddings + 8
+    longer = dataclasses.replace(m.config, max_position_embeddings=t)  # random_batches caps at it
+    x = random_batches(longer, 1, 2, t, seed=3)[0]
+    try:
+        fp = torch_out(m, x)
+    except InputError as e:  # not the expected failure: the FP32 module must accept the length
+        pytest.fail(f"the FP32 module refused length {t}: {e}")
+    qm = quantize(m, random_batches(m, 2, 4, m.config.max_position_embeddings))
+    y_ref = qm.run(**x, backend="ref")  # InputError today
+    assert check_outputs(fp, y_ref, qm.run(**x, backend="cpu"), x) >= MIN_COSINE
+
+
+SMALL_RANGE_HEAD = (
+    "accuracy limitation: the sequence-classification head's nonlinearity loses precision when "
+    "its inputs span a small range.  tanh (RoBERTa head.act, NEZHA pooler): lower_tanh keeps "
+    "i-tanh's fixed int8 output scale 1/127 whatever the calibrated range, so inputs within "
+    "+-0.03 leave ~4 output levels (relative error 0.22 at head.act).  gelu (DeBERTa pooler): "
+    "I-BERT's erf polynomial is 0.096 at 0+, i.e. GELU(x) is off by ~0.048|x| (~10 %) in the "
+    "near-linear regime.  A small classifier (hidden 18, 3 labels) turns that into logits "
+    "cosine 0.92-0.96 < 0.98"
+)
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=SMALL_RANGE_HEAD)
+def test_small_range_tanh_head_accuracy():
+    import intengine
+
+    m = intengine.load_fp32("roberta-tiny", task="sequence-classification")
+    with torch.no_grad():
+        m.classifier.dense.weight.mul_(0.1)  # tanh inputs within about +-0.03
+    qm = quantize(m, random_batches(m, 4, 4, 16))
+    x = random_batches(m, 1, 8, 16, seed=9)[0]
+    cos = check_outputs(torch_out(m, x), qm.run(**x, backend="ref"), qm.run(**x, backend="cpu"), x)
+    assert cos >= MIN_COSINE, cos  # 0.917 today
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=SMALL_RANGE_HEAD)
+def test_small_range_gelu_pooler_accuracy():
+    # found by test_random_config_pipeline[deberta] (dev profile)
+    hf = {"model_type": "deberta", "hidden_size": 18, "num_attention_heads": 2,
+          "num_hidden_layers": 1, "intermediate_size": 71, "vocab_size": 71, "hidden_act": "gelu",
+          "layer_norm_eps": 1e-07, "num_labels": 3, "pad_token_id": 0,
+          "max_position_embeddings": 1, "type_vocab_size": 0, "relative_attention": False,
+          "max_relative_positions": 31, "position_biased_input": False, "pos_att_type": ["p2c"]}
+    fp, y_ref, y_cpu, x, _ = run_pipeline(hf, "sequence-classification", 4281, 0.02, 3, 1)
+    cos = check_outputs(fp, y_ref, y_cpu, x)
+    assert cos >= MIN_COSINE, cos  # 0.959 today
+
+
+def test_deberta_talking_head_is_refused_clearly():
+    """DeBERTa v1's ``talking_head`` (accepted by the FP32 module and transformers) is not
+    captured: a CaptureError that names the option, not a crash further down."""
+    hf = dict(model_type="deberta", hidden_size=8, num_attention_heads=2, num_hidden_layers=1,
+              intermediate_size=16, vocab_size=20, max_position_embeddings=16,
+              relative_attention=True, pos_att_type="c2p|p2c", talking_head=True)
+    m = build_fp32(hf, "base", 0, 0.1)
+    x = random_batches(m, 1, 2, 8)[0]
+    assert np.isfinite(torch_out(m, x)).all()
+    with pytest.raises(CaptureError, match="talking-head"):
+        capture(m)
