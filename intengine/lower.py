@@ -19,7 +19,7 @@ Quantization points (I-BERT, research/ibert.md §1.4):
   ``P·V`` (u8 × int8, Vᵀ) requantized to int8;
 * residual adds: ``rescale_add`` into the 22-bit calibrated scale (int32), then ``layernorm``
   → int8; ``gelu`` with fused requant to int8 (int32 wide output when a LayerNorm reads it);
-  pooler ``tanh`` → int8 at 1/127;
+  pooler ``tanh`` → int16 at 1/32767, requantized to int8 at the calibrated scale;
 * outputs: int32 accumulators of the head (pre-shifted so ``|q| < 2^24``) or int8, then
   ``dequantize``.
 """
@@ -43,6 +43,7 @@ from .kernels.tanh import tanh_params
 __all__ = ["lower", "RULES", "LoweringError"]
 
 _DTYPE_OF_BITS = ((8, "i8"), (16, "i16"), (32, "i32"))
+MIN_ACT_SCALE = 2.0**-24
 DEQUANT_BOUND = 1 << 23  # integer outputs stay below 2^24 (exact in float32 for dequantize)
 
 
@@ -131,7 +132,10 @@ class _Lowerer:
     def act_scale(self, fp_name: str, bits: int) -> float:
         """Step of ``fp_name`` at ``bits`` from its calibrated threshold."""
         t = float(np.max(np.asarray(self.act_qp(fp_name).threshold)))
-        return max(t, 1e-8) / _qmax(bits)
+        # floor at 2^-24 (the smallest scale the nonlinear kernels' params accept): only a
+        # near-zero range (e.g. all-zero attention scores) is affected, and a larger step still
+        # covers it
+        return max(t / _qmax(bits), MIN_ACT_SCALE)
 
     def out_bits(self, fp_name: str, partial_sum: bool = False) -> int:
         """Bits of an activation: the calibrated width; 16 for scores feeding softmax and (when
@@ -472,12 +476,16 @@ def lower_gelu(L: _Lowerer, node: ir.Node) -> None:
 
 
 def lower_tanh(L: _Lowerer, node: ir.Node) -> None:
-    """i-tanh → int8 at scale 1/127."""
+    """i-tanh at 16 bits (step 1/32767), then requantized to int8 at the calibrated output scale:
+    a pooler whose inputs span ±0.03 keeps ~127 levels instead of the ~4 of a fixed 1/127 step."""
     out = node.outputs[0]
     (x,) = node.inputs
-    p = tanh_params(L.scalar_scale(x, "tanh"), 8)
-    L.emit("tanh", [L.env[x]], "", "i8", L.g.value(out).shape, p.out_scale, fp=out,
-           m_i32=int(p.m_i32), shift=int(p.shift), out_bits=8)
+    p = tanh_params(L.scalar_scale(x, "tanh"), 16)
+    wide = L.emit("tanh", [L.env[x]], f"{out}.i16", "i16", L.g.value(out).shape, p.out_scale,
+                  m_i32=int(p.m_i32), shift=int(p.shift), out_bits=16)
+    s_out = L.act_scale(out, 8)
+    m, s = quantize_multiplier(p.out_scale / s_out)
+    L.emit("requantize", [wide], "", "i8", L.g.value(out).shape, s_out, fp=out, m_i32=m, shift=s, out_bits=8)
 
 
 def lower_mask_fill(L: _Lowerer, node: ir.Node) -> None:

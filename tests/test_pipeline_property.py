@@ -10,11 +10,10 @@ The FP32 module is built with seeded random weights, then
 
 and the test requires ``ref == cpu`` bit for bit and a cosine >= 0.98 with the FP32 torch module's
 output on valid tokens.  Configurations are only excluded where the FP32 module (i.e. the family's
-``Config.from_hf``, which follows transformers) rejects them; each exclusion says why.  Two
-findings are pinned by strict xfails at the end of the file instead: near-zero calibrated ranges
-crash lowering (examples hitting it are rejected, with a hypothesis event), and DeBERTa without
-absolute positions refuses inputs longer than ``max_position_embeddings`` (lengths are drawn up
-to that limit).
+``Config.from_hf``, which follows transformers) rejects them; each exclusion says why.  Near-zero
+calibrated ranges (all-zero attention scores) once crashed lowering: ``test_near_zero_scores_lower``
+keeps them covered.  DeBERTa without absolute positions refuses inputs longer than
+``max_position_embeddings`` (pinned by a strict xfail; lengths are drawn up to that limit).
 """
 
 from __future__ import annotations
@@ -31,7 +30,6 @@ from intengine import ir
 from intengine.calibrate import calibrate, random_batches
 from intengine.capture import CaptureError, capture
 from intengine.errors import InputError
-from intengine.kernels.errors import KernelInputError
 from intengine.lower import lower
 from intengine.models import TASKS, get_family, init_weights
 from intengine.quantize import QuantizedModel, quantize
@@ -159,22 +157,9 @@ def cosine_valid(ref: np.ndarray, got: np.ndarray, mask: np.ndarray) -> float:
 # ----------------------------------------------------------------------------- the property
 
 
-class TinyScaleRejected(Exception):
-    """Lowering hit the near-zero-range bug (see ``test_near_zero_scores_lower``)."""
-
-
 def lower_verified(g: ir.Graph, qp, family: str) -> ir.Graph:
     """lower → verify_integer."""
-    try:
-        ig = lower(g, qp, family)
-    except KernelInputError as e:
-        # Library bug: a calibrated range below ~2^-24·qmax (all-zero or near-zero attention
-        # scores / tanh inputs) reaches softmax_params / tanh_params, which raise a raw
-        # KernelInputError.  Pinned by the strict xfails below; such examples are rejected here
-        # (counted with hypothesis' event) instead of failing every run.
-        if "scale_in must be a finite scale" in str(e):
-            raise TinyScaleRejected(str(e)) from e
-        raise
+    ig = lower(g, qp, family)
     ir.verify_integer(ig)
     return ig
 
@@ -214,15 +199,13 @@ def check_outputs(fp: np.ndarray, y_ref: np.ndarray, y_cpu: np.ndarray, x: dict)
 
 
 def head_nonlinearity_explains(qm: QuantizedModel, x: dict) -> bool:
-    """True when everything up to the sequence-classification head's nonlinearity (RoBERTa's
-    ``head.act`` tanh, NEZHA's pooler tanh, DeBERTa's pooler gelu/tanh) is accurate (cosine >=
-    0.999 at its input): then a low logits cosine comes from that nonlinearity's error at small
-    input ranges (tanh: fixed 1/127 output step; i-GELU: I-BERT's erf polynomial is off by 0.096
-    at 0+), amplified by a tiny classifier (hidden 4-18, one label).  Both are pinned by strict
-    xfails below (``test_small_range_tanh_head_accuracy``, ``test_small_range_gelu_pooler_accuracy``)."""
+    """True when everything up to a sequence-classification pooler's i-GELU (DeBERTa) is
+    accurate (cosine >= 0.999 at its input): then a low logits cosine comes from I-BERT's erf
+    polynomial at small input ranges (off by 0.096 at 0+), amplified by a tiny classifier (hidden
+    4-18, one label); pinned by the strict xfail ``test_small_range_gelu_pooler_accuracy``."""
     g = qm.fp32_graph
     act = next((n for n in g.nodes if n.outputs[0] in ("head.act", "head.pooled")), None)
-    if act is None or act.op not in ("tanh", "gelu"):
+    if act is None or act.op != "gelu":
         return False
     rows = {r.name: r for r in error_report(qm, x)}
     pre = rows.get(act.inputs[0])
@@ -240,11 +223,7 @@ def test_random_config_pipeline(family, data):
     b = data.draw(st.integers(1, MAX_BATCH), label="batch")
     cfg = get_family(hf["model_type"], "config").Config.from_hf(dict(hf), "hypothesis config")
     t = data.draw(st.integers(1, min(MAX_SEQ, integer_max_length(cfg))), label="seq")
-    try:
-        fp, y_ref, y_cpu, x, qm = run_pipeline(hf, task, seed, std, b, t)
-    except TinyScaleRejected:
-        event("rejected: near-zero calibrated range (library bug, see xfail)")
-        reject()
+    fp, y_ref, y_cpu, x, qm = run_pipeline(hf, task, seed, std, b, t)
     cos = check_outputs(fp, y_ref, y_cpu, x)
     note(f"cosine {cos:.5f}")
     if cos < MIN_COSINE and task == "sequence-classification" and head_nonlinearity_explains(qm, x):
@@ -254,15 +233,6 @@ def test_random_config_pipeline(family, data):
 
 
 # ----------------------------------------------------------------------------- findings, pinned
-
-NEAR_ZERO_RANGE_BUG = (
-    "library bug: lower() derives the int16 score scale (softmax) and the tanh input scale from "
-    "the calibrated threshold floored at 1e-8 (act_scale), and passes scales below the kernels' "
-    "2^-24 minimum to softmax_params/tanh_params, which raise a raw KernelInputError (not a "
-    "LoweringError) when a head's scores or a pooler's tanh input span less than ~2e-3 (all-zero "
-    "query or pooler weights; tiny random configs: hidden 2, init std 0.02)"
-)
-
 
 def _zeroed(preset: str, task: str, module: str):
     import intengine
@@ -276,7 +246,6 @@ def _zeroed(preset: str, task: str, module: str):
     return m
 
 
-@pytest.mark.xfail(strict=True, raises=KernelInputError, reason=NEAR_ZERO_RANGE_BUG)
 @pytest.mark.parametrize("preset, task, module", [
     # scores == 0
     ("roberta-tiny", "sequence-classification", "roberta.encoder.layer.0.attention.self.query"),
@@ -288,7 +257,7 @@ def test_near_zero_scores_lower(preset, task, module):
     """A module whose attention scores (or pooler tanh input) are all zero is valid FP32 (uniform
     attention) and must quantize like any other."""
     m = _zeroed(preset, task, module)
-    qm = quantize(m, random_batches(m, 2, 4, 16))  # KernelInputError today
+    qm = quantize(m, random_batches(m, 2, 4, 16))  # raised KernelInputError before the 2^-24 scale floor
     ir.verify_integer(qm.graph)
     x = random_batches(m, 1, 3, 16, seed=5)[0]
     cos = check_outputs(torch_out(m, x), qm.run(**x, backend="ref"), qm.run(**x, backend="cpu"), x)
@@ -319,18 +288,16 @@ def test_deberta_relative_only_longer_than_max_positions(preset):
 
 
 SMALL_RANGE_HEAD = (
-    "accuracy limitation: the sequence-classification head's nonlinearity loses precision when "
-    "its inputs span a small range.  tanh (RoBERTa head.act, NEZHA pooler): lower_tanh keeps "
-    "i-tanh's fixed int8 output scale 1/127 whatever the calibrated range, so inputs within "
-    "+-0.03 leave ~4 output levels (relative error 0.22 at head.act).  gelu (DeBERTa pooler): "
-    "I-BERT's erf polynomial is 0.096 at 0+, i.e. GELU(x) is off by ~0.048|x| (~10 %) in the "
-    "near-linear regime.  A small classifier (hidden 18, 3 labels) turns that into logits "
-    "cosine 0.92-0.96 < 0.98"
+    "accuracy limitation: I-BERT's i-GELU loses precision when its inputs span a small range "
+    "(DeBERTa pooler): the erf polynomial is 0.096 at 0+, i.e. GELU(x) is off by ~0.048|x| "
+    "(~10 %) in the near-linear regime.  A small classifier (hidden 18, 3 labels) turns that "
+    "into logits cosine 0.92-0.96 < 0.98"
 )
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=SMALL_RANGE_HEAD)
 def test_small_range_tanh_head_accuracy():
+    """tanh runs at 16 bits and is requantized at the calibrated output scale (a fixed 1/127 step
+    left ~4 levels here: cosine 0.917)."""
     import intengine
 
     m = intengine.load_fp32("roberta-tiny", task="sequence-classification")
@@ -339,7 +306,7 @@ def test_small_range_tanh_head_accuracy():
     qm = quantize(m, random_batches(m, 4, 4, 16))
     x = random_batches(m, 1, 8, 16, seed=9)[0]
     cos = check_outputs(torch_out(m, x), qm.run(**x, backend="ref"), qm.run(**x, backend="cpu"), x)
-    assert cos >= MIN_COSINE, cos  # 0.917 today
+    assert cos >= MIN_COSINE, cos
 
 
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason=SMALL_RANGE_HEAD)
