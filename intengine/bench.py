@@ -450,6 +450,10 @@ def run_bench(cfg: BenchConfig) -> dict:
 # ============================================================================ reports
 
 
+def _num(v, fmt: str, missing: str = "—") -> str:
+    return missing if v is None else format(v, fmt)
+
+
 def _mb(n) -> str:
     return "—" if n is None else f"{n / 2**20:.1f}"
 
@@ -507,8 +511,8 @@ def _markdown(report: dict) -> str:
         p = report["parity"].get(eng, {})
         md.append(f"| {eng} | {r['median_ms']:.1f} | {r['min_ms']:.1f}–{r['max_ms']:.1f} | "
                   f"{r.get('speedup_vs_torch_fp32', float('nan')):.2f} | {r.get('ratio_to_ort_dynamic_int8', float('nan')):.2f} | "
-                  f"{p.get('cosine', float('nan')):.5f} | {p.get('max_abs_err', float('nan')):.3g} | "
-                  f"{p.get('argmax_agreement', float('nan')):.3f} | {_mb(r.get('model_bytes'))} | "
+                  f"{_num(p.get('cosine'), '.5f', 'ref')} | {_num(p.get('max_abs_err'), '.3g')} | "
+                  f"{_num(p.get('argmax_agreement'), '.3f')} | {_mb(r.get('model_bytes'))} | "
                   f"{_mb(r.get('peak_rss_delta_bytes'))} |")
     if report.get("skipped"):
         md += [""] + [f"- skipped {e}: {w}" for e, w in report["skipped"].items()]
