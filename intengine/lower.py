@@ -411,9 +411,7 @@ def lower_softmax(L: _Lowerer, node: ir.Node) -> None:
     # DeBERTa's pair mask m_i ∧ m_j: on a valid query row it is the key mask; rows of padded
     # queries are all-zero (XSoftmax), which a mask_fill over the query axis reproduces exactly
     keyed = L.emit(op, [vx.name, _key_mask(L, mask)], f"{out}.keyed", "u8", shape, SOFTMAX_OUT_SCALE, **attrs)
-    qmask = L.emit("reshape", [L.env[mask]], f"{mask}.queries", "bool", ("B", 1, "T", 1),
-                   shape=("B", 1, "T", 1)) if f"{mask}.queries" not in L.values else f"{mask}.queries"
-    L.emit("mask_fill", [keyed, qmask], "", "u8", shape, SOFTMAX_OUT_SCALE, fp=out)
+    L.emit("mask_fill", [keyed, L.mask_as(mask, tuple(shape))], "", "u8", shape, SOFTMAX_OUT_SCALE, fp=out)
 
 
 def lower_layernorm(L: _Lowerer, node: ir.Node) -> None:
@@ -523,7 +521,7 @@ def lower_conv1d(L: _Lowerer, node: ir.Node) -> None:
     wname = f"{node.attr('weight')}.unfolded"
     L.fconst[wname] = dense.reshape(o_ch, k * c)
     vx = L.value(x)
-    xi = L.values[L.to_i8(x)] if vx.dtype != "i8" else vx
+    xi = L.values[L.to_i8(x)]
     ufp = f"{out}.unfold"
     L.emit("unfold", [xi.name], "", "i8", tuple(vx.shape[:-1]) + (k * c,), xi.scale, fp=ufp, size=k, padding=pad)
     lower_linear(L, ir.Node("linear", (ufp,), (out,), (("weight", wname), ("bias", node.attr("bias"))), name=out))

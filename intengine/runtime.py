@@ -203,16 +203,26 @@ class Executor:
                              "model supports (position table / relative-position index): truncate the input")
         return env
 
-    def run(self, input_ids, attention_mask=None, token_type_ids=None):
-        """Run the graph; returns its (first) float32 output, or a tuple for several outputs."""
-        env = self._inputs(input_ids, attention_mask, token_type_ids)
+    def _execute(self, env: dict, *, keep_all: bool = False, times: dict | None = None) -> dict:
+        """Run the bound steps over ``env``; drops intermediates after their last use unless
+        ``keep_all`` (then every value is copied to the host); ``times`` collects seconds per op."""
         B, T = env["input_ids"].shape
         consts = self.graph.constants
         for (node, fn), free in zip(self._steps, self._free):
             ins = [env[i] if i in env else consts[i] for i in node.inputs]
-            env[node.outputs[0]] = fn(ins, B, T)
-            for i in free:
-                env.pop(i, None)
+            t0 = time.perf_counter()
+            y = fn(ins, B, T)
+            if times is not None:
+                times[node.op] = times.get(node.op, 0.0) + time.perf_counter() - t0
+            env[node.outputs[0]] = _host(y) if keep_all else y
+            if not keep_all:
+                for i in free:
+                    env.pop(i, None)
+        return env
+
+    def run(self, input_ids, attention_mask=None, token_type_ids=None):
+        """Run the graph; returns its (first) float32 output, or a tuple for several outputs."""
+        env = self._execute(self._inputs(input_ids, attention_mask, token_type_ids))
         outs = [np.asarray(_host(env[o])) for o in self.graph.outputs]
         return outs[0] if len(outs) == 1 else tuple(outs)
 
@@ -222,27 +232,13 @@ class Executor:
         self.run(input_ids, attention_mask, token_type_ids)
         per_rep: list[dict[str, float]] = []
         for _ in range(max(1, reps)):
-            env = self._inputs(input_ids, attention_mask, token_type_ids)
-            B, T = env["input_ids"].shape
-            acc: dict[str, float] = {}
-            for (node, fn), free in zip(self._steps, self._free):
-                ins = [env[i] if i in env else self.graph.constants[i] for i in node.inputs]
-                t0 = time.perf_counter()
-                env[node.outputs[0]] = fn(ins, B, T)
-                acc[node.op] = acc.get(node.op, 0.0) + time.perf_counter() - t0
-                for i in free:
-                    env.pop(i, None)
-            per_rep.append(acc)
+            per_rep.append({})
+            self._execute(self._inputs(input_ids, attention_mask, token_type_ids), times=per_rep[-1])
         return {op: float(np.median([r.get(op, 0.0) for r in per_rep])) for op in per_rep[0]}
 
     def trace(self, input_ids, attention_mask=None, token_type_ids=None) -> dict[str, np.ndarray]:
         """Every value the graph computes (for debugging and node-by-node comparisons)."""
-        env = self._inputs(input_ids, attention_mask, token_type_ids)
-        B, T = env["input_ids"].shape
-        for node, fn in self._steps:
-            ins = [env[i] if i in env else self.graph.constants[i] for i in node.inputs]
-            env[node.outputs[0]] = _host(fn(ins, B, T))
-        return env
+        return self._execute(self._inputs(input_ids, attention_mask, token_type_ids), keep_all=True)
 
 
 def _float_island(node: ir.Node, consts) -> _Fn:
