@@ -41,6 +41,7 @@ OPS: tuple[str, ...] = (
     "tanh",
     # gather.py
     "rel_gather",
+    "rel_scatter_add",
 )
 
 KERNELS: dict[tuple[str, str], Callable] = {}

@@ -1,11 +1,11 @@
-"""numba.cuda relative-position gather (bit-exact with ``kernels/gather.py``): one thread per output."""
+"""numba.cuda relative-position gather and scatter-add (bit-exact with ``kernels/gather.py``): one thread per output."""
 
 from __future__ import annotations
 
 import numpy as np
 from numba import cuda
 
-from ..gather import _check_gather_args
+from ..gather import _check_gather_args, _check_scatter_args
 from ..registry import register
 from ._util import THREADS_1D, any_device, blocks_for, finish, to_device
 
@@ -34,3 +34,34 @@ def rel_gather_cuda(x, index):
         idx = index if hasattr(index, "copy_to_host") else np.ascontiguousarray(index, dtype=np.int64)
         _gather_kernel[blocks_for(out_d.size), THREADS_1D](to_device(x).reshape(lead, t, shape[-1]), to_device(idx), out_d)
     return finish(out_d.reshape(shape[:-1] + (tp,)), any_device(x))
+
+
+@cuda.jit
+def _scatter_kernel(p3, idx, out3):
+    lead, t, size = out3.shape
+    tp = p3.shape[2]
+    start = cuda.grid(1)
+    for k in range(start, lead * t * size, cuda.gridsize(1)):
+        n = k // (t * size)
+        r = k - n * t * size
+        i = r // size
+        d = r - i * size
+        acc_i32 = np.int32(0)
+        for j in range(tp):
+            if idx[i, j] == d:
+                acc_i32 += np.int32(p3[n, i, j])
+        out3[n, i, d] = min(acc_i32, np.int32(255))
+
+
+@register("rel_scatter_add", "cuda")
+def rel_scatter_add_cuda(p, index, size):
+    """CUDA version of :func:`~intengine.kernels.gather.rel_scatter_add_ref` (one thread per output bucket)."""
+    _check_scatter_args(p, index, size)
+    shape = tuple(p.shape)
+    t, tp = shape[-2], shape[-1]
+    lead = int(np.prod(shape[:-2], dtype=np.int64))
+    out_d = cuda.device_array((lead, t, int(size)), dtype=np.uint8)
+    if out_d.size:
+        idx = index if hasattr(index, "copy_to_host") else np.ascontiguousarray(index, dtype=np.int64)
+        _scatter_kernel[blocks_for(out_d.size), THREADS_1D](to_device(p).reshape(lead, t, tp), to_device(idx), out_d)
+    return finish(out_d.reshape(shape[:-1] + (int(size),)), any_device(p))
