@@ -29,6 +29,7 @@ OPS: tuple[str, ...] = (
     "pack_weight",
     "linear",
     "matmul",
+    "pack_matmul_b",
     # gelu.py
     "gelu",
     # softmax.py
