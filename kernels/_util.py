@@ -41,3 +41,18 @@ def channel_vector(name: str, value, n: int, dtype) -> np.ndarray:
     if arr.ndim != 1 or arr.shape[0] not in (1, n):
         raise KernelInputError(f"{name} must be a scalar or a vector of length {n}, got shape {arr.shape}")
     return np.ascontiguousarray(np.broadcast_to(arr, (n,)), dtype=dtype)
+
+
+def output_array(out, shape, dtype) -> np.ndarray:
+    """The kernel's output array: a fresh one, or the caller's ``out`` after checking that it is a
+    C-contiguous numpy array of exactly ``shape`` and ``dtype`` (the runtime's planned buffers)."""
+    shape, dtype = tuple(int(d) for d in shape), np.dtype(dtype)
+    if out is None:
+        return np.empty(shape, dtype)
+    if not (isinstance(out, np.ndarray) and out.shape == shape and out.dtype == dtype and out.flags.c_contiguous
+            and out.flags.writeable):
+        got = (f"{type(out).__name__} {getattr(out, 'dtype', '?')}{tuple(getattr(out, 'shape', ()))}"
+               if hasattr(out, "shape") else type(out).__name__)
+        raise KernelInputError(f"out must be a writeable C-contiguous numpy array of dtype {dtype.name} and shape "
+                               f"{shape}, got {got}")
+    return out

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ._util import check_int
+from ._util import check_int, output_array
 from .errors import KernelInputError
 from .registry import register
 
@@ -62,17 +62,19 @@ def _gather_rows(x3, idx, out3):
 
 
 @register("rel_gather", "cpu")
-def rel_gather_cpu(x: np.ndarray, index: np.ndarray) -> np.ndarray:
-    """numba :func:`rel_gather_ref` (bit-exact): one parallel task per ``(batch, row)``."""
+def rel_gather_cpu(x: np.ndarray, index: np.ndarray, out=None) -> np.ndarray:
+    """numba :func:`rel_gather_ref` (bit-exact): one parallel task per ``(batch, row)``;
+    ``out``: optional preallocated result."""
     _check_gather_args(x, index)
     x = np.asarray(x)
     shape = x.shape
     x3 = np.ascontiguousarray(x).reshape(-1, shape[-2], shape[-1])
     idx = np.ascontiguousarray(index, dtype=np.int64)
-    out3 = np.empty((x3.shape[0], shape[-2], idx.shape[1]), x.dtype)
+    result = output_array(out, shape[:-1] + (idx.shape[1],), x.dtype)
+    out3 = result.reshape(x3.shape[0], shape[-2], idx.shape[1])
     if out3.size:
         _gather_rows(x3, idx, out3)
-    return out3.reshape(shape[:-1] + (idx.shape[1],))
+    return result
 
 
 # ----------------------------------------------------------------------------- scatter-add
@@ -132,14 +134,16 @@ def _scatter_rows(p3, idx, out3):
 
 
 @register("rel_scatter_add", "cpu")
-def rel_scatter_add_cpu(p: np.ndarray, index: np.ndarray, size: int) -> np.ndarray:
-    """numba :func:`rel_scatter_add_ref` (bit-exact): one parallel task per ``(batch, row)``."""
+def rel_scatter_add_cpu(p: np.ndarray, index: np.ndarray, size: int, out=None) -> np.ndarray:
+    """numba :func:`rel_scatter_add_ref` (bit-exact): one parallel task per ``(batch, row)``;
+    ``out``: optional preallocated result."""
     _check_scatter_args(p, index, size)
     p = np.asarray(p)
     shape = p.shape
     p3 = np.ascontiguousarray(p).reshape(-1, shape[-2], shape[-1])
     idx = np.ascontiguousarray(index, dtype=np.int64)
-    out3 = np.empty((p3.shape[0], shape[-2], int(size)), np.uint8)
+    result = output_array(out, shape[:-1] + (int(size),), np.uint8)
+    out3 = result.reshape(p3.shape[0], shape[-2], int(size))
     if out3.size:
         _scatter_rows(p3, idx, out3)
-    return out3.reshape(shape[:-1] + (int(size),))
+    return result

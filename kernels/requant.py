@@ -20,7 +20,7 @@ from numba import types
 from numba.core import cgutils, config
 from numba.extending import intrinsic
 
-from ._util import channel_vector, check_int, container_for_bits, qmax_for_bits
+from ._util import channel_vector, check_int, container_for_bits, output_array, qmax_for_bits
 from .errors import KernelInputError
 from .registry import register
 
@@ -338,23 +338,24 @@ def as_rows(x: np.ndarray) -> np.ndarray:
 
 
 @register("requantize", "cpu")
-def requantize_cpu(x: np.ndarray, m_i32, shift, out_bits: int = 8) -> np.ndarray:
-    """numba version of :func:`requantize_ref` (bit-exact)."""
+def requantize_cpu(x: np.ndarray, m_i32, shift, out_bits: int = 8, out=None) -> np.ndarray:
+    """numba version of :func:`requantize_ref` (bit-exact); ``out``: optional preallocated result."""
     out_dtype, m_vec, s_vec = _check_requant_args(x, m_i32, shift, out_bits)
-    out = np.empty(x.shape, dtype=out_dtype)
+    out = output_array(out, x.shape, out_dtype)
     if out.size:
         _requantize_2d(as_rows(x), m_vec.astype(np.int32), s_vec, np.int64(qmax_for_bits(out_bits)), as_rows(out))
     return out
 
 
 @register("rescale_add", "cpu")
-def rescale_add_cpu(a: np.ndarray, m_a, shift_a, b: np.ndarray, m_b, shift_b, out_bits: int = 8) -> np.ndarray:
-    """numba version of :func:`rescale_add_ref` (bit-exact)."""
+def rescale_add_cpu(a: np.ndarray, m_a, shift_a, b: np.ndarray, m_b, shift_b, out_bits: int = 8,
+                    out=None) -> np.ndarray:
+    """numba version of :func:`rescale_add_ref` (bit-exact); ``out``: optional preallocated result."""
     if a.shape != b.shape:
         raise KernelInputError(f"rescale_add operands must have the same shape, got {a.shape} and {b.shape}")
     out_dtype, ma, sa = _check_requant_args(a, m_a, shift_a, out_bits)
     _, mb, sb = _check_requant_args(b, m_b, shift_b, out_bits)
-    out = np.empty(a.shape, dtype=out_dtype)
+    out = output_array(out, a.shape, out_dtype)
     if out.size:
         _rescale_add_2d(as_rows(a), ma.astype(np.int32), sa, as_rows(b), mb.astype(np.int32), sb,
                         np.int64(qmax_for_bits(out_bits)), as_rows(out))

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 import numba
 import numpy as np
 
-from ._util import check_int, container_for_bits, qmax_for_bits
+from ._util import check_int, container_for_bits, output_array, qmax_for_bits
 from .registry import register
 from .requant import lut_u8, wide_vectors
 from .softmax import (
@@ -152,8 +152,8 @@ INT8_BY_BYTE = np.arange(256, dtype=np.uint8).view(np.int8)  # byte b holds the 
 
 
 @register("tanh", "cpu")
-def tanh_cpu(x: np.ndarray, m_i32: int, shift: int, out_bits: int = 8) -> np.ndarray:
-    """numba version of :func:`tanh_ref` (bit-exact).
+def tanh_cpu(x: np.ndarray, m_i32: int, shift: int, out_bits: int = 8, out=None) -> np.ndarray:
+    """numba version of :func:`tanh_ref` (bit-exact); ``out``: optional preallocated result.
 
     int8 inputs: a 256-entry table of :func:`tanh_ref` (cached per
     ``(m_i32, shift, out_bits)``), applied with ``vpermi2b`` where available.
@@ -162,13 +162,14 @@ def tanh_cpu(x: np.ndarray, m_i32: int, shift: int, out_bits: int = 8) -> np.nda
     """
     m, s, out_dtype, q = _check_tanh_args(x, m_i32, shift, out_bits)
     x1 = np.ascontiguousarray(x).reshape(-1)
-    out = np.empty(x1.size, out_dtype)
+    result = output_array(out, x.shape, out_dtype)
+    out1 = result.reshape(-1)
     if x1.size == 0:
         pass
     elif x1.dtype == np.int8:
-        lut_u8(x1, _int8_table(m, s, int(out_bits)), out)
+        lut_u8(x1, _int8_table(m, s, int(out_bits)), out1)
     elif q <= FLOAT_DIV_MAX_Q:
-        _tanh_flat_f64(x1, np.int64(m), np.int64(s), np.int64(q), out)
+        _tanh_flat_f64(x1, np.int64(m), np.int64(s), np.int64(q), out1)
     else:
-        _tanh_flat(x1, np.int64(m), np.int64(s), np.int64(q), out)
-    return out.reshape(x.shape)
+        _tanh_flat(x1, np.int64(m), np.int64(s), np.int64(q), out1)
+    return result
