@@ -25,6 +25,10 @@ from dataclasses import dataclass
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from ._util import channel_vector, check_int, container_for_bits, qmax_for_bits
 from .errors import KernelInputError
@@ -313,6 +317,212 @@ def _gelu_requant_rows(x2, lsh, rsh, half, clip, b_int, c_int, m_erf_i32, h_erf,
                 orow[c] = min(max(v_i64, -q), q)
 
 
+# ----------------------------------------------------------------------------- 16-lane int32 path
+
+V16 = 16  # int32 lanes per step of the hand-vectorized kernel
+FAST_CHUNK = 1 << 14  # elements per parallel task (a multiple of V16)
+
+
+def _gelu16_codegen(left: bool, requant: bool):
+    """LLVM IR of 16 elements of i-GELU (int32 ``x``), bit-identical to :func:`gelu_scalar`.
+
+    Lanes: ``a, d, L`` and the sign live in 16 int32 lanes (exact: ``a ≤ -b_int < 2^16``,
+    ``d² < 2^32`` wraps to the exact ``|L| < 2^31``); each product ``L·m_erf``,
+    ``x·(2^29 + E)``, ``y·m_i32`` is 32×32→64 bits (``vpmuldq``) on the even and odd
+    lanes, and the results come back to 16 int32 lanes by one ``vpermt2d``:
+
+    * ``E = (±L·m_erf + 2^(se-1)) >> se`` fits int32 (checked by :func:`_fast_plan`),
+      then is clamped to ``±2^29`` in 32 bits;
+    * ``y = clip(R(p, os), ±I) = R(clip(p, vlo, vhi), os)`` with ``vhi = I·2^os - 2^(os-1)``,
+      ``vlo = -I·2^os - 2^(os-1)`` (``R`` is non-decreasing and ``R(vhi) = I``, ``R(vlo) = -I``);
+    * requantize: ``(y·m + 2^(s-1)) >> s`` fits int32 (checked), clamped to ``±Q`` in 32 bits.
+
+    ``left``: ``a = min(min(|x|, lim) << lsh, clip)`` with ``lim = (clip >> lsh) + 1`` (equal to
+    ``min(|x| << lsh, clip)``, never above 2^32); else ``a = min((|x| + half) >> rsh, clip)``
+    (``|x| + half ≤ 2^31 + 2^30`` as uint32 for ``rsh ≤ 31``).
+    """
+
+    def codegen(context, builder, signature, args):
+        i32, i64 = ir.IntType(32), ir.IntType(64)
+        v16, v8 = ir.VectorType(i32, 16), ir.VectorType(i64, 8)
+        (x_addr, o_addr, sh_i64, rnd_i64, clip_i64, b_i64, c_i64, merf_i64, herf_i64, se_i64, vlo_i64, vhi_i64,
+         hout_i64, os_i64, mq_i64, hq_i64, sq_i64, q_i64) = args
+
+        def splat(ty, val):
+            n = ty.count
+            vec = builder.insert_element(ir.Constant(ty, ir.Undefined), val, ir.Constant(i32, 0))
+            return builder.shuffle_vector(vec, ir.Constant(ty, ir.Undefined), ir.Constant(ir.VectorType(i32, n), [0] * n))
+
+        def s32(val):
+            return splat(v16, builder.trunc(val, i32))
+
+        def s64(val):
+            return splat(v8, val)
+
+        def s64x32(val):  # a splat int32 constant as int64 lanes, visibly sign-extended (vpmuldq, not vpmullq)
+            return splat(v8, builder.sext(builder.trunc(val, i32), i64))
+
+        def sext_lo(q):  # int64 lanes known to hold int32 values
+            return builder.ashr(builder.shl(q, c64(32)), c64(32))
+
+        c32 = lambda k: ir.Constant(v16, k)
+        c64 = lambda k: ir.Constant(v8, k)
+
+        def even(v):  # int64 lanes holding the sign-extended even int32 lanes of v
+            return sext_lo(builder.bitcast(v, v8))
+
+        def odd(v):  # the odd lanes moved down by vpshufd (port 5) rather than a 64-bit shift (port 0)
+            return sext_lo(builder.bitcast(builder.shuffle_vector(v, v, ir.Constant(v16, [k | 1 for k in range(16)])), v8))
+
+        def join(lo, hi):  # low dwords of the even/odd int64 results -> 16 int32 lanes
+            a, b = builder.bitcast(lo, v16), builder.bitcast(hi, v16)
+            return builder.shuffle_vector(a, b, ir.Constant(v16, [k if k % 2 == 0 else 15 + k for k in range(16)]))
+
+        def join_hi(lo, hi):  # high dwords of the even/odd int64 results -> 16 int32 lanes
+            a, b = builder.bitcast(lo, v16), builder.bitcast(hi, v16)
+            return builder.shuffle_vector(a, b, ir.Constant(v16, [k + 1 if k % 2 == 0 else 16 + k for k in range(16)]))
+
+        def smin(a, b):
+            return builder.select(builder.icmp_signed("<", a, b), a, b)
+
+        def smax(a, b):
+            return builder.select(builder.icmp_signed(">", a, b), a, b)
+
+        def umin(a, b):
+            return builder.select(builder.icmp_unsigned("<", a, b), a, b)
+
+        x = builder.load(builder.inttoptr(x_addr, v16.as_pointer()), align=4)
+        neg = builder.icmp_signed("<", x, c32(0))
+        ax = builder.select(neg, builder.sub(c32(0), x), x)  # |x| as uint32 (|-2^31| = 2^31)
+        clip = s32(clip_i64)
+        if left:  # rnd = lim
+            a = umin(builder.shl(umin(ax, s32(rnd_i64)), s32(sh_i64)), clip)
+        else:  # rnd = half
+            a = umin(builder.lshr(builder.add(ax, s32(rnd_i64)), s32(sh_i64)), clip)
+        d = builder.add(a, s32(b_i64))
+        poly = builder.add(builder.mul(d, d), s32(c_i64))
+        poly = builder.select(neg, builder.sub(c32(0), poly), poly)
+        merf, herf, se = s64x32(merf_i64), s64(herf_i64), s64(se_i64)
+        e_lo = builder.ashr(builder.add(builder.mul(even(poly), merf), herf), se)
+        e_hi = builder.ashr(builder.add(builder.mul(odd(poly), merf), herf), se)
+        one = 1 << ERF_FRAC_BITS
+        w = builder.add(smin(smax(join(e_lo, e_hi), c32(-one)), c32(one)), c32(one))  # 2^29 + E ∈ [0, 2^30]
+        vlo, vhi, hout, osh = s64(vlo_i64), s64(vhi_i64), s64(hout_i64), s64(os_i64)
+        y_lo = builder.ashr(builder.add(smax(smin(builder.mul(even(x), even(w)), vhi), vlo), hout), osh)
+        y_hi = builder.ashr(builder.add(smax(smin(builder.mul(odd(x), odd(w)), vhi), vlo), hout), osh)
+        if requant:
+            mq, hq, sq = s64x32(mq_i64), s64(hq_i64), s64(sq_i64)
+            r_lo = builder.add(builder.mul(sext_lo(y_lo), mq), hq)
+            r_hi = builder.add(builder.mul(sext_lo(y_hi), mq), hq)
+            q = s32(q_i64)
+            r = builder.ashr(join_hi(r_lo, r_hi), s32(sq_i64))  # (v >> 32) >> (s - 32) = v >> s
+            r = smax(smin(r, q), builder.sub(c32(0), q))
+            v16i8 = ir.VectorType(ir.IntType(8), 16)
+            builder.store(builder.trunc(r, v16i8), builder.inttoptr(o_addr, v16i8.as_pointer()), align=1)
+        else:
+            builder.store(join(y_lo, y_hi), builder.inttoptr(o_addr, v16.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    return codegen
+
+
+def _make_gelu16(left: bool, requant: bool):
+    def gelu16(typingctx, x_addr, o_addr, sh, rnd, clip, b_int, c_int, m_erf, h_erf, shift_erf, vlo, vhi, h_out,
+               out_shift, m_q, h_q, s_q, q):
+        args = (x_addr, o_addr, sh, rnd, clip, b_int, c_int, m_erf, h_erf, shift_erf, vlo, vhi, h_out, out_shift,
+                m_q, h_q, s_q, q)
+        if not all(isinstance(t, types.Integer) for t in args):
+            return None
+        return types.none(*args), _gelu16_codegen(left, requant)
+
+    return intrinsic(gelu16)
+
+
+_gelu16_r = _make_gelu16(False, False)
+_gelu16_l = _make_gelu16(True, False)
+_gelu16_rq_r = _make_gelu16(False, True)
+_gelu16_rq_l = _make_gelu16(True, True)
+
+
+@numba.njit(parallel=True, cache=True, error_model="numpy")
+def _gelu16_flat(x1, left, requant, sh, rnd, clip, b_int, c_int, m_erf, h_erf, shift_erf, vlo, vhi, h_out, out_shift,
+                 m_q, h_q, s_q, q, lsh, rsh, half, m_erf_i32, out1):
+    """Flat i-GELU over int32 ``x1`` in 16-lane steps (:func:`_gelu16_codegen`), scalar tail.
+
+    ``requant``: per-tensor epilogue into int8 ``out1``; else int32 ``out1``.
+    """
+    n = x1.size
+    xa = x1.ctypes.data
+    oa = out1.ctypes.data
+    for k in numba.prange((n + FAST_CHUNK - 1) // FAST_CHUNK):
+        lo = k * FAST_CHUNK
+        hi = min(n, lo + FAST_CHUNK)
+        i = lo
+        if left:
+            if requant:
+                while i + V16 <= hi:
+                    _gelu16_rq_l(xa + 4 * i, oa + i, sh, rnd, clip, b_int, c_int, m_erf, h_erf, shift_erf, vlo, vhi,
+                                 h_out, out_shift, m_q, h_q, s_q, q)
+                    i += V16
+            else:
+                while i + V16 <= hi:
+                    _gelu16_l(xa + 4 * i, oa + 4 * i, sh, rnd, clip, b_int, c_int, m_erf, h_erf, shift_erf, vlo, vhi,
+                              h_out, out_shift, m_q, h_q, s_q, q)
+                    i += V16
+        else:
+            if requant:
+                while i + V16 <= hi:
+                    _gelu16_rq_r(xa + 4 * i, oa + i, sh, rnd, clip, b_int, c_int, m_erf, h_erf, shift_erf, vlo, vhi,
+                                 h_out, out_shift, m_q, h_q, s_q, q)
+                    i += V16
+            else:
+                while i + V16 <= hi:
+                    _gelu16_r(xa + 4 * i, oa + 4 * i, sh, rnd, clip, b_int, c_int, m_erf, h_erf, shift_erf, vlo, vhi,
+                              h_out, out_shift, m_q, h_q, s_q, q)
+                    i += V16
+        for j in range(i, hi):
+            y_i64 = gelu_simd(np.int64(x1[j]), lsh, rsh, half, clip, b_int, c_int, m_erf_i32, h_erf, shift_erf,
+                              h_out, out_shift)
+            if requant:
+                v_i64 = (y_i64 * m_q + h_q) >> (s_q + 32)  # (s_q holds s - 32)
+                out1[j] = min(max(v_i64, -q), q)
+            else:
+                out1[j] = y_i64
+
+
+def _fast_plan(x, in_shift, b_int, c_int, m_erf, shift_erf, out_shift, m_vec, s_vec, out_dtype, q):
+    """Arguments of :func:`_gelu16_flat` when its int32 bounds hold for these constants, else None.
+
+    Checked exactly (Python integers): ``rsh ≤ 31``; ``E`` before its clamp fits int32 for every
+    ``|L| ≤ max(-c_int, |b_int² + c_int|)``; with an epilogue, a per-tensor ``(m, s)``, an int8
+    container and ``(y·m + 2^(s-1)) >> s`` within int32 for ``|y| ≤ 2^31 - 1``.
+    """
+    if x.dtype != np.int32 or in_shift > 31:
+        return None
+    lsh, rsh = max(-in_shift, 0), max(in_shift, 0)
+    pmax = max(-c_int, abs(b_int * b_int + c_int))
+    h_erf = 1 << (shift_erf - 1)
+    if not (-(1 << 31) <= (-pmax * -m_erf + h_erf) >> shift_erf and (pmax * -m_erf + h_erf) >> shift_erf < (1 << 31)):
+        return None
+    requant = m_vec is not None
+    m_q = h_q = s_q = 0
+    if requant:
+        m_q, s_q = int(m_vec[0]), int(s_vec[0])
+        if out_dtype != np.int8 or s_q < 32 or not (np.all(m_vec == m_q) and np.all(s_vec == s_q)):
+            return None
+        h_q = 1 << (s_q - 1)
+        big = I32_MAX * abs(m_q)
+        if not (-(1 << 31) <= (-big + h_q) >> s_q and (big + h_q) >> s_q < (1 << 31)):
+            return None
+    h_out = 1 << (out_shift - 1)
+    left = lsh > 0
+    sh, rnd = (lsh, ((-b_int) >> lsh) + 1) if left else (rsh, (1 << rsh) >> 1)
+    ints = (sh, rnd, -b_int, b_int, c_int, m_erf, h_erf, shift_erf, -I32_MAX * (1 << out_shift) - h_out,
+            I32_MAX * (1 << out_shift) - h_out, h_out, out_shift, m_q, h_q, s_q - 32 if requant else 0, q)
+    return (left, requant, *(np.int64(v) for v in ints), np.int64(lsh), np.int64(rsh), np.int64((1 << rsh) >> 1),
+            np.int32(m_erf))
+
+
 @numba.njit(parallel=True, cache=True, error_model="numpy")
 def _lut_requant_2d(x2, table_i32, m_i32, h_i64, s_i64, q, out2):
     """int8 inputs, per-channel epilogue: ``y = table[u8(x)]`` then requantize."""
@@ -342,20 +552,44 @@ def _int8_table(ints: tuple, m: int | None, s: int | None, out_bits: int) -> np.
     return table
 
 
+def check_out(out, shape, dtype) -> np.ndarray | None:
+    """Validate a caller-provided output buffer: a C-contiguous numpy array of exactly ``shape``/``dtype``."""
+    if out is None:
+        return None
+    want = f"a C-contiguous numpy array of shape {tuple(shape)} and dtype {np.dtype(dtype).name}"
+    if not isinstance(out, np.ndarray):
+        raise KernelInputError(f"out must be {want}, got {type(out).__name__}")
+    if tuple(out.shape) != tuple(shape) or out.dtype != np.dtype(dtype) or not out.flags.c_contiguous \
+            or not out.flags.writeable:
+        flags = "" if out.flags.c_contiguous and out.flags.writeable else (
+            ", not C-contiguous" if not out.flags.c_contiguous else ", read-only")
+        raise KernelInputError(f"out must be {want}, got shape {tuple(out.shape)} and dtype {out.dtype}{flags}")
+    return out
+
+
 @register("gelu", "cpu")
 def gelu_cpu(x: np.ndarray, in_shift: int, b_int: int, c_int: int, m_erf: int, shift_erf: int, out_shift: int,
-             m_i32=None, shift=None, out_bits: int = 8) -> np.ndarray:
-    """numba version of :func:`gelu_ref` (bit-exact, parallel over rows, 512-bit SIMD).
+             m_i32=None, shift=None, out_bits: int = 8, *, out=None) -> np.ndarray:
+    """numba version of :func:`gelu_ref` (bit-exact, parallel, 512-bit SIMD).
 
     int8 inputs (from ``LUT_MIN_SIZE`` elements on) go through a 256-entry
     table of :func:`gelu_ref` (cached per parameters): with a per-tensor
     epilogue the table holds the requantized outputs (``vpermi2b`` for int8
     out), otherwise the int32 ``y`` and the per-channel epilogue follows.
+    int32 inputs (no epilogue, or a per-tensor one into int8) run 16 int32
+    lanes per step (:func:`_gelu16_codegen`) when :func:`_fast_plan` proves its
+    32-bit bounds for the constants; everything else runs 8 int64 lanes
+    (:func:`gelu_simd`).
+
+    ``out``: optional C-contiguous numpy array with the output's exact shape and
+    dtype (int32, or the ``out_bits`` container); written and returned.
     """
     out_dtype, q, m_vec, s_vec = _check_gelu_args(x, in_shift, b_int, c_int, m_erf, shift_erf, out_shift,
                                                   m_i32, shift, out_bits)
     x = np.ascontiguousarray(x).reshape(x.shape)  # (keeps 0-d inputs 0-d)
-    out = np.empty(x.shape, dtype=out_dtype)
+    out = check_out(out, x.shape, out_dtype)
+    if out is None:
+        out = np.empty(x.shape, dtype=out_dtype)
     if x.size == 0:
         return out
     x2 = x.reshape(-1, x.shape[-1] if x.ndim else 1)
@@ -369,6 +603,10 @@ def gelu_cpu(x: np.ndarray, in_shift: int, b_int: int, c_int: int, m_erf: int, s
         else:
             table = _int8_table(ints, None, None, int(out_bits))
             _lut_requant_2d(x2, table, *requant_vectors(m_vec, s_vec), np.int64(q), o2)
+        return out
+    plan = _fast_plan(x, *ints, m_vec, s_vec, out_dtype, int(q))
+    if plan is not None:
+        _gelu16_flat(x.reshape(-1), *plan, out.reshape(-1))
         return out
     lsh, rsh = max(-ints[0], 0), max(ints[0], 0)
     consts = (np.int64(lsh), np.int64(rsh), np.int64((1 << rsh) >> 1), np.int64(-b_int), np.int64(b_int),
