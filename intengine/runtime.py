@@ -16,7 +16,11 @@ arrays.
 
 from __future__ import annotations
 
+import inspect
+import threading
 import time
+from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -26,10 +30,9 @@ from .errors import InputError
 from .interp import prepare_inputs
 from .kernels.registry import get_kernel
 
-__all__ = ["Executor", "run_integer"]
+__all__ = ["BufferPlan", "Executor", "plan_buffers", "run_integer"]
 
-_Fn = Callable[[list, int, int], np.ndarray]
-
+_Fn = Callable[..., np.ndarray]  # (ins, B, T[, out=]) → the node's value
 
 def _resolve(shape, B: int, T: int) -> tuple[int, ...]:
     return tuple(B if d == "B" else T if d == "T" else int(d) for d in shape)
@@ -39,15 +42,60 @@ def _host(x):
     return x.copy_to_host() if hasattr(x, "copy_to_host") else x
 
 
-class Executor:
-    """An integer graph bound to one backend (weights packed once, here)."""
+MAX_PLANS = 4  # buffer plans kept per executor (one per input shape (B, T), least recently used dropped)
 
-    def __init__(self, graph: ir.Graph, backend: str = "ref"):
+
+@dataclass(frozen=True)
+class _Step:
+    """A bound node: ``fn(ins, B, T)``, and ``fn(ins, B, T, out=buffer)`` when ``takes_out``."""
+
+    fn: _Fn
+    takes_out: bool = False
+
+
+def _with_out(kernel, fn: _Fn) -> _Step:
+    """``fn`` forwards ``out=`` to ``kernel``: plannable when the kernel has an ``out`` parameter."""
+    return _Step(fn, "out" in inspect.signature(kernel).parameters)
+
+
+def _copy_into(out, view) -> np.ndarray:
+    if out is None:
+        return np.ascontiguousarray(view)
+    np.copyto(out, view)
+    return out
+
+
+@dataclass
+class BufferPlan:
+    """Preallocated outputs for one input shape: ``outs[k]`` is node ``k``'s output buffer (None:
+    the node allocates, e.g. a view or a graph output).  Buffers are views into ``blocks``, reused
+    by values whose lifetimes do not overlap (greedy best fit in node order)."""
+
+    shape: tuple[int, int]
+    outs: list
+    blocks: list
+    escaping: frozenset  # graph outputs that view planned memory (copied before they are returned)
+
+    @property
+    def nbytes(self) -> int:
+        return int(sum(b.nbytes for b in self.blocks))
+
+
+class Executor:
+    """An integer graph bound to one backend (weights packed once, here).
+
+    On the ``cpu`` backend (``plan_buffers``) the first call at each input shape ``(B, T)``
+    records every node's output and plans the buffers (:class:`BufferPlan`); later calls at that
+    shape write every kernel output into its planned buffer, so a call allocates only views and
+    the graph outputs.  A lock serialises calls that use a plan (the buffers are shared).
+    """
+
+    def __init__(self, graph: ir.Graph, backend: str = "ref", plan_buffers: bool | None = None):
         if graph.stage not in ("integer", "mixed"):
             raise ir.GraphError(f"the runtime executes lowered graphs (stage 'integer' or 'mixed'), got {graph.stage!r}")
         ir.verify_lowered(graph)
         self.graph, self.backend = graph, backend
-        self._steps: list[tuple[ir.Node, _Fn]] = [(n, self._bind(n)) for n in graph.nodes]
+        self._steps: list[tuple[ir.Node, _Step]] = [(n, self._bind(n)) for n in graph.nodes]
         last: dict[str, int] = {}
         for k, n in enumerate(graph.nodes):
             for i in n.inputs:
@@ -56,6 +104,11 @@ class Executor:
         keep = set(graph.outputs)
         self._free = [[i for i in n.inputs if last.get(i) == k and i not in keep and i not in graph.constants]
                       for k, n in enumerate(graph.nodes)]
+        # values nobody reads die at once (unless they are graph outputs)
+        self._unused = [[o for o in n.outputs if o not in last and o not in keep] for n in graph.nodes]
+        self.plan_buffers = backend == "cpu" if plan_buffers is None else bool(plan_buffers)
+        self._plans: OrderedDict[tuple[int, int], BufferPlan] = OrderedDict()
+        self._lock = threading.Lock()
 
     # ---------------------------------------------------------------- binding
     def _c(self, name):
@@ -72,62 +125,62 @@ class Executor:
             k = get_kernel("linear", be)
             bias = C(a("bias"))
             m, s, bits = C(a("m_i32")), C(a("shift")), a("out_bits", 8)
-            return lambda ins, B, T: k(ins[0], packed, bias, m, s, bits)
+            return _with_out(k, lambda ins, B, T, **o: k(ins[0], packed, bias, m, s, bits, **o))
         if op == "matmul":
             k = get_kernel("matmul", be)
             m, s, bits = C(a("m_i32")), C(a("shift")), a("out_bits", 8)
-            return lambda ins, B, T: k(ins[0], ins[1], m, s, bits)
+            return _with_out(k, lambda ins, B, T, **o: k(ins[0], ins[1], m, s, bits, **o))
         if op == "requantize":
             k = get_kernel("requantize", be)
             m, s, bits = C(a("m_i32")), C(a("shift")), a("out_bits")
-            return lambda ins, B, T: k(ins[0], m, s, bits)
+            return _with_out(k, lambda ins, B, T, **o: k(ins[0], m, s, bits, **o))
         if op == "rescale_add":
             k = get_kernel("rescale_add", be)
             ma, sa, mb, sb = C(a("m_a")), C(a("shift_a")), C(a("m_b")), C(a("shift_b"))
             bits = a("out_bits")
-            return lambda ins, B, T: k(ins[0], ma, sa, ins[1], mb, sb, bits)
+            return _with_out(k, lambda ins, B, T, **o: k(ins[0], ma, sa, ins[1], mb, sb, bits, **o))
         if op == "gelu":
             k = get_kernel("gelu", be)
             kw = {n: a(n) for n in ("in_shift", "b_int", "c_int", "m_erf", "shift_erf", "out_shift")}
             m, s, bits = C(a("m_i32")), C(a("shift")), a("out_bits", 8)
-            return lambda ins, B, T: k(ins[0], **kw, m_i32=m, shift=s, out_bits=bits)
+            return _with_out(k, lambda ins, B, T, **o: k(ins[0], **kw, m_i32=m, shift=s, out_bits=bits, **o))
         if op == "softmax":
             k = get_kernel("softmax", be)
             m, s = a("m_i32"), a("shift")
-            return lambda ins, B, T: k(ins[0], ins[1], m, s)
+            return _with_out(k, lambda ins, B, T, **o: k(ins[0], ins[1], m, s, **o))
         if op == "layernorm":
             k = get_kernel("layernorm", be)
             m, s, bias = C(a("m_i32")), C(a("shift")), C(a("bias_i64"))
             em, ee, bits = a("eps_m"), a("eps_e"), a("out_bits")
-            return lambda ins, B, T: k(ins[0], m, s, bias, em, ee, bits)
+            return _with_out(k, lambda ins, B, T, **o: k(ins[0], m, s, bias, em, ee, bits, **o))
         if op == "tanh":
             k = get_kernel("tanh", be)
             m, s, bits = a("m_i32"), a("shift"), a("out_bits")
-            return lambda ins, B, T: k(ins[0], m, s, bits)
+            return _with_out(k, lambda ins, B, T, **o: k(ins[0], m, s, bits, **o))
         if op == "dequantize":
             k = get_kernel("dequantize", be)
             scale, axis = a("scale"), a("axis")
             sc = np.asarray(scale, dtype=np.float32)
-            return lambda ins, B, T: _host(k(_host(ins[0]), sc if sc.ndim else sc.item(), axis))
+            return _Step(lambda ins, B, T: _host(k(_host(ins[0]), sc if sc.ndim else sc.item(), axis)))
         if op in ir.FLOAT_ISLAND_OPS:
-            return _float_island(node, self.graph.constants)
+            return _Step(_float_island(node, self.graph.constants))
         # ---- integer data movement (host numpy)
         if op == "embedding_lookup":
             table = self.graph.constants[a("table")]
             label = node.label
 
-            def lookup(ins, B, T):
+            def lookup(ins, B, T, out=None):
                 ids = ins[0]
                 if ids.size and (ids.min() < 0 or ids.max() >= table.shape[0]):
                     bad = int(ids.min()) if ids.min() < 0 else int(ids.max())
                     raise InputError(f"{label}: index {bad} outside the embedding table [0, {table.shape[0]})")
-                return table[ids]
+                return np.take(table, ids, axis=0, out=out)
 
-            return lookup
+            return _Step(lookup, True)
         if op == "position_ids":
             kind, pad = a("kind"), a("padding_idx")
             if kind == "arange":
-                return lambda ins, B, T: np.broadcast_to(np.arange(T, dtype=np.int64), (B, T)).copy()
+                return _Step(lambda ins, B, T: np.broadcast_to(np.arange(T, dtype=np.int64), (B, T)).copy())
             if kind != "padding":
                 raise ir.GraphError(f"node {node.label}: unknown position_ids kind {kind!r}")
 
@@ -135,36 +188,40 @@ class Executor:
                 not_pad = (ins[0] != pad).astype(np.int64)
                 return np.cumsum(not_pad, axis=1) * not_pad + pad
 
-            return positions
+            return _Step(positions)
         if op == "reshape":
             shape = a("shape")
-            return lambda ins, B, T: _host(ins[0]).reshape(_resolve(shape, B, T))
+            return _Step(lambda ins, B, T: _host(ins[0]).reshape(_resolve(shape, B, T)))
         if op == "transpose":
             perm = a("perm")
-            return lambda ins, B, T: np.ascontiguousarray(np.transpose(_host(ins[0]), perm))
+            return _Step(lambda ins, B, T, out=None: _copy_into(out, np.transpose(_host(ins[0]), perm)), True)
         if op == "select":
             axis, index = a("axis"), a("index")
-            return lambda ins, B, T: np.ascontiguousarray(np.take(_host(ins[0]), index, axis=axis))
+            return _Step(lambda ins, B, T: np.ascontiguousarray(np.take(_host(ins[0]), index, axis=axis)))
         if op == "cast_int":
             dt = ir.NUMPY_DTYPES[a("to")]
-            return lambda ins, B, T: _host(ins[0]).astype(dt)
+            return _Step(lambda ins, B, T: _host(ins[0]).astype(dt))
         if op == "gather":
             index = self.graph.constants[a("index")]
             k = get_kernel("rel_gather", be)
             sliced: dict[int, np.ndarray] = {}  # T → contiguous index[:T, :T], built once per length
 
-            def gather(ins, B, T):
+            def gather(ins, B, T, **o):
                 t = ins[0].shape[-2]
                 if t > index.shape[0]:
                     raise InputError(f"sequence length {t} exceeds the {index.shape[0]} positions of {node.label}")
                 if t not in sliced:
                     sliced[t] = np.ascontiguousarray(index[:t, :t])
-                return k(ins[0], sliced[t])
+                return k(ins[0], sliced[t], **o)
 
-            return gather
+            return _with_out(k, gather)
         if op == "mask_fill":
-            # out = x where mask (broadcast) else 0: padded positions become exact zeros
-            return lambda ins, B, T: np.where(_host(ins[1]), _host(ins[0]), 0).astype(_host(ins[0]).dtype)
+            # out = x where mask (broadcast) else 0 (x·mask, exact): padded positions become exact zeros
+            def mask_fill(ins, B, T, out=None):
+                x, mask = _host(ins[0]), _host(ins[1])
+                return np.multiply(x, mask, out=out, dtype=x.dtype)
+
+            return _Step(mask_fill, True)
         if op == "unfold":
             size, pad = a("size"), a("padding")
 
@@ -176,21 +233,21 @@ class Executor:
                 xp[:, pad:pad + t] = x
                 return np.concatenate([xp[:, j:j + t] for j in range(size)], axis=-1)
 
-            return unfold
+            return _Step(unfold)
         if op == "scatter_add":
             index, size = self.graph.constants[a("index")], a("size")
             k = get_kernel("rel_scatter_add", be)
             sliced_s: dict[int, np.ndarray] = {}  # T → contiguous index[:T, :T]
 
-            def scatter_add(ins, B, T):
+            def scatter_add(ins, B, T, **o):
                 t = ins[0].shape[-2]
                 if t > index.shape[0]:
                     raise InputError(f"sequence length {t} exceeds the {index.shape[0]} positions of {node.label}")
                 if t not in sliced_s:
                     sliced_s[t] = np.ascontiguousarray(index[:t, :t])
-                return k(ins[0], sliced_s[t], size)
+                return k(ins[0], sliced_s[t], size, **o)
 
-            return scatter_add
+            return _with_out(k, scatter_add)
         raise ir.GraphError(f"node {node.label}: the integer runtime has no op {op!r}")
 
     # ---------------------------------------------------------------- run
@@ -202,26 +259,56 @@ class Executor:
                              "model supports (position table / relative-position index): truncate the input")
         return env
 
-    def _execute(self, env: dict, *, keep_all: bool = False, times: dict | None = None) -> dict:
+    def _execute(self, env: dict, *, keep_all: bool = False, times: dict | None = None,
+                 record: list | None = None, plan: BufferPlan | None = None) -> dict:
         """Run the bound steps over ``env``; drops intermediates after their last use unless
-        ``keep_all`` (then every value is copied to the host); ``times`` collects seconds per op."""
+        ``keep_all`` (then every value is copied to the host); ``times`` collects seconds per op;
+        ``plan`` supplies output buffers; ``record`` collects, per node, the output array and the
+        inputs it may view (for :func:`plan_buffers`)."""
         B, T = env["input_ids"].shape
         consts = self.graph.constants
-        for (node, fn), free in zip(self._steps, self._free):
+        outs = plan.outs if plan is not None else None
+        for k, ((node, step), free) in enumerate(zip(self._steps, self._free)):
             ins = [env[i] if i in env else consts[i] for i in node.inputs]
             t0 = time.perf_counter()
-            y = fn(ins, B, T)
+            y = step.fn(ins, B, T, out=outs[k]) if outs is not None and outs[k] is not None else step.fn(ins, B, T)
             if times is not None:
                 times[node.op] = times.get(node.op, 0.0) + time.perf_counter() - t0
+            if record is not None:
+                record.append((y, tuple(i for i, x in zip(node.inputs, ins) if i not in consts and isinstance(x, np.ndarray)
+                                        and isinstance(y, np.ndarray) and np.may_share_memory(x, y))))
             env[node.outputs[0]] = _host(y) if keep_all else y
             if not keep_all:
-                for i in free:
+                for i in free + self._unused[k]:
                     env.pop(i, None)
         return env
 
+    def _run_env(self, env: dict, times: dict | None = None) -> tuple[dict, BufferPlan | None]:
+        """Run with the buffer plan of this input shape (recording and planning it on first sight)."""
+        if not self.plan_buffers:
+            return self._execute(env, times=times), None
+        key = tuple(env["input_ids"].shape)
+        with self._lock:
+            plan = self._plans.get(key)
+            if plan is None:
+                record: list = []
+                env = self._execute(env, times=times, record=record)
+                self._plans[key] = plan_buffers(self.graph, [s.takes_out for _, s in self._steps], record, key)
+                while len(self._plans) > MAX_PLANS:
+                    self._plans.popitem(last=False)
+                return env, None  # this call's outputs were freshly allocated
+            self._plans.move_to_end(key)
+            env = self._execute(env, times=times, plan=plan)
+            return {o: (np.array(env[o]) if o in plan.escaping else env[o]) for o in self.graph.outputs}, plan
+
+    def planned_bytes(self, batch: int, seq: int) -> int | None:
+        """Bytes of the buffer plan for inputs ``[batch, seq]`` (None until a call at that shape)."""
+        plan = self._plans.get((batch, seq))
+        return None if plan is None else plan.nbytes
+
     def run(self, input_ids, attention_mask=None, token_type_ids=None):
         """Run the graph; returns its (first) float32 output, or a tuple for several outputs."""
-        env = self._execute(self._inputs(input_ids, attention_mask, token_type_ids))
+        env, _ = self._run_env(self._inputs(input_ids, attention_mask, token_type_ids))
         outs = [np.asarray(_host(env[o])) for o in self.graph.outputs]
         return outs[0] if len(outs) == 1 else tuple(outs)
 
@@ -232,7 +319,7 @@ class Executor:
         per_rep: list[dict[str, float]] = []
         for _ in range(max(1, reps)):
             per_rep.append({})
-            self._execute(self._inputs(input_ids, attention_mask, token_type_ids), times=per_rep[-1])
+            self._run_env(self._inputs(input_ids, attention_mask, token_type_ids), times=per_rep[-1])
         return {op: float(np.median([r.get(op, 0.0) for r in per_rep])) for op in per_rep[0]}
 
     def trace(self, input_ids, attention_mask=None, token_type_ids=None) -> dict[str, np.ndarray]:
@@ -272,6 +359,61 @@ def _float_island(node: ir.Node, consts) -> _Fn:
         return lambda ins, B, T: quantize_ref(
             torch.nn.functional.layer_norm(deq(ins[0]), w.shape, w, b, eps).numpy(), s_out, None, bits)
     raise ir.GraphError(f"node {node.label}: unknown float-island op {node.op!r}")
+
+
+def plan_buffers(graph: ir.Graph, takes_out: list[bool], record: list, shape: tuple[int, int]) -> BufferPlan:
+    """Plan output buffers from one recorded run (``record[k] = (output, inputs it may view)``).
+
+    Node ``k`` gets a buffer when its step takes ``out=``, its recorded output is a C-contiguous
+    numpy array and not a graph output.  A value holds its buffer (and a view holds the buffers
+    of what it views) from its node until its last reader; a freed buffer is reused by the next
+    output that fits (best fit), otherwise a new 64-byte-aligned block is allocated.
+    """
+    last: dict[str, int] = {}
+    for k, n in enumerate(graph.nodes):
+        for i in n.inputs:
+            last[i] = k
+    keep = set(graph.outputs)
+    free: list[int] = []  # indices into blocks
+    blocks: list[np.ndarray] = []
+    refs: dict[int, int] = {}
+    roots: dict[str, tuple[int, ...]] = {}
+    dying: dict[int, list[str]] = {}
+    outs: list = []
+    for k, (node, (y, views)) in enumerate(zip(graph.nodes, record)):
+        name = node.outputs[0]
+        if takes_out[k] and name not in keep and isinstance(y, np.ndarray) and y.flags.c_contiguous and y.nbytes:
+            need = y.nbytes
+            fits = [b for b in free if blocks[b].nbytes >= need]
+            if fits:
+                b = min(fits, key=lambda i: blocks[i].nbytes)
+                free.remove(b)
+            else:
+                b = len(blocks)
+                blocks.append(_aligned_bytes(need))
+            outs.append(blocks[b][:need].view(y.dtype).reshape(y.shape))
+            roots[name] = (b,)
+        else:
+            outs.append(None)
+            roots[name] = tuple(sorted({b for v in views for b in roots.get(v, ())}))
+        for b in roots[name]:
+            refs[b] = refs.get(b, 0) + 1
+        dying.setdefault(last.get(name, k), []).append(name)  # unread values die at once
+        for v in dying.pop(k, []):
+            if v in keep:
+                continue
+            for b in roots.get(v, ()):
+                refs[b] -= 1
+                if refs[b] == 0:
+                    free.append(b)
+    escaping = frozenset(o for o in graph.outputs if roots.get(o))
+    return BufferPlan(shape, outs, blocks, escaping)
+
+
+def _aligned_bytes(n: int, align: int = 64) -> np.ndarray:
+    raw = np.empty(n + align, np.uint8)
+    off = (-raw.ctypes.data) % align
+    return raw[off:off + n]
 
 
 def max_sequence_length(graph: ir.Graph) -> int | None:

@@ -157,7 +157,7 @@ def single_op(op, inputs: dict, out_dtype: str, attrs: dict, constants: dict | N
     g = ir.Graph("integer", tuple(inputs), ("y",), (node,), tuple(values), constants)
     if want is None:
         ex = Executor(g, "ref")
-        want = ex._steps[0][1]([inputs[k] for k in inputs], shape[0], shape[1] if len(shape) > 1 else 1)
+        want = ex._steps[0][1].fn([inputs[k] for k in inputs], shape[0], shape[1] if len(shape) > 1 else 1)
     sess = session(translate_graph(g, tables=tables))
     (got,) = sess.run(None, dict(inputs))
     assert got.dtype == want.dtype
@@ -249,7 +249,7 @@ def test_matmul_u8_probabilities_and_broadcast_table():
     m, s = quantize_multiplier(1e-4)
     node = ir.Node("matmul", ("a", "t"), ("y",), (("m_i32", m), ("shift", s), ("out_bits", 8)), name="y")
     g = ir.Graph("integer", ("a",), ("y",), (node,), tuple(values), {"t": table})
-    want = Executor(g, "ref")._steps[0][1]([a, table], 2, 3)
+    want = Executor(g, "ref")._steps[0][1].fn([a, table], 2, 3)
     (got,) = session(translate_graph(g)).run(None, {"a": a})
     np.testing.assert_array_equal(got, want)
 
@@ -277,7 +277,7 @@ def test_bias_free_output_linear_stays_integer():
              ir.Node("dequantize", ("acc",), ("out",), (("scale", scale), ("axis", -1)), name="out"))
     g = ir.Graph("integer", ("x",), ("out",), nodes, values, {"w": w})
     steps = Executor(g, "ref")._steps
-    want = steps[1][1]([steps[0][1]([x], 2, 5)], 2, 5)
+    want = steps[1][1].fn([steps[0][1].fn([x], 2, 5)], 2, 5)
     model = translate_graph(g)
     for level in (ort.GraphOptimizationLevel.ORT_ENABLE_ALL, ort.GraphOptimizationLevel.ORT_DISABLE_ALL):
         opts = ort.SessionOptions()

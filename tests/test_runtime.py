@@ -1,0 +1,112 @@
+"""Runtime buffer planning: planned outputs are reused only when lifetimes allow, views keep their
+buffers alive, results never alias a later call's buffers; every call stays bit-exact with ``ref``."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import intengine as ie
+from intengine import ir
+from intengine.calibrate import random_batches
+from intengine.kernels.requant import quantize_multiplier
+from intengine.runtime import MAX_PLANS, Executor
+
+
+def _view_graph() -> ir.Graph:
+    """``a = rq(x)``, ``r = reshape(a)`` (a view), ``b = rq'(x)``, ``y = r + b``: ``a`` dies at the
+    reshape, but its buffer must stay ``r``'s until the add, so ``b`` may not reuse it."""
+    m1, s1 = quantize_multiplier(0.5)
+    m2, s2 = quantize_multiplier(0.25)
+    values = (ir.Value("input_ids", "i64", ("B", "T")), ir.Value("a", "i8", ("B", "T")),
+              ir.Value("r", "i8", ("B", "T", 1)), ir.Value("b", "i8", ("B", "T", 1)),
+              ir.Value("y", "i32", ("B", "T", 1)), ir.Value("out", "f32", ("B", "T", 1)))
+    nodes = (
+        ir.Node("requantize", ("input_ids",), ("a",), (("m_i32", m1), ("shift", s1), ("out_bits", 8)), name="a"),
+        ir.Node("reshape", ("a",), ("r",), (("shape", ("B", "T", 1)),), name="r"),
+        ir.Node("reshape", ("input_ids",), ("x3",), (("shape", ("B", "T", 1)),), name="x3"),
+        ir.Node("requantize", ("x3",), ("b",), (("m_i32", m2), ("shift", s2), ("out_bits", 8)), name="b"),
+        ir.Node("rescale_add", ("r", "b"), ("y",), (("m_a", 1 << 30), ("shift_a", 30), ("m_b", 1 << 30),
+                                                  ("shift_b", 29), ("out_bits", 32)), name="y"),
+        ir.Node("dequantize", ("y",), ("out",), (("scale", 0.5), ("axis", None)), name="out"),
+    )
+    values = values + (ir.Value("x3", "i64", ("B", "T", 1)),)
+    return ir.Graph("integer", ("input_ids",), ("out",), nodes, values, {})
+
+
+def test_a_view_keeps_its_buffer_alive():
+    g = _view_graph()
+    cpu, ref = Executor(g, "cpu"), Executor(g, "ref")
+    x = np.arange(-40, 40, dtype=np.int64).reshape(4, 20) * 3
+    for _ in range(3):  # the first call records and plans, the next ones use the plan
+        np.testing.assert_array_equal(cpu.run(x), ref.run(x))
+    plan = cpu._plans[(4, 20)]
+    planned = [n.label for n, o in zip(g.nodes, plan.outs) if o is not None]
+    assert planned == ["a", "b", "y"]
+    a_buf, b_buf = plan.outs[0], plan.outs[3]
+    assert not np.shares_memory(a_buf, b_buf)  # a's buffer is still viewed by r when b is written
+
+
+@pytest.fixture(scope="module")
+def nezha():
+    m = ie.load_fp32("nezha-cn-tiny")
+    q = ie.quantize(m, random_batches(m, 2, 2, 12))
+    return m, q
+
+
+def test_plans_reuse_memory_and_results_are_fresh(nezha):
+    m, q = nezha
+    ex = Executor(q.graph, "cpu")
+    batch = random_batches(m, 1, 3, 12, seed=5)[0]
+    want = Executor(q.graph, "ref").run(**batch)
+    outs = [ex.run(**batch) for _ in range(3)]
+    for o in outs:
+        np.testing.assert_array_equal(o, want)
+    assert not np.shares_memory(outs[1], outs[2])
+    plan = ex._plans[(3, 12)]
+    sizes = sum(o.nbytes for o in plan.outs if o is not None)
+    assert 0 < plan.nbytes < sizes  # buffers are shared between values with disjoint lifetimes
+    assert ex.planned_bytes(3, 12) == plan.nbytes and ex.planned_bytes(3, 13) is None
+
+
+def test_many_shapes_keep_a_bounded_number_of_plans(nezha):
+    m, q = nezha
+    ex, ref = Executor(q.graph, "cpu"), Executor(q.graph, "ref")
+    rng = np.random.default_rng(0)
+    for t in list(range(4, 4 + MAX_PLANS + 2)) + [4, 5]:
+        ids = rng.integers(5, 100, (2, t))
+        np.testing.assert_array_equal(ex.run(ids), ref.run(ids))
+        np.testing.assert_array_equal(ex.run(ids), ref.run(ids))
+    assert len(ex._plans) == MAX_PLANS
+
+
+def test_concurrent_calls_share_an_executor_safely(nezha):
+    m, q = nezha
+    ex, ref = Executor(q.graph, "cpu"), Executor(q.graph, "ref")
+    rng = np.random.default_rng(1)
+    inputs = [rng.integers(5, 100, (2, 10)) for _ in range(4)]
+    wants = [ref.run(ids) for ids in inputs]
+    errors = []
+
+    def work(k):
+        for _ in range(3):
+            got = ex.run(inputs[k])
+            if not np.array_equal(got, wants[k]):
+                errors.append(k)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+def test_planning_can_be_switched_off(nezha):
+    m, q = nezha
+    ex = Executor(q.graph, "cpu", plan_buffers=False)
+    ids = np.arange(5, 25).reshape(2, 10)
+    np.testing.assert_array_equal(ex.run(ids), Executor(q.graph, "ref").run(ids))
+    assert ex.planned_bytes(2, 10) is None and not ex._plans
