@@ -2,10 +2,11 @@
 
 Backends ``ref`` (numpy), ``cpu`` (numba) and ``cuda`` (numba.cuda) share this one executor.
 At construction (:class:`Executor`) every node is bound once into a closure: weights are packed
-with the backend's ``pack_weight``, constant vectors are fetched, integer attrs are read; a call
-then only runs the closures in order and drops intermediates after their last use.  No float
-math happens here (the integer graph carries ready-made multipliers and params); the only float
-op is the graph-output ``dequantize`` kernel.
+with the backend's ``pack_weight`` (constant ``matmul`` operands with ``pack_matmul_b``),
+constant vectors are fetched, integer attrs are read; a call then only runs the closures in order
+and drops intermediates after their last use.  On ``cpu`` the outputs go to buffers planned once
+per input shape (:func:`plan_buffers`).  No float math happens here (the integer graph carries
+ready-made multipliers and params); the only float op is the graph-output ``dequantize`` kernel.
 
 Integer data movement (``embedding_lookup``, ``position_ids``, ``reshape``, ``transpose``,
 ``select``, ``cast_int``, ``mask_fill``, ``unfold``) runs in numpy on the host for every backend;
@@ -28,7 +29,7 @@ import numpy as np
 from . import ir
 from .errors import InputError
 from .interp import prepare_inputs
-from .kernels.registry import get_kernel
+from .kernels.registry import available_backends, get_kernel
 
 __all__ = ["BufferPlan", "Executor", "plan_buffers", "run_integer"]
 
@@ -129,6 +130,10 @@ class Executor:
         if op == "matmul":
             k = get_kernel("matmul", be)
             m, s, bits = C(a("m_i32")), C(a("shift")), a("out_bits", 8)
+            if node.inputs[1] in self.graph.constants and be in available_backends("pack_matmul_b"):
+                # a constant right operand (DeBERTa's relative tables) is packed once, here
+                b_packed = get_kernel("pack_matmul_b", be)(self.graph.constants[node.inputs[1]])
+                return _with_out(k, lambda ins, B, T, **o: k(ins[0], b_packed, m, s, bits, **o))
             return _with_out(k, lambda ins, B, T, **o: k(ins[0], ins[1], m, s, bits, **o))
         if op == "requantize":
             k = get_kernel("requantize", be)
