@@ -87,16 +87,60 @@ RQ32 = 3  # requantize, store int32
 _OUT_BITS = {RAW32: 32, RQ8: 8, RQ16: 16, RQ32: 32}
 
 
-def _emit_requant(builder, acc, m64, sm1, q64, nq64, oty):
-    """IR twin of ``requant.saturate(requant.round_shift(acc, m, s), q)`` on 16 lanes."""
-    v16x64 = m64.type
-    one64 = ir.Constant(v16x64, [1] * 16)
-    prod = builder.mul(builder.sext(acc, v16x64), m64)  # |acc·m| < 2^62; sext×sext → vpmuldq
-    t = builder.ashr(prod, sm1)
-    t = builder.ashr(builder.add(t, one64), one64)
-    t = builder.select(builder.icmp_signed(">", t, q64), q64, t)
-    t = builder.select(builder.icmp_signed("<", t, nq64), nq64, t)
-    return builder.trunc(t, oty)
+def _requant_consts(builder, m16, s16, q_v):
+    """Per-column constants of :func:`_emit_requant` for 16 lanes, split into even and odd lanes.
+
+    ``m16`` <16 x i32> multipliers, ``s16`` <16 x i64> shifts, ``q_v`` the
+    saturation bound (integer).  Returns ``(m_even, m_odd, rnd_even, rnd_odd,
+    s_even, s_odd, q, -q)``, all <8 x i64> (``rnd = 2^(s-1)``).  Computed once
+    per column block, outside the row/K loops.
+    """
+    i32 = ir.IntType(32)
+    i64 = ir.IntType(64)
+    v8x64 = ir.VectorType(i64, 8)
+    even = ir.Constant(ir.VectorType(i32, 8), list(range(0, 16, 2)))
+    odd = ir.Constant(ir.VectorType(i32, 8), list(range(1, 16, 2)))
+    m_e = builder.sext(builder.shuffle_vector(m16, m16, even), v8x64)
+    m_o = builder.sext(builder.shuffle_vector(m16, m16, odd), v8x64)
+    s_e = builder.shuffle_vector(s16, s16, even)
+    s_o = builder.shuffle_vector(s16, s16, odd)
+    one = ir.Constant(v8x64, [1] * 8)
+    rnd_e = builder.shl(one, builder.sub(s_e, one))
+    rnd_o = builder.shl(one, builder.sub(s_o, one))
+    und = ir.Constant(v8x64, ir.Undefined)
+    q64 = builder.shuffle_vector(builder.insert_element(und, builder.sext(q_v, i64) if q_v.type != i64 else q_v,
+                                                        ir.Constant(i32, 0)), und, ir.Constant(ir.VectorType(i32, 8), [0] * 8))
+    return m_e, m_o, rnd_e, rnd_o, s_e, s_o, q64, builder.neg(q64)
+
+
+def _emit_requant(builder, acc, consts, oty):
+    """IR twin of ``requant.saturate(requant.round_shift(acc, m, s), q)`` on 16 int32 lanes.
+
+    ``round_shift`` is ``((acc·m >> (s-1)) + 1) >> 1`` (= ``floor((acc·m + 2^(s-1)) / 2^s)``);
+    here it is computed as ``(acc·m + 2^(s-1)) >> s`` on 64-bit lanes, the
+    same integer: with ``acc·m = a·2^(s-1) + r``, ``0 ≤ r < 2^(s-1)``, both
+    are ``⌊(a+1)/2⌋``; no overflow since ``|acc·m| < 2^62`` and ``s ≤ 62``.
+    Even and odd lanes are multiplied separately (``vpmuldq`` reads the low
+    dword of each qword: no sign-extension shuffles), clamped to ``[-q, q]``
+    in 64 bits, re-interleaved into 16 dwords and truncated to ``oty``.
+    """
+    m_e, m_o, rnd_e, rnd_o, s_e, s_o, q64, nq64 = consts
+    i64 = ir.IntType(64)
+    v8x64 = ir.VectorType(i64, 8)
+    a64 = builder.bitcast(acc, v8x64)
+    c32 = ir.Constant(v8x64, [32] * 8)
+    ev = builder.ashr(builder.shl(a64, c32), c32)  # sign-extended even lanes
+    od = builder.ashr(a64, c32)  # sign-extended odd lanes
+    out = []
+    for x, m, rnd, sh in ((ev, m_e, rnd_e, s_e), (od, m_o, rnd_o, s_o)):
+        t = builder.ashr(builder.add(builder.mul(x, m), rnd), sh)
+        t = builder.select(builder.icmp_signed(">", t, q64), q64, t)
+        t = builder.select(builder.icmp_signed("<", t, nq64), nq64, t)
+        out.append(t)
+    lo = builder.and_(out[0], ir.Constant(v8x64, [0xFFFFFFFF] * 8))
+    both = builder.or_(lo, builder.shl(out[1], c32))
+    y32 = builder.bitcast(both, acc.type)
+    return y32 if oty.element.width == 32 else builder.trunc(y32, oty)
 
 
 def make_ukernel(nblk: int, mode: int = RAW32, mr: int = MR):
@@ -201,11 +245,8 @@ def make_ukernel(nblk: int, mode: int = RAW32, mr: int = MR):
             if mode != RAW32:
                 m_p = builder.inttoptr(m_i, i8p)
                 s_p = builder.inttoptr(s_i, i8p)
-                one64 = ir.Constant(v16x64, [1] * 16)
-                q64 = splat(q_v, v16x64)
-                nq64 = builder.neg(q64)
-                m64 = [builder.sext(load_vec(m_p, const(64 * j), v16), v16x64) for j in range(nblk)]
-                sm1 = [builder.sub(load_vec(s_p, const(128 * j), v16x64), one64) for j in range(nblk)]
+                consts = [_requant_consts(builder, load_vec(m_p, const(64 * j), v16), load_vec(s_p, const(128 * j), v16x64), q_v)
+                          for j in range(nblk)]
             for i in range(mr):
                 store_bb = builder.append_basic_block(f"vnni.row{i}")
                 next_bb = builder.append_basic_block(f"vnni.row{i}.done")
@@ -213,7 +254,7 @@ def make_ukernel(nblk: int, mode: int = RAW32, mr: int = MR):
                 builder.position_at_end(store_bb)
                 for j in range(nblk):
                     acc = new[i][j]
-                    y = acc if mode == RAW32 else _emit_requant(builder, acc, m64[j], sm1[j], q64, nq64, oty)
+                    y = acc if mode == RAW32 else _emit_requant(builder, acc, consts[j], oty)
                     off = builder.mul(builder.add(builder.mul(const(i), ldo_v), const(16 * j)), const(esize))
                     ptr = builder.bitcast(builder.gep(o_p, [off]), oty.as_pointer())
                     st = builder.store(y, ptr)
@@ -416,13 +457,7 @@ def make_epilogue16(mode: int):
             if mode == RAW32:
                 y = acc
             else:
-                und = ir.Constant(v16x64, ir.Undefined)
-                q64 = builder.shuffle_vector(
-                    builder.insert_element(und, q_v, ir.Constant(i32, 0)), und, ir.Constant(v16, [0] * 16)
-                )
-                m64 = builder.sext(load(m_i, v16), v16x64)
-                sm1 = builder.sub(load(s_i, v16x64), ir.Constant(v16x64, [1] * 16))
-                y = _emit_requant(builder, acc, m64, sm1, q64, builder.neg(q64), oty)
+                y = _emit_requant(builder, acc, _requant_consts(builder, load(m_i, v16), load(s_i, v16x64), q_v), oty)
             st = builder.store(y, builder.inttoptr(o_i, oty.as_pointer()))
             st.align = 1
             return context.get_dummy_value()
@@ -446,3 +481,73 @@ def amx_release(typingctx):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+def make_epilogue_block(mode: int):
+    """``epi(c_addr, ldc, rows, init_addr, m_addr, s_addr, q, out_addr, ldo)``: a ``rows × 32`` int32 block → output.
+
+    Row ``r < rows`` of the int32 block at ``c_addr + r·ldc`` (bytes) plus the
+    32 int32 ``init`` values is requantized (``mode`` RQ8/16/32, the IR of
+    :func:`_emit_requant`, i.e. ``requant.round_shift``/``saturate``) or kept
+    (RAW32) and its 32 elements stored at ``out_addr + r·ldo`` (bytes).  The
+    per-column ``init``/``m``/``s`` vectors are loaded once for the whole block
+    (the 16-lane :func:`make_epilogue16` reloaded them on every call).
+    """
+
+    @intrinsic
+    def epi(typingctx, c_addr, ldc, rows, init_addr, m_addr, s_addr, q, out_addr, ldo):
+        args = (c_addr, ldc, rows, init_addr, m_addr, s_addr, q, out_addr, ldo)
+        if not all(isinstance(t, types.Integer) for t in args):
+            return None
+        sig = types.void(*args)
+
+        def codegen(context, builder, signature, llargs):
+            intp_t = context.get_value_type(types.intp)
+            c_i, ldc_v, rows_v, init_i, m_i, s_i, q_v, o_i, ldo_v = [
+                context.cast(builder, v, t, types.intp) for v, t in zip(llargs, signature.args)
+            ]
+            i32 = ir.IntType(32)
+            i64 = ir.IntType(64)
+            v16 = ir.VectorType(i32, 16)
+            v16x64 = ir.VectorType(i64, 16)
+            oty = ir.VectorType(ir.IntType(_OUT_BITS[mode]), 16)
+            esize = _OUT_BITS[mode] // 8
+
+            def const(v):
+                return ir.Constant(intp_t, v)
+
+            def load(addr, ty):
+                ld = builder.load(builder.inttoptr(addr, ty.as_pointer()))
+                ld.align = 1
+                return ld
+
+            inits = [load(builder.add(init_i, const(64 * j)), v16) for j in range(2)]
+            if mode != RAW32:
+                consts = [_requant_consts(builder, load(builder.add(m_i, const(64 * j)), v16),
+                                          load(builder.add(s_i, const(128 * j)), v16x64), q_v) for j in range(2)]
+            pre = builder.block
+            loop_bb = builder.append_basic_block("epib.loop")
+            exit_bb = builder.append_basic_block("epib.exit")
+            builder.cbranch(builder.icmp_signed(">", rows_v, const(0)), loop_bb, exit_bb)
+            builder.position_at_end(loop_bb)
+            r = builder.phi(intp_t, name="row")
+            r.add_incoming(const(0), pre)
+            c_row = builder.add(c_i, builder.mul(r, ldc_v))
+            o_row = builder.add(o_i, builder.mul(r, ldo_v))
+            for j in range(2):
+                acc = builder.add(load(builder.add(c_row, const(64 * j)), v16), inits[j])
+                y = acc if mode == RAW32 else _emit_requant(builder, acc, consts[j], oty)
+                st = builder.store(y, builder.inttoptr(builder.add(o_row, const(16 * esize * j)), oty.as_pointer()))
+                st.align = 1
+            r_next = builder.add(r, const(1))
+            r.add_incoming(r_next, loop_bb)
+            builder.cbranch(builder.icmp_signed("<", r_next, rows_v), loop_bb, exit_bb)
+            builder.position_at_end(exit_bb)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return epi
+
+
+epib_raw, epib_rq8, epib_rq16, epib_rq32 = (make_epilogue_block(m) for m in (RAW32, RQ8, RQ16, RQ32))

@@ -266,7 +266,7 @@ def linear_ref(x_i8: np.ndarray, packed: RefPackedWeight, bias_i32=None, m_i32=N
 
 
 @register("matmul", "ref")
-def matmul_ref(a: np.ndarray, b: np.ndarray, m_i32=None, shift=None, out_bits: int = 8):
+def matmul_ref(a: np.ndarray, b, m_i32=None, shift=None, out_bits: int = 8):
     """Batched integer ``A · Bᵀ`` ("NT" layout), optionally requantized.
 
     Formula, for ``a [..., M, K]`` and ``b [..., N, K]``::
@@ -282,8 +282,11 @@ def matmul_ref(a: np.ndarray, b: np.ndarray, m_i32=None, shift=None, out_bits: i
     * Output ``[*broadcast(batch), M, N]``: int32 without ``m_i32``/``shift``;
       with them (scalar or per-column ``[N]``) requantized as in
       :func:`~intengine.kernels.requant.requantize_ref`.
+    * ``b`` may also be the result of ``pack_matmul_b`` of the same backend
+      (a constant operand packed once); the result is identical.
     * Overflow: ``|acc| ≤ K·255·128 < 2^31`` for ``K ≤ 65536`` (checked).
     """
+    b, _ = _unpack_b(b, RefPackedMatmulB, "ref")
     batch, mm, nn, kk = matmul_shapes(a, b)
     ep = epilogue_params(nn, m_i32, shift, out_bits)
     acc_i32 = _exact_product(a, b).astype(np.int32)
@@ -514,8 +517,9 @@ def _int_mm():
     return getattr(torch, "_int_mm", None)
 
 
-def _run_portable(a3, b3, ia, ib, bias, ep: Epilogue, mm: int, nn: int, use_torch: bool | None) -> np.ndarray:
-    out3 = np.empty((ia.shape[0], mm, nn), dtype=ep.out_dtype)
+def _run_portable(a3, b3, ia, ib, bias, ep: Epilogue, mm: int, nn: int, use_torch: bool | None,
+                  out: np.ndarray | None = None) -> np.ndarray:
+    out3 = np.empty((ia.shape[0], mm, nn), dtype=ep.out_dtype) if out is None else out.reshape(ia.shape[0], mm, nn)
     if out3.size == 0:
         return out3
     init2 = np.zeros((b3.shape[0], nn), np.int32)
@@ -546,30 +550,41 @@ def _run_portable(a3, b3, ia, ib, bias, ep: Epilogue, mm: int, nn: int, use_torc
 
 
 def linear_portable(x_i8: np.ndarray, packed: CpuPackedWeight, bias_i32=None, m_i32=None, shift=None, out_bits: int = 8,
-                    *, use_torch: bool | None = None):
+                    *, use_torch: bool | None = None, out: np.ndarray | None = None):
     """Portable :func:`linear_ref` (no VNNI needed); bit-exact, accepts either cpu layout.
 
     ``use_torch``: None = torch._int_mm when available, False = plain numba loops.
     The int32 product is materialised here (not fused), unlike the VNNI/AMX path.
+    ``out``: see :func:`linear_cpu`.
     """
     _check_packed(packed, CpuPackedWeight, "cpu")
     check_linear_x(x_i8, packed.k)
     bias = check_bias(bias_i32, packed.n)
     ep = epilogue_params(packed.n, m_i32, shift, out_bits)
     n, k = packed.n, packed.k
+    shape = tuple(x_i8.shape[:-1]) + (n,)
+    out3 = None if out is None else _check_out(out, shape, ep.out_dtype)
     x2 = np.ascontiguousarray(x_i8).reshape(_prod(x_i8.shape[:-1]), k)
-    out = _run_portable(x2[None], packed.nk()[None], _ZERO_MAP, _ZERO_MAP, bias, ep, x2.shape[0], n, use_torch)
-    return out.reshape(tuple(x_i8.shape[:-1]) + (n,))
+    res = _run_portable(x2[None], packed.nk()[None], _ZERO_MAP, _ZERO_MAP, bias, ep, x2.shape[0], n, use_torch, out3)
+    return res.reshape(shape) if out3 is None else out3
 
 
-def matmul_portable(a: np.ndarray, b: np.ndarray, m_i32=None, shift=None, out_bits: int = 8, *, use_torch: bool | None = None):
-    """Portable :func:`matmul_ref` (no VNNI needed); bit-exact; ``use_torch`` as in :func:`linear_portable`."""
+def matmul_portable(a: np.ndarray, b, m_i32=None, shift=None, out_bits: int = 8, *, use_torch: bool | None = None,
+                    out: np.ndarray | None = None):
+    """Portable :func:`matmul_ref` (no VNNI needed); bit-exact; ``use_torch`` as in :func:`linear_portable`.
+
+    ``b``: int8 array or :class:`CpuPackedMatmulB`; ``out``: see :func:`matmul_cpu`.
+    """
+    b, _ = _unpack_b(b, CpuPackedMatmulB, "cpu")
     batch, mm, nn, kk = matmul_shapes(a, b)
     ep = epilogue_params(nn, m_i32, shift, out_bits)
-    ia, ib = batch_maps(batch, tuple(a.shape[:-2]), tuple(b.shape[:-2]))
+    shape = batch + (mm, nn)
+    out3 = None if out is None else _check_out(out, shape, ep.out_dtype)
+    ia, ib = _cached_batch_maps(batch, tuple(a.shape[:-2]), tuple(b.shape[:-2]))
     a3 = np.ascontiguousarray(a).reshape(_prod(a.shape[:-2]), mm, kk)
     b3 = np.ascontiguousarray(b).reshape(_prod(b.shape[:-2]), nn, kk)
-    return _run_portable(a3, b3, ia, ib, None, ep, mm, nn, use_torch).reshape(batch + (mm, nn))
+    res = _run_portable(a3, b3, ia, ib, None, ep, mm, nn, use_torch, out3)
+    return res.reshape(shape) if out3 is None else out3
 
 
 _ZERO_MAP = np.zeros(1, np.int64)
@@ -791,11 +806,13 @@ def _m_chunks(tasks_without_split: int, m_tiles: int) -> int:
 
 
 
-def _run_vnni(a3, wp, corr2, bias, ia, ib, ep: Epilogue, mm: int, nn: int, use_amx: bool | None = None) -> np.ndarray:
+def _run_vnni(a3, wp, corr2, bias, ia, ib, ep: Epilogue, mm: int, nn: int, use_amx: bool | None = None,
+              out: np.ndarray | None = None) -> np.ndarray:
     """Run the AMX or the VNNI driver on ``a3 [Ba, M, K]`` (int8/uint8) and packed ``wp``.
 
     ``use_amx``: None = AMX when available, ``M ≥ AMX_MIN_M`` and ``K ≥ AMX_MIN_K``.  ``corr2``
-    [Bb, Np] is ``128·Σw`` (needed only by VNNI with int8 A), ``bias`` [N] or None.
+    [Bb, Np] is ``128·Σw`` (needed only by VNNI with int8 A), ``bias`` [N] or None; ``out``: a checked
+    output array holding ``len(ia)·mm·nn`` elements of ``ep.out_dtype`` (or None).
     """
     nbat_a, _, kk = a3.shape
     kp = wp.shape[2] * 4
@@ -805,7 +822,7 @@ def _run_vnni(a3, wp, corr2, bias, ia, ib, ep: Epilogue, mm: int, nn: int, use_a
         use_amx = _want_amx(mm, kk)
     elif use_amx and not _vnni.HAVE_AMX:
         raise KernelInputError("use_amx=True but AMX-INT8 is not available on this host")
-    out3 = np.empty((ia.shape[0], mm, nn), dtype=ep.out_dtype)
+    out3 = np.empty((ia.shape[0], mm, nn), dtype=ep.out_dtype) if out is None else out.reshape(ia.shape[0], mm, nn)
     if out3.size == 0:
         return out3
     esize = np.dtype(ep.out_dtype).itemsize
@@ -847,12 +864,277 @@ def _run_vnni(a3, wp, corr2, bias, ia, ib, ep: Epilogue, mm: int, nn: int, use_a
     return out3
 
 
+
+# ----------------------------------------------------------------------------- cpu: batched matmul
+#
+# Attention products are many small GEMMs (Q·Kᵀ: 128×128×64 per head, P·V:
+# 128×64×128): per call, the old route packed B in Python, copied A, built
+# index maps and then ran one task per (head, 48-column panel).  Here one
+# parallel region does everything: a task owns (batch entry, column group,
+# row chunk), packs its own columns of B into a task-local VNNI buffer (or
+# reads the packed constant of ``pack_matmul_b``), stages A tiles only when
+# they cannot be read in place, runs the AMX or VNNI product and requantizes
+# straight into the output.
+
+
+@numba.njit(inline="always")
+def _pack_cols(b8, b32, bi, nb0, nblocks, nn, kk, bw32, corr_i32, need_corr):
+    """Pack 16-column blocks ``nb0 .. nb0+nblocks-1`` of ``b8[bi]`` (int8 ``[N, K]``) into ``bw32``.
+
+    ``bw32`` int32 ``[nblocks, KQ, 16]`` (every word written, padding zeroed;
+    word ``[lb, kq, j]`` holds ``b[16·(nb0+lb)+j, 4·kq : 4·kq+4]`` as
+    little-endian bytes); ``b32`` is ``b8`` viewed as int32 words when
+    ``K % 4 == 0`` (else unused).  With ``need_corr``:
+    ``corr_i32[16·lb + j] = 128·Σ_k b[row, k]`` (``|Σ| ≤ K·128 ≤ 2^23``, fits int32).
+    """
+    kq = bw32.shape[1]
+    kfull = kk // 4
+    for lb in range(nblocks):
+        r0 = (nb0 + lb) * 16
+        nvalid = max(0, min(16, nn - r0))
+        dst = bw32[lb]
+        if kk % 4 == 0 and nvalid == 16:
+            blk = b32[bi, r0:r0 + 16]
+            for kb in range(kfull):  # contiguous 64-byte stores, strided 4-byte loads
+                o = dst[kb]
+                for j in range(16):
+                    o[j] = blk[j, kb]
+        else:
+            for j in range(16):
+                if j >= nvalid:
+                    for kb in range(kfull):
+                        dst[kb, j] = 0
+                    continue
+                row = b8[bi, r0 + j]
+                for kb in range(kfull):
+                    k0 = 4 * kb
+                    w_i64 = ((np.int64(row[k0]) & 0xFF) | ((np.int64(row[k0 + 1]) & 0xFF) << 8)
+                             | ((np.int64(row[k0 + 2]) & 0xFF) << 16) | ((np.int64(row[k0 + 3]) & 0xFF) << 24))
+                    dst[kb, j] = np.int32(w_i64 - (w_i64 >> 31 << 32))
+        for kb in range(kfull, kq):  # K padding (and the partial last 4-byte group)
+            for j in range(16):
+                dst[kb, j] = 0
+        if kk % 4 != 0:
+            for j in range(nvalid):
+                row = b8[bi, r0 + j]
+                w_i64 = np.int64(0)
+                for e in range(kk - 4 * kfull):
+                    w_i64 |= (np.int64(row[4 * kfull + e]) & 0xFF) << (8 * e)
+                dst[kfull, j] = np.int32(w_i64 - (w_i64 >> 31 << 32))
+        if need_corr:
+            for j in range(16):
+                acc_i64 = np.int64(0)
+                if j < nvalid:
+                    row = b8[bi, r0 + j]
+                    for k in range(kk):
+                        acc_i64 += np.int64(row[k])
+                corr_i32[16 * lb + j] = np.int32(128 * acc_i64)
+
+
+@numba.njit(cache=True)
+def _keep_alive(a, b, c, d):
+    """A use of task-local buffers after the last raw-address access (numba frees arrays after their last use)."""
+    return a.size + b.size + c.size + d.size
+
+
+@numba.njit(inline="always")
+def _epib(mode, c, ldc, rows, init, m, s, q, o, ldo):
+    if mode == 0:
+        _vnni.epib_raw(c, ldc, rows, init, m, s, q, o, ldo)
+    elif mode == 1:
+        _vnni.epib_rq8(c, ldc, rows, init, m, s, q, o, ldo)
+    elif mode == 2:
+        _vnni.epib_rq16(c, ldc, rows, init, m, s, q, o, ldo)
+    else:
+        _vnni.epib_rq32(c, ldc, rows, init, m, s, q, o, ldo)
+
+
+@numba.njit(parallel=True, cache=True)
+def _mm_amx(a3, signed, b8, b32, wp, prepacked, ia, ib, mm, nn, kk, n_groups, m_chunks, mode, m_i32, s_i64, zinit,
+            q, out_b, esize, cfg):
+    """Batched ``A·Bᵀ`` on AMX: 32×32 blocks, whole K per block, block epilogue.
+
+    a3 [Ba, M, K] uint8 bytes of the int8 (``signed``: ``tdpbssd``) or uint8
+    (``tdpbusd``) operand, read in place for full row tiles when ``K % 64 == 0``,
+    else staged into a zero-padded 32×Kp task buffer.  B: ``prepacked`` →
+    ``wp [Bb, Np/16, Kp/4, 16, 4]`` (``pack_vnni``); else each task packs its
+    column group of ``b8 [Bb, N, K]`` (``b32``: its int32 words) itself.
+    m_i32/s_i64/zinit hold ≥ ⌈N/32⌉·32 entries; out_b [Bt, M, N·esize] bytes.
+    Tasks: (batch entry, group of 32-column panels, chunk of 32-row tiles).
+    """
+    nt = ia.shape[0]
+    kq = (kk + 63) // 64 * 16
+    kp = kq * 4
+    kchunks = kq // 16
+    n_panels = (nn + 31) // 32
+    ppg = (n_panels + n_groups - 1) // n_groups
+    m_tiles = (mm + 31) // 32
+    tpc = (m_tiles + m_chunks - 1) // m_chunks
+    in_place = kk == kp
+    cfg_addr = np.int64(cfg.ctypes.data)
+    dummy = np.zeros(1, np.int32)
+    for task in numba.prange(nt * n_groups * m_chunks):
+        t = task // (n_groups * m_chunks)
+        rem = task - t * (n_groups * m_chunks)
+        g = rem // m_chunks
+        ch = rem - g * m_chunks
+        p0 = g * ppg
+        p1 = min(n_panels, p0 + ppg)
+        mt0 = ch * tpc
+        mt1 = min(m_tiles, mt0 + tpc)
+        if p0 < p1 and mt0 < mt1:
+            if prepacked:
+                bmat = wp[ib[t]]
+                bstride = np.int64(bmat.shape[1] * 64)
+                b_base = np.int64(bmat.ctypes.data) + 2 * p0 * bstride
+                bloc = np.zeros((0, 0, 16), np.int32)
+            else:
+                bloc = np.empty((2 * (p1 - p0), kq, 16), np.int32)
+                _pack_cols(b8, b32, ib[t], 2 * p0, 2 * (p1 - p0), nn, kk, bloc, dummy, False)
+                bstride = np.int64(kq * 64)
+                b_base = np.int64(bloc.ctypes.data)
+            stage = (not in_place) or mm % 32 != 0
+            abuf = np.zeros((32 if stage else 0, kp), np.uint8)
+            cbuf = np.empty((32, 32), np.int32)
+            oscr = np.empty(32 * 32 * 4, np.uint8)
+            c_addr = np.int64(cbuf.ctypes.data)
+            os_addr = np.int64(oscr.ctypes.data)
+            a_t = a3[ia[t]]
+            a_base = np.int64(a_t.ctypes.data)
+            out2 = out_b[t]
+            o_base = np.int64(out2.ctypes.data)
+            first = True
+            for mt in range(mt0, mt1):
+                m0 = mt * 32
+                rows = min(32, mm - m0)
+                if in_place and rows == 32:
+                    a_addr = a_base + m0 * kk
+                    lda = kk
+                else:
+                    for i in range(rows):
+                        src = a_t[m0 + i]
+                        dst = abuf[i]
+                        for k in range(kk):
+                            dst[k] = src[k]
+                    a_addr = np.int64(abuf.ctypes.data)
+                    lda = kp
+                for p in range(p0, p1):
+                    b0 = b_base + 2 * (p - p0) * bstride
+                    cfg_now = cfg_addr if first else np.int64(0)  # ldtilecfg once per task
+                    first = False
+                    if signed:
+                        _vnni.amx_32x32_ss(cfg_now, a_addr, lda, b0, b0 + bstride, kchunks, c_addr, 0)
+                    else:
+                        _vnni.amx_32x32_us(cfg_now, a_addr, lda, b0, b0 + bstride, kchunks, c_addr, 0)
+                    n0 = p * 32
+                    ncols = min(32, nn - n0)
+                    m_addr = np.int64(m_i32.ctypes.data) + n0 * 4
+                    s_addr = np.int64(s_i64.ctypes.data) + n0 * 8
+                    z_addr = np.int64(zinit.ctypes.data)
+                    if ncols == 32:
+                        _epib(mode, c_addr, 128, rows, z_addr, m_addr, s_addr, q, o_base + (m0 * nn + n0) * esize, nn * esize)
+                    else:
+                        _epib(mode, c_addr, 128, rows, z_addr, m_addr, s_addr, q, os_addr, 32 * esize)
+                        nbytes = ncols * esize
+                        for i in range(rows):
+                            out2[m0 + i, n0 * esize:n0 * esize + nbytes] = oscr[i * 32 * esize:i * 32 * esize + nbytes]
+            _vnni.amx_release()
+            _keep_alive(bloc, abuf, cbuf, oscr)  # the kernels used their addresses: free them only now
+
+
+@numba.njit(parallel=True, cache=True)
+def _mm_vnni(a3, signed, b8, b32, wp, corr2, prepacked, ia, ib, mm, nn, kk, n_groups, m_chunks, mode, m_i32, s_i64,
+             q, out_b, esize):
+    """Batched ``A·Bᵀ`` with the 8×48 VNNI micro-kernel, epilogue in registers.
+
+    Arguments as :func:`_mm_amx`; ``corr2 [Bb, Np]`` (= ``128·Σb``) is read
+    for int8 A with ``prepacked`` B, else computed while packing.  A tiles of
+    8 rows are staged as uint8 (int8 A: ``x ^ 0x80 = x + 128``, the offset
+    taken back out through the initial accumulators ``-128·Σb``).
+    Tasks: (batch entry, group of 48-column panels, chunk of 8-row tiles).
+    """
+    nt = ia.shape[0]
+    kg = (kk + 3) // 4
+    n_panels = (nn + PANEL - 1) // PANEL
+    nbt = (nn + 15) // 16
+    ppg = (n_panels + n_groups - 1) // n_groups
+    m_tiles = (mm + MR - 1) // MR
+    tpc = (m_tiles + m_chunks - 1) // m_chunks
+    nblk_max = PANEL // 16
+    for task in numba.prange(nt * n_groups * m_chunks):
+        t = task // (n_groups * m_chunks)
+        rem = task - t * (n_groups * m_chunks)
+        g = rem // m_chunks
+        ch = rem - g * m_chunks
+        p0 = g * ppg
+        p1 = min(n_panels, p0 + ppg)
+        mt0 = ch * tpc
+        mt1 = min(m_tiles, mt0 + tpc)
+        if p0 < p1 and mt0 < mt1:
+            nb0 = p0 * nblk_max
+            nbl = min(nbt, p1 * nblk_max) - nb0
+            init = np.zeros(nbl * 16, np.int32)
+            if prepacked:
+                bmat = wp[ib[t]]
+                bstride = np.int64(bmat.shape[1] * 64)
+                b_base = np.int64(bmat.ctypes.data) + nb0 * bstride
+                bloc = np.zeros((0, 0, 16), np.int32)
+                if signed:
+                    cb = corr2[ib[t]]
+                    for c in range(nbl * 16):
+                        init[c] = -cb[nb0 * 16 + c]
+            else:
+                bloc = np.empty((nbl, kg, 16), np.int32)
+                _pack_cols(b8, b32, ib[t], nb0, nbl, nn, kk, bloc, init, signed)
+                if signed:
+                    for c in range(nbl * 16):
+                        init[c] = -init[c]
+                bstride = np.int64(kg * 64)
+                b_base = np.int64(bloc.ctypes.data)
+            abuf = np.zeros((MR, kg * 4), np.uint8)
+            a_addr = np.int64(abuf.ctypes.data)
+            scratch = np.empty(MR * PANEL * 4, np.uint8)
+            sc_addr = np.int64(scratch.ctypes.data)
+            a_t = a3[ia[t]]
+            out2 = out_b[t]
+            o_base = np.int64(out2.ctypes.data)
+            flip = np.uint8(0x80) if signed else np.uint8(0)
+            for mt in range(mt0, mt1):
+                m0 = mt * MR
+                rows = min(MR, mm - m0)
+                for i in range(rows):
+                    src = a_t[m0 + i]
+                    dst = abuf[i]
+                    for k in range(kk):
+                        dst[k] = src[k] ^ flip
+                for p in range(p0, p1):
+                    nbp = p * nblk_max
+                    nblk = min(nblk_max, nbt - nbp)
+                    n0 = p * PANEL
+                    ncols = min(nblk * 16, nn - n0)
+                    b_addr = b_base + (nbp - nb0) * bstride
+                    init_addr = np.int64(init.ctypes.data) + (nbp - nb0) * 64
+                    m_addr = np.int64(m_i32.ctypes.data) + n0 * 4
+                    s_addr = np.int64(s_i64.ctypes.data) + n0 * 8
+                    if ncols == nblk * 16:
+                        _ukernel(mode, nblk, a_addr, kg * 4, b_addr, bstride, kg, init_addr, m_addr, s_addr, q,
+                                 o_base + (m0 * nn + n0) * esize, nn, rows)
+                    else:
+                        _ukernel(mode, nblk, a_addr, kg * 4, b_addr, bstride, kg, init_addr, m_addr, s_addr, q,
+                                 sc_addr, PANEL, rows)
+                        nbytes = ncols * esize
+                        for i in range(rows):
+                            r0 = i * PANEL * esize
+                            out2[m0 + i, n0 * esize:n0 * esize + nbytes] = scratch[r0:r0 + nbytes]
+            _keep_alive(bloc, abuf, scratch, init)  # the kernels used their addresses: free them only now
+
+
 def linear_vnni(x_i8: np.ndarray, packed: CpuPackedWeight, bias_i32=None, m_i32=None, shift=None, out_bits: int = 8,
-                *, use_amx: bool | None = None):
+                *, use_amx: bool | None = None, out: np.ndarray | None = None):
     """VNNI/AMX :func:`linear_ref` (needs ``_vnni.HAVE_VNNI`` and a ``vnni``-layout packed weight).
 
     ``use_amx``: None picks AMX when ``_vnni.HAVE_AMX``, ``M ≥ AMX_MIN_M`` and ``K ≥ AMX_MIN_K``;
-    True/False force the AMX or the VNNI micro-kernel (True needs HAVE_AMX).
+    True/False force the AMX or the VNNI micro-kernel (True needs HAVE_AMX).  ``out``: see :func:`linear_cpu`.
     """
     _check_packed(packed, CpuPackedWeight, "cpu")
     if packed.layout != "vnni":
@@ -861,40 +1143,249 @@ def linear_vnni(x_i8: np.ndarray, packed: CpuPackedWeight, bias_i32=None, m_i32=
     bias = check_bias(bias_i32, packed.n)
     ep = epilogue_params(packed.n, m_i32, shift, out_bits)
     n, k = packed.n, packed.k
+    shape = tuple(x_i8.shape[:-1]) + (n,)
+    out3 = None if out is None else _check_out(out, shape, ep.out_dtype)
     x2 = np.ascontiguousarray(x_i8).reshape(_prod(x_i8.shape[:-1]), k)
-    out = _run_vnni(x2[None], packed.data[None], packed.corr_i32[None], bias, _ZERO_MAP, _ZERO_MAP, ep, x2.shape[0], n, use_amx)
-    return out.reshape(tuple(x_i8.shape[:-1]) + (n,))
+    res = _run_vnni(x2[None], packed.data[None], packed.corr_i32[None], bias, _ZERO_MAP, _ZERO_MAP, ep, x2.shape[0], n,
+                    use_amx, out3)
+    return res.reshape(shape) if out3 is None else out3
 
 
 
 
-def matmul_vnni(a: np.ndarray, b: np.ndarray, m_i32=None, shift=None, out_bits: int = 8, *, use_amx: bool | None = None):
-    """VNNI/AMX :func:`matmul_ref`: ``b`` is packed on the fly; uint8 ``a`` needs no offset correction.
+def _check_out(out, shape, dtype) -> np.ndarray:
+    """The caller's ``out``: a writeable C-contiguous numpy array of exactly ``shape`` and ``dtype`` (else KernelInputError)."""
+    dtype = np.dtype(dtype)
+    if not (isinstance(out, np.ndarray) and out.shape == shape and out.dtype == dtype and out.flags.c_contiguous
+            and out.flags.writeable):
+        got = (f"{type(out).__name__} {getattr(out, 'dtype', '?')}{tuple(getattr(out, 'shape', ()))}"
+               f"{'' if getattr(getattr(out, 'flags', None), 'c_contiguous', True) else ' (not C-contiguous)'}"
+               f"{'' if getattr(getattr(out, 'flags', None), 'writeable', True) else ' (read-only)'}")
+        raise KernelInputError(
+            f"out must be a writeable C-contiguous numpy array of dtype {dtype.name} and shape {shape}, got {got}")
+    return out
 
-    ``use_amx`` as in :func:`linear_vnni`.
+
+@functools.lru_cache(maxsize=512)
+def _cached_batch_maps(batch: tuple, a_batch: tuple, b_batch: tuple) -> tuple[np.ndarray, np.ndarray]:
+    ia, ib = batch_maps(batch, a_batch, b_batch)
+    ia.setflags(write=False)
+    ib.setflags(write=False)
+    return ia, ib
+
+
+_PADDED_MS: dict = {}  # id(const Epilogue) -> (epilogue, m_i32, s_i64, zeros): the lru-cached epilogues live on
+
+
+def _padded_epilogue(ep: Epilogue, npad: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``m_i32``, ``s_i64`` padded to ``npad`` lanes (the kernels read whole 16/32-lane groups) and ``npad`` zeros."""
+    key = (id(ep), npad)
+    hit = _PADDED_MS.get(key)
+    if hit is not None and hit[0] is ep:
+        return hit[1], hit[2], hit[3]
+    n = min(ep.m_i32.shape[0], npad)
+    m_vec = np.zeros(npad, np.int32)
+    s_vec = np.ones(npad, np.int64)
+    m_vec[:n] = ep.m_i32[:n]
+    s_vec[:n] = ep.s_i64[:n]
+    zeros = np.zeros(npad, np.int32)
+    if not ep.m_i32.flags.writeable and not ep.s_i64.flags.writeable and len(_PADDED_MS) < 1024:
+        _PADDED_MS[key] = (ep, m_vec, s_vec, zeros)  # read-only vectors: a cached epilogue from _const_epilogue
+    return m_vec, s_vec, zeros
+
+
+@dataclass(frozen=True)
+class CpuPackedMatmulB:
+    """``cpu`` form of a constant ``matmul`` right operand (from :func:`pack_matmul_b_cpu`).
+
+    ``b_i8``: the int8 ``[..., N, K]`` array (read-only copy; the portable
+    path and shape checks use it).  VNNI hosts also hold ``wp`` int8
+    ``[Bb, ⌈N/32⌉·2, ⌈K/64⌉·16, 16, 4]`` (``pack_vnni``, ``Bb`` = product of
+    the leading dims) and ``corr_i32 [Bb, Np] = 128·Σ_k b[n, k]``; else None.
     """
-    batch, mm, nn, kk = matmul_shapes(a, b)
+
+    b_i8: np.ndarray
+    wp: np.ndarray | None = None
+    corr_i32: np.ndarray | None = None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.b_i8.shape
+
+    @property
+    def dtype(self):
+        return self.b_i8.dtype
+
+
+@dataclass(frozen=True)
+class RefPackedMatmulB:
+    """``ref`` form of a constant ``matmul`` right operand: a read-only copy of the int8 array."""
+
+    b_i8: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.b_i8.shape
+
+    @property
+    def dtype(self):
+        return self.b_i8.dtype
+
+
+def _check_matmul_b(b) -> None:
+    check_int("b", b, (np.int8,))
+    if len(b.shape) < 2:
+        raise KernelInputError(f"b [..., N, K] must be at least 2-D, got {tuple(b.shape)}")
+    _check_k(b.shape[-1])
+
+
+def _readonly_copy(b) -> np.ndarray:
+    arr = np.array(b, dtype=np.int8, order="C", copy=True)
+    arr.setflags(write=False)
+    return arr
+
+
+@register("pack_matmul_b", "ref")
+def pack_matmul_b_ref(b: np.ndarray) -> RefPackedMatmulB:
+    """Pack a constant right operand ``b`` int8 ``[..., N, K]`` of :func:`matmul_ref` once (bind time).
+
+    ``matmul(a, pack_matmul_b(b))`` is bit-identical to ``matmul(a, b)`` on
+    the same backend (broadcasting, dtypes, requantization unchanged); the
+    packed object only works with its own backend's ``matmul`` (cpu: the
+    VNNI/AMX layout and ``128·Σb``, so that no call repacks the table; ref:
+    a read-only copy).  ``K ≤ MAX_K``.
+    """
+    _check_matmul_b(b)
+    return RefPackedMatmulB(_readonly_copy(b))
+
+
+@register("pack_matmul_b", "cpu")
+def pack_matmul_b_cpu(b: np.ndarray) -> CpuPackedMatmulB:
+    """``cpu`` :func:`pack_matmul_b_ref`: ``[Bb, Np/16, Kp/4, 16, 4]`` int8 + ``128·Σb`` on VNNI hosts."""
+    _check_matmul_b(b)
+    b_i8 = _readonly_copy(b)
+    if not _vnni.HAVE_VNNI:
+        return CpuPackedMatmulB(b_i8)
+    nn, kk = b_i8.shape[-2:]
+    wp, corr = pack_vnni(b_i8.reshape(_prod(b_i8.shape[:-2]), nn, kk), need_corr=True)
+    wp.setflags(write=False)
+    corr.setflags(write=False)
+    return CpuPackedMatmulB(b_i8, wp, corr)
+
+
+def _unpack_b(b, cls, backend: str):
+    """(raw int8 b, packed object or None) for ``matmul(a, b)`` on ``backend``."""
+    if isinstance(b, (CpuPackedMatmulB, RefPackedMatmulB)) or type(b).__name__.endswith("PackedMatmulB"):
+        if not isinstance(b, cls):
+            raise KernelInputError(
+                f"b must be an int8 array or the result of get_kernel('pack_matmul_b', {backend!r}) ({cls.__name__}), "
+                f"got {type(b).__name__}")
+        return b.b_i8, b
+    return b, None
+
+
+def _mm_groups(nt: int, n_panels: int, m_tiles: int, split_m: bool) -> tuple[int, int]:
+    """(column groups, row chunks) per batch entry: aim at ≥ 4 tasks per thread."""
+    want = 4 * numba.get_num_threads()
+    if nt >= want:
+        return 1, 1
+    n_groups = min(n_panels, -(-want // nt))
+    m_chunks = 1
+    if split_m and nt * n_groups < want:
+        m_chunks = min(m_tiles, -(-want // (nt * n_groups)))
+    return max(n_groups, 1), max(m_chunks, 1)
+
+
+AMX_MM_MIN_M = 32  # batched matmul: AMX from one full 32-row tile (the block epilogue made K = 64 worth it)
+
+
+def matmul_vnni(a: np.ndarray, b, m_i32=None, shift=None, out_bits: int = 8, *, use_amx: bool | None = None,
+                out: np.ndarray | None = None):
+    """VNNI/AMX :func:`matmul_ref` in one parallel region (see :func:`_mm_amx`, :func:`_mm_vnni`).
+
+    ``b``: int8 array (each task packs the columns it needs) or a
+    :class:`CpuPackedMatmulB` (packed once).  ``use_amx``: None = AMX when
+    available and ``M ≥ AMX_MM_MIN_M``; True/False force it.  ``out``: see
+    :func:`matmul_cpu`.
+    """
+    b_raw, packed = _unpack_b(b, CpuPackedMatmulB, "cpu")
+    batch, mm, nn, kk = matmul_shapes(a, b_raw)
     ep = epilogue_params(nn, m_i32, shift, out_bits)
-    ia, ib = batch_maps(batch, tuple(a.shape[:-2]), tuple(b.shape[:-2]))
-    a3 = np.ascontiguousarray(a).reshape(_prod(a.shape[:-2]), mm, kk)
-    b3 = np.ascontiguousarray(b).reshape(_prod(b.shape[:-2]), nn, kk)
+    a_batch, b_batch = tuple(a.shape[:-2]), tuple(b_raw.shape[:-2])
+    shape = batch + (mm, nn)
+    out3 = np.empty(shape, ep.out_dtype) if out is None else _check_out(out, shape, ep.out_dtype)
+    if out3.size == 0:
+        return out3
+    if kk == 0:
+        out3[...] = 0  # an empty sum, and requantize(0) == 0
+        return out3
+    ia, ib = _cached_batch_maps(batch, a_batch, b_batch)
+    nt = ia.shape[0]
     if use_amx is None:
-        use_amx = _want_amx(mm, kk)
-    wp, corr = pack_vnni(b3, need_corr=not use_amx and a.dtype == np.int8)
-    return _run_vnni(a3, wp, corr, None, ia, ib, ep, mm, nn, use_amx).reshape(batch + (mm, nn))
+        use_amx = _vnni.HAVE_AMX and mm >= AMX_MM_MIN_M
+    elif use_amx and not _vnni.HAVE_AMX:
+        raise KernelInputError("use_amx=True but AMX-INT8 is not available on this host")
+    a3 = a if a.flags.c_contiguous else np.ascontiguousarray(a)
+    a3 = a3.reshape(_prod(a_batch), mm, kk).view(np.uint8)
+    signed = a.dtype == np.int8
+    cb = 32 if use_amx else PANEL
+    n_panels = -(-nn // cb)
+    m_tiles = -(-mm // (32 if use_amx else MR))
+    n_groups, m_chunks = _mm_groups(nt, n_panels, m_tiles, split_m=True)
+    if packed is None and m_chunks > 1 and nn * kk >= 4096:  # row chunks would each repack B: pack it once
+        packed = pack_matmul_b_cpu(b_raw)
+    else:
+        m_chunks = m_chunks if packed is not None else 1
+    if packed is not None and packed.wp is not None:
+        b8, b32 = _EMPTY_B, _EMPTY_B32
+        wp, corr2, prepacked = packed.wp, packed.corr_i32, True
+    else:
+        b8 = b_raw if b_raw.flags.c_contiguous else np.ascontiguousarray(b_raw)
+        b8 = b8.reshape(_prod(b_batch), nn, kk)
+        b32 = b8.view(np.int32) if kk % 4 == 0 else _EMPTY_B32
+        wp, corr2, prepacked = _EMPTY_WP, _EMPTY_CORR, False
+    esize = out3.dtype.itemsize
+    mode = _VNNI_MODES[esize] if ep.requant else _vnni.RAW32
+    out_b = out3.reshape(nt, mm, nn).view(np.uint8).reshape(nt, mm, nn * esize)
+    m_vec, s_vec, zinit = _padded_epilogue(ep, _round_up(nn, 32))
+    if use_amx:
+        _mm_amx(a3, signed, b8, b32, wp, prepacked, ia, ib, mm, nn, kk, n_groups, m_chunks, mode, m_vec, s_vec, zinit,
+                ep.q, out_b, esize, _AMX_CFG)
+    else:
+        _mm_vnni(a3, signed, b8, b32, wp, corr2, prepacked, ia, ib, mm, nn, kk, n_groups, m_chunks, mode, m_vec, s_vec,
+                 ep.q, out_b, esize)
+    return out3
+
+
+_EMPTY_B = np.zeros((1, 1, 1), np.int8)
+_EMPTY_B32 = np.zeros((1, 1, 1), np.int32)
+_EMPTY_WP = np.zeros((1, 1, 1, 16, 4), np.int8)
+_EMPTY_CORR = np.zeros((1, 1), np.int32)
 
 
 @register("linear", "cpu")
-def linear_cpu(x_i8: np.ndarray, packed: CpuPackedWeight, bias_i32=None, m_i32=None, shift=None, out_bits: int = 8):
-    """numba :func:`linear_ref` (bit-exact): VNNI micro-kernel when available, else :func:`linear_portable`."""
+def linear_cpu(x_i8: np.ndarray, packed: CpuPackedWeight, bias_i32=None, m_i32=None, shift=None, out_bits: int = 8,
+               *, out: np.ndarray | None = None):
+    """numba :func:`linear_ref` (bit-exact): VNNI micro-kernel when available, else :func:`linear_portable`.
+
+    ``out``: None (a new array) or a writeable C-contiguous numpy array of
+    exactly the output's shape ``[..., N]`` and dtype, written and returned
+    (``KernelInputError`` naming ``out`` otherwise).
+    """
     if _vnni.HAVE_VNNI and isinstance(packed, CpuPackedWeight) and packed.layout == "vnni":
-        return linear_vnni(x_i8, packed, bias_i32, m_i32, shift, out_bits)
-    return linear_portable(x_i8, packed, bias_i32, m_i32, shift, out_bits)
+        return linear_vnni(x_i8, packed, bias_i32, m_i32, shift, out_bits, out=out)
+    return linear_portable(x_i8, packed, bias_i32, m_i32, shift, out_bits, out=out)
 
 
 @register("matmul", "cpu")
-def matmul_cpu(a: np.ndarray, b: np.ndarray, m_i32=None, shift=None, out_bits: int = 8):
-    """numba :func:`matmul_ref` (bit-exact): VNNI micro-kernel when available, else :func:`matmul_portable`."""
+def matmul_cpu(a: np.ndarray, b, m_i32=None, shift=None, out_bits: int = 8, *, out: np.ndarray | None = None):
+    """numba :func:`matmul_ref` (bit-exact): VNNI/AMX kernels when available, else :func:`matmul_portable`.
+
+    ``b``: int8 ``[..., N, K]`` or the :class:`CpuPackedMatmulB` of
+    :func:`pack_matmul_b_cpu` (same result, no per-call packing).  ``out``:
+    None (a new array) or a writeable C-contiguous numpy array of exactly the
+    output's shape and dtype, written and returned (``KernelInputError`` otherwise).
+    """
     if _vnni.HAVE_VNNI:
-        return matmul_vnni(a, b, m_i32, shift, out_bits)
-    return matmul_portable(a, b, m_i32, shift, out_bits)
+        return matmul_vnni(a, b, m_i32, shift, out_bits, out=out)
+    return matmul_portable(a, b, m_i32, shift, out_bits, out=out)

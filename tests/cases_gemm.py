@@ -1,9 +1,10 @@
-"""Kernel cases for gemm.py (ops "pack_weight", "linear", "matmul").
+"""Kernel cases for gemm.py (ops "pack_weight", "linear", "matmul", "pack_matmul_b").
 
 Protocol: tests/strategies.py.  Shapes include size 1, odd sizes and, when
 ``small=False``, reduction lengths up to 4096; inputs mix uniform values with
 the extremes (int8 ±127 and -128, uint8 255); requantization is absent,
-per-tensor or per-channel with ``out_bits`` 8/16/32.
+per-tensor or per-channel with ``out_bits`` 8/16/32.  ``matmul`` cases pass
+``b`` raw or through ``pack_matmul_b`` (uint8 ``a``, broadcast batch dims).
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def _pack_weight(draw, small):
 
 
 @st.composite
-def _matmul(draw, small):
+def _matmul_inputs(draw, small):
     batch = tuple(draw(st.lists(dims(3 if small else 6), min_size=0, max_size=2)))
 
     def operand_batch():
@@ -112,7 +113,32 @@ def _matmul(draw, small):
         a = draw(int8_operand(a_shape))
     b = draw(int8_operand(operand_batch() + (nn, kk)))
     kw, rq = draw(requant_args(nn))
-    return Case("matmul", lambda be: get_kernel("matmul", be)(a, b, **kw), f"a {a.dtype}{a.shape} b{b.shape} {rq}")
+    return a, b, kw, rq
 
 
-CASES = {"pack_weight": _pack_weight, "linear": _linear, "matmul": _matmul}
+@st.composite
+def _matmul(draw, small):
+    a, b, kw, rq = draw(_matmul_inputs(small))
+    packed = draw(st.booleans())  # b as a constant packed once (bit-identical by contract)
+
+    def run(backend):
+        bb = get_kernel("pack_matmul_b", backend)(b) if packed else b
+        return get_kernel("matmul", backend)(a, bb, **kw)
+
+    return Case("matmul", run, f"a {a.dtype}{a.shape} b{b.shape}{' packed' if packed else ''} {rq}")
+
+
+@st.composite
+def _pack_matmul_b(draw, small):
+    a, b, kw, rq = draw(_matmul_inputs(small))
+
+    def run(backend):
+        packed = get_kernel("pack_matmul_b", backend)(b)
+        first = get_kernel("matmul", backend)(a, packed, **kw)
+        again = get_kernel("matmul", backend)(a, packed, **kw)  # the packed operand is reusable
+        return first, again
+
+    return Case("pack_matmul_b", run, f"pack b{b.shape} then matmul a {a.dtype}{a.shape} {rq} (twice)")
+
+
+CASES = {"pack_weight": _pack_weight, "linear": _linear, "matmul": _matmul, "pack_matmul_b": _pack_matmul_b}

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import cuda
 
+from .._util import check_int
 from ..errors import KernelInputError
 from ..gemm import (
     Epilogue,
@@ -217,15 +218,50 @@ def linear_cuda(x_i8, packed: CudaPackedWeight, bias_i32=None, m_i32=None, shift
     return finish(out_d.reshape(*lead, n) if lead else out_d.reshape(n), any_device(x_i8))
 
 
+@dataclass(frozen=True)
+class CudaPackedMatmulB:
+    """``cuda`` form of a constant ``matmul`` right operand: the int8 ``[..., N, K]`` array on the device.
+
+    ``on_device``: whether the caller passed a device array (results then stay
+    on the device, as with the raw operand).
+    """
+
+    b_dev: object
+    shape: tuple
+    on_device: bool
+
+    @property
+    def dtype(self):
+        return np.dtype(np.int8)
+
+
+@register("pack_matmul_b", "cuda")
+def pack_matmul_b_cuda(b) -> CudaPackedMatmulB:
+    """Copy a constant ``b`` int8 ``[..., N, K]`` to the device once (see :func:`~intengine.kernels.gemm.pack_matmul_b_ref`)."""
+    check_int("b", b, (np.int8,))
+    shape = tuple(int(d) for d in b.shape)
+    if len(shape) < 2:
+        raise KernelInputError(f"b [..., N, K] must be at least 2-D, got {shape}")
+    on_device = is_device(b)
+    b_d = _reshape_dev(b, (int(np.prod(shape[:-2], dtype=np.int64)),) + shape[-2:])
+    return CudaPackedMatmulB(b_d, shape, on_device)
+
+
 @register("matmul", "cuda")
 def matmul_cuda(a, b, m_i32=None, shift=None, out_bits: int = 8):
-    """CUDA :func:`~intengine.kernels.gemm.matmul_ref` (bit-exact)."""
+    """CUDA :func:`~intengine.kernels.gemm.matmul_ref` (bit-exact); ``b`` may be a :class:`CudaPackedMatmulB`."""
+    packed = b if isinstance(b, CudaPackedMatmulB) else None
+    if packed is None and type(b).__name__.endswith("PackedMatmulB"):
+        raise KernelInputError(
+            f"b must be an int8 array or the result of get_kernel('pack_matmul_b', 'cuda') (CudaPackedMatmulB), "
+            f"got {type(b).__name__}")
     batch, mm, nn, kk = matmul_shapes(a, b)
     ep = epilogue_params(nn, m_i32, shift, out_bits)
     ia, ib = batch_maps(batch, tuple(a.shape)[:-2], tuple(b.shape)[:-2])
     na = int(np.prod(tuple(a.shape)[:-2], dtype=np.int64))
     nb = int(np.prod(tuple(b.shape)[:-2], dtype=np.int64))
     a3 = _reshape_dev(a, (na, mm, kk))
-    b3 = _reshape_dev(b, (nb, nn, kk))
+    b3 = packed.b_dev if packed is not None else _reshape_dev(b, (nb, nn, kk))
     out_d = _launch(a3, b3, ia, ib, np.zeros((nb, nn), np.int32), ep, mm, nn)
-    return finish(out_d.reshape(*batch, mm, nn), any_device(a, b))
+    on_device = any_device(a) or (packed.on_device if packed is not None else any_device(b))
+    return finish(out_d.reshape(*batch, mm, nn), on_device)
