@@ -190,26 +190,47 @@ def gemm_rows(cfg: Config) -> Iterable[Group]:
 
     # attention products (batched NT matmul): Q·Kᵀ (int8) and P·V (uint8 P, V passed transposed)
     heads, dh = 12, 64
-    for seq in ([128] if cfg.quick else [128, 512]):
-        q = rng.integers(-127, 128, (1, heads, seq, dh), dtype=np.int64).astype(np.int8)
-        kk = rng.integers(-127, 128, (1, heads, seq, dh), dtype=np.int64).astype(np.int8)
-        p = rng.integers(0, 256, (1, heads, seq, seq), dtype=np.int64).astype(np.uint8)
-        vt = rng.integers(-127, 128, (1, heads, dh, seq), dtype=np.int64).astype(np.int8)
+    shapes = [(1, 128), (8, 128)] if cfg.quick else [(1, 128), (8, 128), (1, 512)]
+    for bsz, seq in shapes:
+        q = rng.integers(-127, 128, (bsz, heads, seq, dh), dtype=np.int64).astype(np.int8)
+        kk = rng.integers(-127, 128, (bsz, heads, seq, dh), dtype=np.int64).astype(np.int8)
+        p = rng.integers(0, 256, (bsz, heads, seq, seq), dtype=np.int64).astype(np.uint8)
+        vt = rng.integers(-127, 128, (bsz, heads, dh, seq), dtype=np.int64).astype(np.int8)
         qf, kf = torch.from_numpy(q).float(), torch.from_numpy(kk).float()
         pf, vf = torch.from_numpy(p).float(), torch.from_numpy(vt).float().transpose(-1, -2).contiguous()
-        ops_qk = 2.0 * heads * seq * seq * dh
+        ops_qk = 2.0 * bsz * heads * seq * seq * dh
+        portable = bsz == 1 and seq == 128
+        qk_ours = {f"cpu[{_cpu_mm_path(seq)}] int8 +requant": lambda: gemm.matmul_cpu(q, kk, 1 << 30, 20)}
+        pv_ours = {f"cpu[{_cpu_mm_path(seq)}] uint8 P +requant": lambda: gemm.matmul_cpu(p, vt, 1 << 30, 20)}
+        if portable:
+            qk_ours["portable int8 +requant"] = lambda: gemm.matmul_portable(q, kk, 1 << 30, 20)
+            pv_ours["portable uint8 P +requant"] = lambda: gemm.matmul_portable(p, vt, 1 << 30, 20)
+        yield Group("matmul Q·Kᵀ", f"B={bsz} H={heads} S={seq} d={dh}", ops_qk, "GOPS", qk_ours,
+                    {"torch fp32 matmul": lambda: torch.matmul(qf, kf.transpose(-1, -2))})
+        yield Group("matmul P·V", f"B={bsz} H={heads} S={seq} d={dh}", ops_qk, "GOPS", pv_ours,
+                    {"torch fp32 matmul": lambda: torch.matmul(pf, vf)})
+
+    # DeBERTa relative-position term: activations × a constant int8 table [H, 2S, d], broadcast over the batch
+    for bsz in (1, 8):
+        seq = 128
+        qa = rng.integers(-127, 128, (bsz, heads, seq, dh), dtype=np.int64).astype(np.int8)
+        table = rng.integers(-127, 128, (heads, 2 * seq, dh), dtype=np.int64).astype(np.int8)
+        packed_t = gemm.pack_matmul_b_cpu(table)
+        qaf, tf = torch.from_numpy(qa).float(), torch.from_numpy(table).float()
         yield Group(
-            "matmul Q·Kᵀ", f"B=1 H={heads} S={seq} d={dh}", ops_qk, "GOPS",
-            {f"cpu[{_cpu_path(seq, dh)}] int8 +requant": lambda: gemm.matmul_cpu(q, kk, 1 << 30, 20),
-             "portable int8 +requant": lambda: gemm.matmul_portable(q, kk, 1 << 30, 20)},
-            {"torch fp32 matmul": lambda: torch.matmul(qf, kf.transpose(-1, -2))},
+            "matmul c2p", f"B={bsz} H={heads} T={seq} 2S={2 * seq} d={dh}", 2.0 * bsz * heads * seq * 2 * seq * dh, "GOPS",
+            {f"cpu[{_cpu_mm_path(seq)}] pack_matmul_b table": lambda: gemm.matmul_cpu(qa, packed_t, 1 << 30, 20),
+             f"cpu[{_cpu_mm_path(seq)}] raw table": lambda: gemm.matmul_cpu(qa, table, 1 << 30, 20)},
+            {"torch fp32 matmul": lambda: torch.matmul(qaf, tf.transpose(-1, -2))},
         )
-        yield Group(
-            "matmul P·V", f"B=1 H={heads} S={seq} d={dh}", ops_qk, "GOPS",
-            {f"cpu[{_cpu_path(seq, seq)}] uint8 P +requant": lambda: gemm.matmul_cpu(p, vt, 1 << 30, 20),
-             "portable uint8 P +requant": lambda: gemm.matmul_portable(p, vt, 1 << 30, 20)},
-            {"torch fp32 matmul": lambda: torch.matmul(pf, vf)},
-        )
+
+
+def _cpu_mm_path(m: int) -> str:
+    from intengine.kernels import _vnni, gemm
+
+    if _vnni.HAVE_AMX and m >= gemm.AMX_MM_MIN_M:
+        return "amx"
+    return "vnni" if _vnni.HAVE_VNNI else "portable"
 
 
 @bench("nonlinear")

@@ -41,7 +41,9 @@ final value is in range.
 
 from __future__ import annotations
 
+import collections
 import functools
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -300,7 +302,7 @@ def matmul_ref(a: np.ndarray, b, m_i32=None, shift=None, out_bits: int = 8):
 
 
 def _prod(dims) -> int:
-    return int(np.prod(dims, dtype=np.int64))
+    return math.prod(int(d) for d in dims)
 
 
 def _round_up(v: int, to: int) -> int:
@@ -949,9 +951,26 @@ def _epib(mode, c, ldc, rows, init, m, s, q, o, ldo):
         _vnni.epib_rq32(c, ldc, rows, init, m, s, q, o, ldo)
 
 
+@numba.njit(cache=True)
+def _mm_groups(nt, n_panels, m_tiles, split_m, threads):
+    """(column groups, row chunks) per batch entry: aim at ≥ 4 tasks per thread.
+
+    Column groups first (each task packs only its own columns of B); row
+    chunks only when ``split_m`` (a prepacked B: no repacking per chunk).
+    """
+    want = 4 * threads
+    if nt >= want:
+        return 1, 1
+    n_groups = max(1, min(n_panels, (want + nt - 1) // nt))
+    m_chunks = 1
+    if split_m and nt * n_groups < want:
+        m_chunks = max(1, min(m_tiles, (want + nt * n_groups - 1) // (nt * n_groups)))
+    return n_groups, m_chunks
+
+
 @numba.njit(parallel=True, cache=True)
-def _mm_amx(a3, signed, b8, b32, wp, prepacked, ia, ib, mm, nn, kk, n_groups, m_chunks, mode, m_i32, s_i64, zinit,
-            q, out_b, esize, cfg):
+def _mm_amx(a3, signed, b8, b32, wp, prepacked, ia, ib, mm, nn, kk, mode, m_i32, s_i64, zinit, q, out_b, esize, cfg,
+            threads):
     """Batched ``A·Bᵀ`` on AMX: 32×32 blocks, whole K per block, block epilogue.
 
     a3 [Ba, M, K] uint8 bytes of the int8 (``signed``: ``tdpbssd``) or uint8
@@ -960,15 +979,17 @@ def _mm_amx(a3, signed, b8, b32, wp, prepacked, ia, ib, mm, nn, kk, n_groups, m_
     ``wp [Bb, Np/16, Kp/4, 16, 4]`` (``pack_vnni``); else each task packs its
     column group of ``b8 [Bb, N, K]`` (``b32``: its int32 words) itself.
     m_i32/s_i64/zinit hold ≥ ⌈N/32⌉·32 entries; out_b [Bt, M, N·esize] bytes.
-    Tasks: (batch entry, group of 32-column panels, chunk of 32-row tiles).
+    Tasks: (batch entry, group of 32-column panels, chunk of 32-row tiles),
+    see :func:`_mm_groups` (rows are split only with ``prepacked`` B).
     """
     nt = ia.shape[0]
     kq = (kk + 63) // 64 * 16
     kp = kq * 4
     kchunks = kq // 16
     n_panels = (nn + 31) // 32
-    ppg = (n_panels + n_groups - 1) // n_groups
     m_tiles = (mm + 31) // 32
+    n_groups, m_chunks = _mm_groups(nt, n_panels, m_tiles, prepacked, threads)
+    ppg = (n_panels + n_groups - 1) // n_groups
     tpc = (m_tiles + m_chunks - 1) // m_chunks
     in_place = kk == kp
     cfg_addr = np.int64(cfg.ctypes.data)
@@ -1043,8 +1064,8 @@ def _mm_amx(a3, signed, b8, b32, wp, prepacked, ia, ib, mm, nn, kk, n_groups, m_
 
 
 @numba.njit(parallel=True, cache=True)
-def _mm_vnni(a3, signed, b8, b32, wp, corr2, prepacked, ia, ib, mm, nn, kk, n_groups, m_chunks, mode, m_i32, s_i64,
-             q, out_b, esize):
+def _mm_vnni(a3, signed, b8, b32, wp, corr2, prepacked, ia, ib, mm, nn, kk, mode, m_i32, s_i64, q, out_b, esize,
+             threads):
     """Batched ``A·Bᵀ`` with the 8×48 VNNI micro-kernel, epilogue in registers.
 
     Arguments as :func:`_mm_amx`; ``corr2 [Bb, Np]`` (= ``128·Σb``) is read
@@ -1057,8 +1078,9 @@ def _mm_vnni(a3, signed, b8, b32, wp, corr2, prepacked, ia, ib, mm, nn, kk, n_gr
     kg = (kk + 3) // 4
     n_panels = (nn + PANEL - 1) // PANEL
     nbt = (nn + 15) // 16
-    ppg = (n_panels + n_groups - 1) // n_groups
     m_tiles = (mm + MR - 1) // MR
+    n_groups, m_chunks = _mm_groups(nt, n_panels, m_tiles, prepacked, threads)
+    ppg = (n_panels + n_groups - 1) // n_groups
     tpc = (m_tiles + m_chunks - 1) // m_chunks
     nblk_max = PANEL // 16
     for task in numba.prange(nt * n_groups * m_chunks):
@@ -1284,19 +1306,26 @@ def _unpack_b(b, cls, backend: str):
     return b, None
 
 
-def _mm_groups(nt: int, n_panels: int, m_tiles: int, split_m: bool) -> tuple[int, int]:
-    """(column groups, row chunks) per batch entry: aim at ≥ 4 tasks per thread."""
-    want = 4 * numba.get_num_threads()
-    if nt >= want:
-        return 1, 1
-    n_groups = min(n_panels, -(-want // nt))
-    m_chunks = 1
-    if split_m and nt * n_groups < want:
-        m_chunks = min(m_tiles, -(-want // (nt * n_groups)))
-    return max(n_groups, 1), max(m_chunks, 1)
+AMX_MM_MIN_M = 32  # batched matmul: AMX from one full 32-row tile (the block epilogue made K = 64 worth it)
+
+
+_Spec = collections.namedtuple("_Spec", "shape dtype")  # stands in for an array in the cached shape checks
+
+
+@functools.lru_cache(maxsize=1024)
+def _mm_geometry(a_shape: tuple, a_dtype, b_shape: tuple, b_dtype):
+    """Checked ``matmul`` geometry (cached per shapes/dtypes; errors are raised, never cached).
+
+    Returns ``(out_shape, M, N, K, Ba, Bb, ia, ib)``: ``Ba``/``Bb`` the flattened
+    batch sizes of a and b, ``ia``/``ib`` the read-only batch index maps.
+    """
+    batch, mm, nn, kk = matmul_shapes(_Spec(a_shape, a_dtype), _Spec(b_shape, b_dtype))
+    ia, ib = _cached_batch_maps(batch, a_shape[:-2], b_shape[:-2])
+    return batch + (mm, nn), mm, nn, kk, _prod(a_shape[:-2]), _prod(b_shape[:-2]), ia, ib
 
 
 AMX_MM_MIN_M = 32  # batched matmul: AMX from one full 32-row tile (the block epilogue made K = 64 worth it)
+PREPACK_TASKS = 8  # raw B with fewer (batch × column panel) tasks than this and several row tiles: pack B once up front
 
 
 def matmul_vnni(a: np.ndarray, b, m_i32=None, shift=None, out_bits: int = 8, *, use_amx: bool | None = None,
@@ -1308,52 +1337,47 @@ def matmul_vnni(a: np.ndarray, b, m_i32=None, shift=None, out_bits: int = 8, *, 
     available and ``M ≥ AMX_MM_MIN_M``; True/False force it.  ``out``: see
     :func:`matmul_cpu`.
     """
-    b_raw, packed = _unpack_b(b, CpuPackedMatmulB, "cpu")
-    batch, mm, nn, kk = matmul_shapes(a, b_raw)
+    if type(b) is CpuPackedMatmulB:
+        b_raw, packed = b.b_i8, b
+    else:
+        b_raw, packed = _unpack_b(b, CpuPackedMatmulB, "cpu")
+    try:
+        shape, mm, nn, kk, na, nb, ia, ib = _mm_geometry(tuple(a.shape), a.dtype, tuple(b_raw.shape), b_raw.dtype)
+    except (AttributeError, TypeError):  # not arrays, or unhashable odd objects: the uncached checks say why
+        matmul_shapes(a, b_raw)
+        raise
     ep = epilogue_params(nn, m_i32, shift, out_bits)
-    a_batch, b_batch = tuple(a.shape[:-2]), tuple(b_raw.shape[:-2])
-    shape = batch + (mm, nn)
     out3 = np.empty(shape, ep.out_dtype) if out is None else _check_out(out, shape, ep.out_dtype)
     if out3.size == 0:
         return out3
     if kk == 0:
         out3[...] = 0  # an empty sum, and requantize(0) == 0
         return out3
-    ia, ib = _cached_batch_maps(batch, a_batch, b_batch)
     nt = ia.shape[0]
     if use_amx is None:
         use_amx = _vnni.HAVE_AMX and mm >= AMX_MM_MIN_M
     elif use_amx and not _vnni.HAVE_AMX:
         raise KernelInputError("use_amx=True but AMX-INT8 is not available on this host")
-    a3 = a if a.flags.c_contiguous else np.ascontiguousarray(a)
-    a3 = a3.reshape(_prod(a_batch), mm, kk).view(np.uint8)
-    signed = a.dtype == np.int8
-    cb = 32 if use_amx else PANEL
-    n_panels = -(-nn // cb)
-    m_tiles = -(-mm // (32 if use_amx else MR))
-    n_groups, m_chunks = _mm_groups(nt, n_panels, m_tiles, split_m=True)
-    if packed is None and m_chunks > 1 and nn * kk >= 4096:  # row chunks would each repack B: pack it once
-        packed = pack_matmul_b_cpu(b_raw)
-    else:
-        m_chunks = m_chunks if packed is not None else 1
+    a3 = (a if a.flags.c_contiguous else np.ascontiguousarray(a)).reshape(na, mm, kk).view(np.uint8)
+    if packed is None and nt * -(-nn // (32 if use_amx else PANEL)) < PREPACK_TASKS and mm > 32 and nn * kk >= 4096:
+        packed = pack_matmul_b_cpu(b_raw)  # few tasks: split rows too, over one packed B
     if packed is not None and packed.wp is not None:
         b8, b32 = _EMPTY_B, _EMPTY_B32
         wp, corr2, prepacked = packed.wp, packed.corr_i32, True
     else:
-        b8 = b_raw if b_raw.flags.c_contiguous else np.ascontiguousarray(b_raw)
-        b8 = b8.reshape(_prod(b_batch), nn, kk)
+        b8 = (b_raw if b_raw.flags.c_contiguous else np.ascontiguousarray(b_raw)).reshape(nb, nn, kk)
         b32 = b8.view(np.int32) if kk % 4 == 0 else _EMPTY_B32
         wp, corr2, prepacked = _EMPTY_WP, _EMPTY_CORR, False
     esize = out3.dtype.itemsize
     mode = _VNNI_MODES[esize] if ep.requant else _vnni.RAW32
-    out_b = out3.reshape(nt, mm, nn).view(np.uint8).reshape(nt, mm, nn * esize)
+    out_b = out3.reshape(nt, mm, nn).view(np.uint8)
     m_vec, s_vec, zinit = _padded_epilogue(ep, _round_up(nn, 32))
     if use_amx:
-        _mm_amx(a3, signed, b8, b32, wp, prepacked, ia, ib, mm, nn, kk, n_groups, m_chunks, mode, m_vec, s_vec, zinit,
-                ep.q, out_b, esize, _AMX_CFG)
+        _mm_amx(a3, a.dtype == np.int8, b8, b32, wp, prepacked, ia, ib, mm, nn, kk, mode, m_vec, s_vec, zinit, ep.q,
+                out_b, esize, _AMX_CFG, numba.get_num_threads())
     else:
-        _mm_vnni(a3, signed, b8, b32, wp, corr2, prepacked, ia, ib, mm, nn, kk, n_groups, m_chunks, mode, m_vec, s_vec,
-                 ep.q, out_b, esize)
+        _mm_vnni(a3, a.dtype == np.int8, b8, b32, wp, corr2, prepacked, ia, ib, mm, nn, kk, mode, m_vec, s_vec, ep.q,
+                 out_b, esize, numba.get_num_threads())
     return out3
 
 
