@@ -317,3 +317,151 @@ def test_bad_arguments_name_the_argument():
         layernorm_params(np.full(c, np.nan), np.zeros(c), 0.0, 0.05)
     # eps = 0 needs no input scale
     layernorm_params(np.ones(c), np.zeros(c), 0.0, 0.05)
+
+
+# ----------------------------------------------------------------------------- cpu kernel paths
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from strategies import dims, int_arrays  # noqa: E402
+
+from intengine.kernels import layernorm as ln_mod  # noqa: E402
+
+
+@pytest.fixture(params=["avx512", "portable"])
+def cpu_path(request, monkeypatch):
+    """Run layernorm_cpu through the AVX-512 output pass (where the host has it) and through the portable loop."""
+    if request.param == "avx512" and not ln_mod.HAVE_AVX512:
+        pytest.skip("host without AVX-512F/BW")
+    monkeypatch.setattr(ln_mod, "HAVE_AVX512", request.param == "avx512")
+    monkeypatch.setattr(ln_mod, "_PLAN_CACHE", {})
+    return request.param
+
+
+def _fused_shifts(p):
+    """The output shifts, whether they are the fused ``S_c``, and whether the AVX-512 blocks apply."""
+    plan = ln_mod._plan(p.m_i32.shape[0], p.m_i32, p.shift, p.bias_i64)
+    return plan[2], plan[4], plan[5] is not None
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_cpu_matches_ref_property(data):
+    """Random C (block multiples, tails, C < 16), int32 rows with extremes, γ spread over many binades
+    (mixed and uniform fused shifts, some outside [32, 63] → scalar loop), β, eps, out_bits: cpu == ref,
+    on both cpu paths."""
+    c = data.draw(st.one_of(dims(200), st.sampled_from([16, 32, 48, 768, 769, 1024])), label="C")
+    rows = data.draw(st.integers(1, 9), label="rows")
+    mag = data.draw(st.sampled_from([1, 100, 2**21, 2**31 - 1]), label="mag")
+    x = data.draw(int_arrays(np.int32, (rows, c), -mag, mag), label="x")
+    if data.draw(st.booleans(), label="int32 min"):
+        x.flat[data.draw(st.integers(0, x.size - 1))] = -(2**31)
+    seed = data.draw(st.integers(0, 2**32 - 1), label="seed")
+    rng = np.random.default_rng(seed)
+    uniform = data.draw(st.booleans(), label="one γ binade")
+    g_exp = data.draw(st.integers(-20, 12), label="γ exponent")
+    gamma = 2.0**g_exp * (rng.uniform(1.0, 1.9, c) if uniform else 2.0 ** rng.uniform(-6, 6, c))
+    gamma *= np.where(rng.random(c) < 0.3, -1, 1)
+    beta = rng.normal(0, data.draw(st.sampled_from([0.0, 0.1, 100.0])), c)
+    eps = data.draw(st.sampled_from([0.0, 1e-12, 1e-5, 1.0]), label="eps")
+    out_bits = data.draw(st.sampled_from([8, 8, 4, 16, 32]), label="out_bits")
+    s_out = data.draw(st.sampled_from([2.0**-10, 0.05, 1.0]), label="S_out")
+    try:
+        p = layernorm_params(gamma, beta, eps, s_out, out_bits, in_scale=1e-3)
+    except KernelInputError:  # |γ|·√C/S_out beyond the supported range
+        return
+    want = layernorm_ref(x, **p.kernel_args)
+    for avx in ((True, False) if ln_mod.HAVE_AVX512 else (False,)):
+        saved, ln_mod.HAVE_AVX512 = ln_mod.HAVE_AVX512, avx
+        try:
+            ln_mod._PLAN_CACHE.clear()
+            got = layernorm_cpu(x, **p.kernel_args)
+        finally:
+            ln_mod.HAVE_AVX512 = saved
+            ln_mod._PLAN_CACHE.clear()
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want, err_msg=f"avx512={avx}")
+
+
+def test_avx512_blocks_cover_the_usual_parameters(cpu_path):
+    """BERT-like γ, β and scales take the 16-channel path (uniform and mixed shifts), tiny or huge
+    |γ|·√C/S_out fall back to the scalar loop, and every case stays bit-exact."""
+    rng = np.random.default_rng(9)
+    c = 768 + 5  # 48 blocks and a 5-channel tail
+    x = rng.integers(-(2**21), 2**21, size=(33, c), endpoint=True).astype(np.int32)
+    x[0] = 2**31 - 1
+    x[1, ::2], x[1, 1::2] = 2**31 - 1, -(2**31)
+    x[2] = 7
+    x[2, -1] = 8
+    cases = [(np.ones(c), 8 / 127), (rng.uniform(0.5, 1.5, c), 8 / 127), (-rng.uniform(0.1, 3, c), 0.01),
+             (np.full(c, 1e-6), 1.0), (np.full(c, 3e4), 1e-4)]
+    taken = []
+    for gamma, s_out in cases:
+        for out_bits in (8, 16, 32):
+            p = layernorm_params(gamma, rng.normal(0, 0.2, c), 1e-5, s_out, out_bits, in_scale=1e-4)
+            shifts, fused, blocks = _fused_shifts(p)
+            taken.append(blocks)
+            if cpu_path == "avx512":
+                assert blocks == (fused and bool(np.all((shifts >= 32) & (shifts <= 63))))
+            out = layernorm_cpu(x, **p.kernel_args)
+            np.testing.assert_array_equal(out, layernorm_ref(x, **p.kernel_args))
+    if cpu_path == "avx512":
+        assert any(taken) and not all(taken)  # both the block path and the fallback were exercised
+
+
+@pytest.mark.parametrize("c", [4096 + 3, 1 << 20])
+def test_large_c_matches_ref(c, cpu_path):
+    """Large normalized axes (C up to 2^20: keep = 21, factor up to 2^42) with full-range int32 values."""
+    rng = np.random.default_rng(c)
+    x = rng.integers(-(2**31), 2**31 - 1, size=(2, c), endpoint=True).astype(np.int32)
+    x[1, : c // 2] = 5
+    x[1, c // 2 :] = 6  # tiny variance: left shift, eps-dominated
+    gamma = rng.uniform(0.5, 2.0, c) * np.where(rng.random(c) < 0.5, -1, 1)
+    beta = rng.normal(0, 0.5, c)
+    for eps, out_bits in ((0.0, 8), (1e-5, 16)):
+        p = layernorm_params(gamma, beta, eps, 0.05, out_bits, in_scale=1e-2)
+        np.testing.assert_array_equal(layernorm_cpu(x, **p.kernel_args), layernorm_ref(x, **p.kernel_args))
+
+
+def test_out_argument():
+    rng = np.random.default_rng(4)
+    c = 40
+    x = rng.integers(-(2**20), 2**20, size=(2, 3, c)).astype(np.int32)
+    p = layernorm_params(rng.uniform(0.5, 1.5, c), rng.normal(0, 0.1, c), 1e-5, 0.05, in_scale=1e-3)
+    want = layernorm_ref(x, **p.kernel_args)
+    buf = np.full(x.shape, 99, np.int8)
+    got = layernorm_cpu(x, **p.kernel_args, out=buf)
+    assert got is buf
+    np.testing.assert_array_equal(buf, want)
+    p16 = layernorm_params(np.ones(c), np.zeros(c), 0.0, 0.01, 16)
+    buf16 = np.empty(x.shape, np.int16)
+    assert layernorm_cpu(x, **p16.kernel_args, out=buf16) is buf16
+    np.testing.assert_array_equal(buf16, layernorm_ref(x, **p16.kernel_args))
+    bad = [np.empty((2, 3, c), np.int16), np.empty((6, c), np.int8), np.empty((2, 3, c + 1), np.int8),
+           np.empty((2, 3, 2 * c), np.int8)[..., ::2], np.empty((2, 3, c), np.int8).tolist()]
+    ro = np.empty((2, 3, c), np.int8)
+    ro.flags.writeable = False
+    for b in bad + [ro]:
+        with pytest.raises(KernelInputError, match=r"out must be .*int8 and shape \(2, 3, 40\)"):
+            layernorm_cpu(x, **p.kernel_args, out=b)
+
+
+def test_cached_constants_follow_parameter_changes(cpu_path):
+    """The output constants are cached per parameter arrays, but an in-place change of their contents
+    (or a new array, or a list) is seen at the next call."""
+    rng = np.random.default_rng(8)
+    c = 64
+    x = rng.integers(-5000, 5000, size=(4, c)).astype(np.int32)
+    p = layernorm_params(rng.uniform(0.5, 1.5, c), rng.normal(0, 0.1, c), 1e-5, 0.05, in_scale=1e-3)
+    m, s, b = p.m_i32.copy(), p.shift.copy(), p.bias_i64.copy()
+    args = dict(eps_m=p.eps_m, eps_e=p.eps_e, out_bits=8)
+    np.testing.assert_array_equal(layernorm_cpu(x, m, s, b, **args), layernorm_ref(x, m, s, b, **args))
+    m[::3] = -m[::3]
+    b[5] += 1 << 18
+    s[7] -= 1
+    want = layernorm_ref(x, m, s, b, **args)
+    np.testing.assert_array_equal(layernorm_cpu(x, m, s, b, **args), want)
+    np.testing.assert_array_equal(layernorm_cpu(x, list(m), list(s), list(b), **args), want)
+    s[0] = 0  # now invalid: re-validated, not served from the cache
+    with pytest.raises(KernelInputError, match="shift"):
+        layernorm_cpu(x, m, s, b, **args)
