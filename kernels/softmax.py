@@ -82,6 +82,7 @@ SOFTMAX_MAX_KEYS = (1 << 31) - 1
 SOFTMAX_NORM_NUM = SOFTMAX_OUT_LEVELS << SOFTMAX_NORM_BITS
 SOFTMAX_NORM_HALF = 1 << (SOFTMAX_NORM_BITS - 1)
 I64_MIN = -(1 << 63)
+_NO_IDX = np.zeros(1, np.int64)
 
 INPUT_DTYPES = (np.int8, np.int16, np.int32)
 MASK_DTYPES = (np.bool_, np.uint8)
@@ -350,18 +351,59 @@ def exp_cpu(x: np.ndarray, m_i32: int, shift: int) -> np.ndarray:
     return out.reshape(x.shape)
 
 
-def mask_spans(has_mask: bool, mask2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per mask row of :func:`mask_rows`: ``nkeep_i64`` (1 + the last kept key, 0 when none is kept)
-    and ``dense_u8`` (every key below ``nkeep`` is kept).  Keys from ``nkeep`` on are masked, so
-    the row kernels stop there (zeros beyond) and skip the mask test on dense rows."""
-    n = mask2.shape[1]
-    if not has_mask:
-        return np.full(mask2.shape[0], n, np.int64), np.ones(mask2.shape[0], np.uint8)
-    keep = mask2 != 0
-    nkeep = np.where(keep.any(axis=1), n - np.argmax(keep[:, ::-1], axis=1), 0).astype(np.int64)
-    dense = (np.cumsum(keep, axis=1, dtype=np.int64)[np.arange(mask2.shape[0]), np.maximum(nkeep - 1, 0)]
-             == nkeep).astype(np.uint8)
-    return nkeep, dense
+def mask_layout(mask: np.ndarray | None, x_shape) -> tuple[np.ndarray, int, np.ndarray | None]:
+    """Compact key mask for the cpu row kernels: ``(mask2_u8[mrows, n], inner, row_idx_i64 | None)``.
+
+    Row ``r`` of the input (rows = all axes but the last, C order) uses mask row
+    ``r // inner`` (no mask: one all-ones row and ``inner = rows``; a mask whose leading axes
+    match the input's up to trailing 1s, e.g. ``[B, 1, 1, T]``), else ``row_idx[r]``.
+    Like :func:`mask_rows` but with fewer numpy calls (a bool mask is viewed as uint8, copied
+    only when not contiguous or broadcast along keys).
+    """
+    x_shape = tuple(x_shape)
+    n = x_shape[-1]
+    lead_x = x_shape[:-1]
+    rows = 1
+    for d in lead_x:
+        rows *= d
+    if mask is None:
+        return np.ones((1, max(n, 1)), np.uint8), max(rows, 1), None
+    m = mask.view(np.uint8) if mask.dtype == np.bool_ else mask
+    shape = (1,) * (len(x_shape) - m.ndim) + m.shape
+    if shape[-1] != n:
+        m = np.broadcast_to(m.reshape(shape), shape[:-1] + (n,))
+    m2 = np.ascontiguousarray(m).reshape(-1, n)
+    lead_m = shape[:-1]
+    j = len(lead_m)
+    while j > 0 and lead_m[j - 1] == 1:
+        j -= 1
+    if lead_m[:j] == lead_x[:j]:
+        inner = 1
+        for d in lead_x[j:]:
+            inner *= d
+        return m2, max(inner, 1), None
+    idx = np.arange(m2.shape[0], dtype=np.int64).reshape(lead_m)
+    return m2, 1, np.broadcast_to(idx, lead_x).reshape(-1)
+
+
+@numba.njit(cache=True)
+def mask_spans(mask2, nkeep, dense):
+    """Per mask row: ``nkeep`` = 1 + the last kept key (0 when none is kept) and ``dense`` = every
+    key below ``nkeep`` is kept.  Keys from ``nkeep`` on are masked, so the row kernels stop
+    there (zeros beyond) and skip the mask test on dense rows."""
+    for k in range(mask2.shape[0]):
+        mr = mask2[k]
+        nk = 0
+        for c in range(mr.shape[0] - 1, -1, -1):
+            if mr[c] != 0:
+                nk = c + 1
+                break
+        d = 1
+        for c in range(nk):
+            if mr[c] == 0:
+                d = 0
+        nkeep[k] = nk
+        dense[k] = d
 
 
 @numba.njit(inline="always")
@@ -452,7 +494,8 @@ def _softmax_row_pair(xa, xb, dense, mr, nk, m_i64, s_i64, ea, eb, oa, ob):
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy")
-def _softmax_rows(x2, mask2, row_idx, nkeep, dense, m_i64, s_i64, nchunks, out2):
+def _softmax_rows(x2, mask2, inner, row_idx, use_idx, nkeep, dense, m_i64, s_i64, nchunks, out2):
+    """Rows ``[r0, r1)`` per chunk; row ``r`` uses mask row ``row_idx[r]`` (``use_idx``) or ``r // inner``."""
     rows, n = x2.shape
     for ch in numba.prange(nchunks):
         wide_vectors()
@@ -462,8 +505,9 @@ def _softmax_rows(x2, mask2, row_idx, nkeep, dense, m_i64, s_i64, nchunks, out2)
         eb = np.empty(n, np.int64)
         r = r0
         while r < r1:
-            k = row_idx[r]
-            if r + 1 < r1 and row_idx[r + 1] == k:
+            k = row_idx[r] if use_idx else r // inner
+            k1 = (row_idx[r + 1] if use_idx else (r + 1) // inner) if r + 1 < r1 else -1
+            if k1 == k:
                 _softmax_row_pair(x2[r], x2[r + 1], dense[k], mask2[k], nkeep[k], m_i64, s_i64, ea, eb, out2[r],
                                   out2[r + 1])
                 r += 2
@@ -481,9 +525,13 @@ def softmax_cpu(x: np.ndarray, mask, m_i32: int, shift: int) -> np.ndarray:
     out = np.empty(x.shape, np.uint8)
     if x.size == 0:
         return out
-    has_mask, mask2, row_idx = mask_rows(mask, x.shape)
-    nkeep, dense = mask_spans(has_mask, mask2)
+    mask2, inner, row_idx = mask_layout(mask, x.shape)
+    nkeep = np.empty(mask2.shape[0], np.int64)
+    dense = np.empty(mask2.shape[0], np.uint8)
+    mask_spans(mask2, nkeep, dense)
     x2 = as_rows(x)
     nchunks = min(x2.shape[0], 8 * numba.get_num_threads())
-    _softmax_rows(x2, mask2, row_idx, nkeep, dense, np.int64(m), np.int64(s), nchunks, as_rows(out))
+    use_idx = row_idx is not None
+    _softmax_rows(x2, mask2, np.int64(inner), row_idx if use_idx else _NO_IDX, use_idx, nkeep, dense, np.int64(m),
+                  np.int64(s), nchunks, as_rows(out))
     return out
