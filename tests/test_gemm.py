@@ -289,3 +289,168 @@ def test_cuda_device_in_device_out():
     assert is_device(y_d)
     want = get_kernel("linear", "ref")(x, get_kernel("pack_weight", "ref")(w), None, 1 << 30, 8)
     np.testing.assert_array_equal(y_d.copy_to_host(), want)
+
+
+# ----------------------------------------------------------------------------- batched matmul paths, packed b, out=
+
+
+ATTENTION = [  # (a batch, b batch, M, N, K): Q·Kᵀ, P·V (V transposed), DeBERTa tables, edges
+    ((1, 12), (1, 12), 128, 128, 64),
+    ((2, 12), (2, 12), 128, 64, 128),
+    ((2, 3), (3,), 37, 2 * 37, 64),  # b [H, 2S, d] broadcast over the batch
+    ((1,), (), 1, 1, 1),
+    ((3,), (3,), 33, 17, 5),
+    ((2,), (2,), 65, 97, 4096),
+    ((1,), (1,), 300, 40, 70),  # few tasks: rows split over a B packed up front
+    ((), (), 31, 2, 4095),
+]
+
+
+@pytest.mark.parametrize("a_batch,b_batch,mm,nn,kk", ATTENTION)
+@pytest.mark.parametrize("a_dtype", [np.int8, np.uint8])
+def test_matmul_paths_raw_and_packed_b_are_exact(a_batch, b_batch, mm, nn, kk, a_dtype):
+    rng = np.random.default_rng(mm * 1000 + nn + kk)
+    lo, hi = (-128, 128) if a_dtype == np.int8 else (0, 256)
+    a = rng.integers(lo, hi, a_batch + (mm, kk)).astype(a_dtype)
+    b = rng.integers(-128, 128, b_batch + (nn, kk)).astype(np.int8)
+    packed_cpu = gemm.pack_matmul_b_cpu(b)
+    for kw in ({}, {"m_i32": 1 << 30, "shift": 20, "out_bits": 8},
+               {"m_i32": np.full(nn, -(1 << 30), np.int32), "shift": np.arange(nn, dtype=np.int32) % 9 + 10, "out_bits": 16}):
+        want = gemm.matmul_ref(a, b, **kw)
+        np.testing.assert_array_equal(gemm.matmul_ref(a, gemm.pack_matmul_b_ref(b), **kw), want)
+        for name, fn in MATMUL_PATHS.items():
+            for bb in (b, packed_cpu):
+                got = fn(a, bb, **kw)
+                assert got.dtype == want.dtype and got.shape == want.shape, name
+                np.testing.assert_array_equal(got, want, err_msg=f"{name} {type(bb).__name__}")
+
+
+def test_packed_b_is_a_read_only_copy():
+    b = np.ones((2, 5, 8), np.int8)
+    a = np.ones((2, 3, 8), np.int8)
+    for pack in (gemm.pack_matmul_b_cpu, gemm.pack_matmul_b_ref):
+        packed = pack(b)
+        b[...] = 2  # later changes to the caller's array do not leak into the packed constant
+        assert not packed.b_i8.flags.writeable
+        got = get_kernel("matmul", "cpu" if pack is gemm.pack_matmul_b_cpu else "ref")(a, packed)
+        np.testing.assert_array_equal(got, np.full((2, 3, 5), 8, np.int32))
+        b[...] = 1
+
+
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda: gemm.pack_matmul_b_cpu(np.zeros((3, 8), np.uint8)), r"b must have dtype in \(int8\)"),
+        (lambda: gemm.pack_matmul_b_ref(np.zeros(8, np.int8)), "at least 2-D"),
+        (lambda: gemm.pack_matmul_b_cpu(np.zeros((1, gemm.MAX_K + 1), np.int8)), "exceeds MAX_K"),
+        (lambda: gemm.matmul_cpu(np.zeros((2, 8), np.int8), gemm.pack_matmul_b_ref(np.zeros((3, 8), np.int8))),
+         r"get_kernel\('pack_matmul_b', 'cpu'\)"),
+        (lambda: gemm.matmul_ref(np.zeros((2, 8), np.int8), gemm.pack_matmul_b_cpu(np.zeros((3, 8), np.int8))),
+         r"get_kernel\('pack_matmul_b', 'ref'\)"),
+        (lambda: gemm.matmul_cpu(np.zeros((2, 7), np.int8), gemm.pack_matmul_b_cpu(np.zeros((3, 8), np.int8))),
+         r"share the last \(K\) axis"),
+    ],
+)
+def test_pack_matmul_b_errors(call, match):
+    with pytest.raises(KernelInputError, match=match):
+        call()
+
+
+LINEAR_OUT_PATHS = {"cpu": (gemm.pack_weight_cpu, gemm.linear_cpu),
+                    "portable": (gemm.pack_weight_portable, gemm.linear_portable)}
+MATMUL_OUT_PATHS = {"cpu": gemm.matmul_cpu, "portable": gemm.matmul_portable}
+if _vnni.HAVE_VNNI:
+    LINEAR_OUT_PATHS["vnni"] = (gemm.pack_weight_vnni, functools.partial(gemm.linear_vnni, use_amx=False))
+    MATMUL_OUT_PATHS["vnni"] = functools.partial(gemm.matmul_vnni, use_amx=False)
+if _vnni.HAVE_AMX:
+    LINEAR_OUT_PATHS["amx"] = (gemm.pack_weight_vnni, functools.partial(gemm.linear_vnni, use_amx=True))
+    MATMUL_OUT_PATHS["amx"] = functools.partial(gemm.matmul_vnni, use_amx=True)
+
+
+@pytest.mark.parametrize("kw", [{}, {"m_i32": 1 << 30, "shift": 12, "out_bits": 8}, {"m_i32": 1 << 30, "shift": 4, "out_bits": 16}])
+@pytest.mark.parametrize("lead", [(), (1,), (2, 33)])
+def test_linear_out_is_written_and_returned(lead, kw):
+    rng = np.random.default_rng(7)
+    x = rng.integers(-128, 128, lead + (200,)).astype(np.int8)
+    w = rng.integers(-128, 128, (70, 200)).astype(np.int8)
+    bias = rng.integers(-1000, 1000, 70).astype(np.int32)
+    want = gemm.linear_ref(x, gemm.pack_weight_ref(w), bias, **kw)
+    for name, (pack, lin) in LINEAR_OUT_PATHS.items():
+        out = np.full(want.shape, 99, want.dtype)
+        got = lin(x, pack(w), bias, **kw, out=out)
+        assert got is out, name
+        np.testing.assert_array_equal(out, want, err_msg=name)
+
+
+@pytest.mark.parametrize("kw", [{}, {"m_i32": 1 << 30, "shift": 20, "out_bits": 8}])
+@pytest.mark.parametrize("a_batch,b_batch,mm,nn,kk", [((2, 3), (3,), 40, 33, 64), ((1,), (1,), 1, 1, 1), ((0,), (), 3, 4, 5)])
+def test_matmul_out_is_written_and_returned(a_batch, b_batch, mm, nn, kk, kw):
+    rng = np.random.default_rng(8)
+    a = rng.integers(0, 256, a_batch + (mm, kk)).astype(np.uint8)
+    b = rng.integers(-128, 128, b_batch + (nn, kk)).astype(np.int8)
+    want = gemm.matmul_ref(a, b, **kw)
+    for name, fn in MATMUL_OUT_PATHS.items():
+        for bb in (b, gemm.pack_matmul_b_cpu(b)):
+            out = np.full(want.shape, 99, want.dtype)
+            got = fn(a, bb, **kw, out=out)
+            assert got is out, name
+            np.testing.assert_array_equal(out, want, err_msg=name)
+
+
+def _bad_outs(shape, dtype):
+    yield np.empty(shape[:-1] + (shape[-1] + 1,), dtype), "shape"
+    yield np.empty(shape, np.int16 if dtype != np.int16 else np.int8), "dtype"
+    yield np.empty(shape[:-1] + (shape[-1] * 2,), dtype)[..., ::2], "not C-contiguous"
+    ro = np.empty(shape, dtype)
+    ro.setflags(write=False)
+    yield ro, "read-only"
+    yield [[0] * shape[-1]] * shape[-2], "list"
+
+
+@pytest.mark.parametrize("path", sorted(set(LINEAR_OUT_PATHS) | {"matmul-" + k for k in MATMUL_OUT_PATHS}))
+def test_bad_out_raises_naming_out(path):
+    x = np.ones((4, 8), np.int8)
+    w = np.ones((3, 8), np.int8)
+    if path.startswith("matmul-"):
+        fn = MATMUL_OUT_PATHS[path[7:]]
+        call = functools.partial(fn, x, w, 1 << 30, 20, 8)
+        shape, dtype = (4, 3), np.int8
+    else:
+        pack, lin = LINEAR_OUT_PATHS[path]
+        call = functools.partial(lin, x, pack(w), None, 1 << 30, 20, 8)
+        shape, dtype = (4, 3), np.int8
+    for bad, what in _bad_outs(shape, dtype):
+        with pytest.raises(KernelInputError, match=r"out must be a writeable C-contiguous numpy array of dtype int8 and shape \(4, 3\)"):
+            call(out=bad)
+
+
+def test_disabled_fast_paths_still_exact():
+    """INTENGINE_DISABLE_AMX / INTENGINE_DISABLE_VNNI switch the dispatch (checked in fresh processes)."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np, sys\n"
+        "from intengine.kernels import gemm, _vnni\n"
+        "want_vnni, want_amx = sys.argv[1] == '1', sys.argv[2] == '1'\n"
+        "assert _vnni.HAVE_VNNI == (want_vnni and _vnni.HAVE_VNNI) and not (_vnni.HAVE_AMX and not want_amx)\n"
+        "rng = np.random.default_rng(0)\n"
+        "for a_dt in (np.int8, np.uint8):\n"
+        "    a = rng.integers(0, 128, (2, 3, 40, 70)).astype(a_dt)\n"
+        "    b = rng.integers(-128, 128, (3, 33, 70)).astype(np.int8)\n"
+        "    for bb in (b, gemm.pack_matmul_b_cpu(b)):\n"
+        "        np.testing.assert_array_equal(gemm.matmul_cpu(a, bb, 1 << 30, 20), gemm.matmul_ref(a, b, 1 << 30, 20))\n"
+        "x = rng.integers(-128, 128, (40, 200)).astype(np.int8)\n"
+        "w = rng.integers(-128, 128, (33, 200)).astype(np.int8)\n"
+        "np.testing.assert_array_equal(gemm.linear_cpu(x, gemm.pack_weight_cpu(w)), gemm.linear_ref(x, gemm.pack_weight_ref(w)))\n"
+        "print(_vnni.HAVE_VNNI, _vnni.HAVE_AMX)\n"
+    )
+    for env, flags in (({"INTENGINE_DISABLE_AMX": "1"}, ("1", "0")), ({"INTENGINE_DISABLE_VNNI": "1"}, ("0", "0"))):
+        res = subprocess.run([sys.executable, "-c", code, *flags], env={**os.environ, **env}, capture_output=True, text=True,
+                             timeout=600)
+        assert res.returncode == 0, res.stderr[-3000:]
+        have_vnni, have_amx = res.stdout.split()
+        assert have_amx == "False"
+        if env.get("INTENGINE_DISABLE_VNNI"):
+            assert have_vnni == "False"
