@@ -270,6 +270,13 @@ def nonlinear_rows(cfg: Config) -> Iterable[Group]:
     yield Group("softmax", f"{b}x12x128x128 masked", scores.size, "Melem/s",
                 {"cpu i-softmax u8": lambda: softmax.softmax_cpu(scores, mask, **ps.kernel_args)},
                 {"torch softmax fp32 (+mask)": lambda: torch.softmax(sf + add_mask, dim=-1)})
+    # the model's scores are int16 (lowering: 16-bit scores feeding softmax)
+    s16 = rng.integers(-20000, 20000, (b, 12, 128, 128), dtype=np.int64).astype(np.int16)
+    ps16 = softmax.softmax_params(6e-4)
+    sf16 = torch.from_numpy(s16.astype(np.float32) * 6e-4)
+    yield Group("softmax", f"{b}x12x128x128 int16 masked", s16.size, "Melem/s",
+                {"cpu i-softmax int16→u8": lambda: softmax.softmax_cpu(s16, mask, **ps16.kernel_args)},
+                {"torch softmax fp32 (+mask)": lambda: torch.softmax(sf16 + add_mask, dim=-1)})
 
     # LayerNorm over a 22-bit residual sum [M, 768] → int8
     r = rng.integers(-(2**21), 2**21, (m, 768), dtype=np.int64).astype(np.int32)

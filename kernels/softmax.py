@@ -52,7 +52,7 @@ from dataclasses import asdict, dataclass
 import numba
 import numpy as np
 
-from ._util import check_int
+from ._util import check_int, output_array
 from .errors import KernelInputError
 from .registry import register
 from .requant import MAX_SHIFT, MIN_SHIFT, MULT_BITS, as_rows, quantize_multiplier, wide_vectors
@@ -517,12 +517,17 @@ def _softmax_rows(x2, mask2, inner, row_idx, use_idx, nkeep, dense, m_i64, s_i64
 
 
 @register("softmax", "cpu")
-def softmax_cpu(x: np.ndarray, mask, m_i32: int, shift: int) -> np.ndarray:
-    """numba version of :func:`softmax_ref` (bit-exact); parallel over rows."""
+def softmax_cpu(x: np.ndarray, mask, m_i32: int, shift: int, *, out=None) -> np.ndarray:
+    """numba version of :func:`softmax_ref` (bit-exact); parallel over rows (two rows per pass).
+
+    Same formula, dtypes (int8/16/32 scores → uint8 at 1/255), rounding and overflow
+    bound as :func:`softmax_ref`; rows stop after their last kept key (zeros beyond).
+    ``out``: optional C-contiguous uint8 numpy array of ``x``'s shape; written and returned.
+    """
     check_softmax_input(x)
     mask = check_mask(mask, x.shape)
     m, s = check_multiplier(m_i32, shift)
-    out = np.empty(x.shape, np.uint8)
+    out = output_array(out, x.shape, np.uint8)
     if x.size == 0:
         return out
     mask2, inner, row_idx = mask_layout(mask, x.shape)
