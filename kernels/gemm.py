@@ -808,35 +808,118 @@ def _m_chunks(tasks_without_split: int, m_tiles: int) -> int:
 
 
 
-def _run_vnni(a3, wp, corr2, bias, ia, ib, ep: Epilogue, mm: int, nn: int, use_amx: bool | None = None,
-              out: np.ndarray | None = None) -> np.ndarray:
-    """Run the AMX or the VNNI driver on ``a3 [Ba, M, K]`` (int8/uint8) and packed ``wp``.
+def _frozen(arr) -> bool:
+    """True when ``arr``'s values cannot change under us: a read-only numpy array whose
+    base chain is read-only too (or ends in immutable ``bytes``)."""
+    while isinstance(arr, np.ndarray):
+        if arr.flags.writeable:
+            return False
+        arr = arr.base
+        if arr is None:
+            return True
+    return isinstance(arr, bytes)
 
-    ``use_amx``: None = AMX when available, ``M ≥ AMX_MIN_M`` and ``K ≥ AMX_MIN_K``.  ``corr2``
-    [Bb, Np] is ``128·Σw`` (needed only by VNNI with int8 A), ``bias`` [N] or None; ``out``: a checked
-    output array holding ``len(ia)·mm·nn`` elements of ``ep.out_dtype`` (or None).
+
+@dataclass(frozen=True)
+class _LinearBind:
+    """Everything ``linear`` derives from (packed weight, bias, m, shift, out_bits), validated once.
+
+    ``m_vec``/``s_vec``: the epilogue padded to ``Np`` lanes; ``init_bias [1, Np]``:
+    the bias (AMX); ``init_corr [1, Np]``: bias − ``128·Σw`` (VNNI, offset int8 x).
     """
-    nbat_a, _, kk = a3.shape
-    kp = wp.shape[2] * 4
-    npad = wp.shape[1] * 16
-    signed = a3.dtype == np.int8
-    if use_amx is None:
-        use_amx = _want_amx(mm, kk)
-    elif use_amx and not _vnni.HAVE_AMX:
-        raise KernelInputError("use_amx=True but AMX-INT8 is not available on this host")
-    out3 = np.empty((ia.shape[0], mm, nn), dtype=ep.out_dtype) if out is None else out.reshape(ia.shape[0], mm, nn)
-    if out3.size == 0:
-        return out3
-    esize = np.dtype(ep.out_dtype).itemsize
-    mode = _VNNI_MODES[esize] if ep.requant else _vnni.RAW32
-    out_b = out3.view(np.uint8).reshape(ia.shape[0], mm, nn * esize)
+
+    ep: Epilogue
+    m_vec: np.ndarray
+    s_vec: np.ndarray
+    init_bias: np.ndarray
+    init_corr: np.ndarray
+    wp3: np.ndarray
+    refs: tuple  # the objects the cache key names (kept alive, so their ids stay theirs)
+
+
+_LINEAR_BINDS: dict = {}
+_LINEAR_BINDS_MAX = 4096
+
+
+def _cache_key_part(v):
+    if v is None:
+        return None
+    if isinstance(v, np.ndarray):
+        return ("array", id(v)) if _frozen(v) else False
+    if _is_int_scalar(v):
+        return (type(v).__name__, int(v))
+    return False
+
+
+def _bind_linear(packed: CpuPackedWeight, bias_i32, m_i32, shift, out_bits) -> _LinearBind:
+    """Validate and prepare ``linear``'s per-layer arguments; cached when nothing can change.
+
+    The cache is keyed on the identity of the packed weight and of read-only
+    (:func:`_frozen`) bias/m/shift arrays, or on the values of integer
+    scalars: the runtime's constants are read-only, so a layer is validated
+    and padded once and later calls skip ``check_bias``/``epilogue_params``
+    and five allocations.  A writeable array is never cached (it could be
+    mutated between calls); the entries hold references to the keyed objects,
+    so an id cannot be reused while its entry exists.
+    """
+    key_parts = (_cache_key_part(bias_i32), _cache_key_part(m_i32), _cache_key_part(shift), _cache_key_part(out_bits))
+    cacheable = type(packed) is CpuPackedWeight and False not in key_parts
+    if cacheable:
+        key = (id(packed),) + key_parts
+        hit = _LINEAR_BINDS.get(key)
+        if hit is not None and hit.refs[0] is packed:
+            return hit
+    _check_packed(packed, CpuPackedWeight, "cpu")
+    if packed.layout != "vnni":
+        raise KernelInputError("linear_vnni needs a weight packed with layout 'vnni' (pack_weight_vnni)")
+    bias = check_bias(bias_i32, packed.n)
+    ep = epilogue_params(packed.n, m_i32, shift, out_bits)
+    nn = packed.n
+    npad = packed.data.shape[0] * 16
     m_vec = np.zeros(npad, np.int32)  # the kernels read whole 16-lane groups
     s_vec = np.ones(npad, np.int64)
     m_vec[:nn] = ep.m_i32[:nn]
     s_vec[:nn] = ep.s_i64[:nn]
-    init2 = np.zeros((wp.shape[0], npad), np.int32)
+    init_bias = np.zeros((1, npad), np.int32)
     if bias is not None:
-        init2[:, :nn] = bias
+        init_bias[0, :nn] = bias
+    init_corr = init_bias - packed.corr_i32[None]
+    for arr in (m_vec, s_vec, init_bias, init_corr):
+        arr.setflags(write=False)
+    bind = _LinearBind(ep, m_vec, s_vec, init_bias, init_corr, packed.data[None], (packed, bias_i32, m_i32, shift))
+    if cacheable:
+        if len(_LINEAR_BINDS) >= _LINEAR_BINDS_MAX:
+            _LINEAR_BINDS.clear()
+        _LINEAR_BINDS[key] = bind
+    return bind
+
+
+@functools.lru_cache(maxsize=64)
+def _empty_tail(kp: int) -> np.ndarray:
+    return np.empty((1, 0, kp), np.uint8)
+
+
+def _run_vnni(a3, bind: _LinearBind, mm: int, nn: int, use_amx: bool | None = None,
+              out: np.ndarray | None = None) -> np.ndarray:
+    """Run the AMX or the VNNI ``linear`` driver on ``a3 [1, M, K]`` int8 with a bound layer.
+
+    ``use_amx``: None = AMX when available, ``M ≥ AMX_MIN_M`` and ``K ≥ AMX_MIN_K``; ``out``: a
+    checked output array holding ``mm·nn`` elements of ``ep.out_dtype`` (or None).
+    """
+    ep = bind.ep
+    wp = bind.wp3
+    nbat_a, _, kk = a3.shape
+    kp = wp.shape[2] * 4
+    if use_amx is None:
+        use_amx = _want_amx(mm, kk)
+    elif use_amx and not _vnni.HAVE_AMX:
+        raise KernelInputError("use_amx=True but AMX-INT8 is not available on this host")
+    out3 = np.empty((1, mm, nn), dtype=ep.out_dtype) if out is None else out.reshape(1, mm, nn)
+    if out3.size == 0:
+        return out3
+    esize = out3.dtype.itemsize
+    mode = _VNNI_MODES[esize] if ep.requant else _vnni.RAW32
+    out_b = out3.view(np.uint8)
     a_u8 = a3.view(np.uint8)
     if use_amx:
         m_full = (mm // 32) * 32
@@ -846,25 +929,23 @@ def _run_vnni(a3, wp, corr2, bias, ia, ib, ep: Epilogue, mm: int, nn: int, use_a
             a_main = aligned_zeros((nbat_a, m_full, kp), np.uint8)
             a_main[:, :, :kk] = a_u8[:, :m_full]
         if m_full == mm:  # no partial row tile: the kernel only reads the tail's K width
-            a_tail = np.empty((nbat_a, 0, kp), np.uint8)
+            a_tail = _empty_tail(kp)
         else:
             a_tail = aligned_zeros((nbat_a, 32, kp), np.uint8)
             a_tail[:, : mm - m_full, :kk] = a_u8[:, m_full:]
         n_panels = (nn + _vnni.AMX_NR - 1) // _vnni.AMX_NR
-        chunks = _m_chunks(ia.shape[0] * n_panels, (mm + 31) // 32)
-        _gemm_amx(a_main, a_tail, signed, wp, init2, ia, ib, mm, nn, chunks, mode, m_vec, s_vec, ep.q, out_b, esize, _AMX_CFG)
+        chunks = _m_chunks(n_panels, (mm + 31) // 32)
+        _gemm_amx(a_main, a_tail, True, wp, bind.init_bias, _ZERO_MAP, _ZERO_MAP, mm, nn, chunks, mode, bind.m_vec,
+                  bind.s_vec, ep.q, out_b, esize, _AMX_CFG)
     else:
         xu = aligned_zeros((nbat_a, _round_up(mm, MR), kp), np.uint8)
-        if signed:  # vpdpbusd multiplies u8 × s8: offset x by +128 and take 128·Σw back out
-            np.bitwise_xor(a_u8, np.uint8(0x80), out=xu[:, :mm, :kk])
-            init2 -= corr2
-        else:
-            xu[:, :mm, :kk] = a_u8
+        # vpdpbusd multiplies u8 × s8: offset x by +128 and take 128·Σw back out (init_corr)
+        np.bitwise_xor(a_u8, np.uint8(0x80), out=xu[:, :mm, :kk])
         n_panels = (nn + PANEL - 1) // PANEL
-        chunks = _m_chunks(ia.shape[0] * n_panels, (mm + MR - 1) // MR)
-        _gemm_vnni(xu, wp, init2, ia, ib, mm, nn, chunks, mode, m_vec, s_vec, ep.q, out_b, esize)
+        chunks = _m_chunks(n_panels, (mm + MR - 1) // MR)
+        _gemm_vnni(xu, wp, bind.init_corr, _ZERO_MAP, _ZERO_MAP, mm, nn, chunks, mode, bind.m_vec, bind.s_vec, ep.q,
+                   out_b, esize)
     return out3
-
 
 
 # ----------------------------------------------------------------------------- cpu: batched matmul
@@ -1158,18 +1239,15 @@ def linear_vnni(x_i8: np.ndarray, packed: CpuPackedWeight, bias_i32=None, m_i32=
     ``use_amx``: None picks AMX when ``_vnni.HAVE_AMX``, ``M ≥ AMX_MIN_M`` and ``K ≥ AMX_MIN_K``;
     True/False force the AMX or the VNNI micro-kernel (True needs HAVE_AMX).  ``out``: see :func:`linear_cpu`.
     """
-    _check_packed(packed, CpuPackedWeight, "cpu")
-    if packed.layout != "vnni":
-        raise KernelInputError("linear_vnni needs a weight packed with layout 'vnni' (pack_weight_vnni)")
-    check_linear_x(x_i8, packed.k)
-    bias = check_bias(bias_i32, packed.n)
-    ep = epilogue_params(packed.n, m_i32, shift, out_bits)
+    bind = _bind_linear(packed, bias_i32, m_i32, shift, out_bits)
     n, k = packed.n, packed.k
-    shape = tuple(x_i8.shape[:-1]) + (n,)
-    out3 = None if out is None else _check_out(out, shape, ep.out_dtype)
-    x2 = np.ascontiguousarray(x_i8).reshape(_prod(x_i8.shape[:-1]), k)
-    res = _run_vnni(x2[None], packed.data[None], packed.corr_i32[None], bias, _ZERO_MAP, _ZERO_MAP, ep, x2.shape[0], n,
-                    use_amx, out3)
+    if not (type(x_i8) is np.ndarray and x_i8.dtype == np.int8 and x_i8.ndim >= 1 and x_i8.shape[-1] == k):
+        check_linear_x(x_i8, k)
+    shape = x_i8.shape[:-1] + (n,)
+    out3 = None if out is None else _check_out(out, shape, bind.ep.out_dtype)
+    rows = _prod(x_i8.shape[:-1])
+    x3 = (x_i8 if x_i8.flags.c_contiguous else np.ascontiguousarray(x_i8)).reshape(1, rows, k)
+    res = _run_vnni(x3, bind, rows, n, use_amx, out3)
     return res.reshape(shape) if out3 is None else out3
 
 

@@ -454,3 +454,59 @@ def test_disabled_fast_paths_still_exact():
         assert have_amx == "False"
         if env.get("INTENGINE_DISABLE_VNNI"):
             assert have_vnni == "False"
+
+
+# ----------------------------------------------------------------------------- linear: per-layer argument cache
+
+
+@pytest.mark.skipif(not _vnni.HAVE_VNNI, reason="the bind cache belongs to the VNNI/AMX linear")
+@pytest.mark.parametrize("rows", [1, 40])
+def test_linear_bind_cache_never_serves_stale_arguments(rows):
+    rng = np.random.default_rng(11)
+    x = rng.integers(-128, 128, (rows, 200)).astype(np.int8)
+    w = rng.integers(-128, 128, (70, 200)).astype(np.int8)
+    packed, packed_ref = gemm.pack_weight_cpu(w), gemm.pack_weight_ref(w)
+    m_i32 = np.full(70, 1 << 30, np.int32)
+    shift = np.full(70, 12, np.int32)
+    bias = rng.integers(-1000, 1000, 70).astype(np.int32)
+
+    def check():
+        want = gemm.linear_ref(x, packed_ref, bias, m_i32, shift, 16)
+        np.testing.assert_array_equal(gemm.linear_cpu(x, packed, bias, m_i32, shift, 16), want)
+
+    check()
+    shift[:] = 9  # writeable arrays: never cached, a change is seen at once
+    bias[:5] = 7
+    check()
+    base = m_i32.copy()
+    view = base[:]
+    view.setflags(write=False)  # read-only view of a writeable base: not frozen, not cached
+    m_i32 = view
+    check()
+    base[:] = -(1 << 30)
+    check()
+    for arr in (bias, shift):
+        arr.setflags(write=False)
+    m_i32 = np.full(70, (1 << 30) + 12345, np.int32)
+    m_i32.setflags(write=False)  # the runtime's constants: cached by identity
+    check()
+    n_binds = len(gemm._LINEAR_BINDS)
+    check()
+    assert len(gemm._LINEAR_BINDS) == n_binds
+    key = (id(packed), ("array", id(bias)), ("array", id(m_i32)), ("array", id(shift)), ("int", 16))
+    assert key in gemm._LINEAR_BINDS
+
+
+@pytest.mark.skipif(not _vnni.HAVE_VNNI, reason="the bind cache belongs to the VNNI/AMX linear")
+def test_linear_bind_cache_still_rejects_bad_arguments():
+    packed = gemm.pack_weight_cpu(np.zeros((4, 8), np.int8))
+    bias = np.full(4, 1 << 30, np.int32)
+    bias.setflags(write=False)
+    for _ in range(2):  # a failed validation is never cached
+        with pytest.raises(KernelInputError, match=r"\|bias\| < 2\^30"):
+            gemm.linear_cpu(np.zeros((2, 8), np.int8), packed, bias)
+    shift = np.zeros(4, np.int32)
+    shift.setflags(write=False)
+    for _ in range(2):
+        with pytest.raises(KernelInputError, match="shift must lie in"):
+            gemm.linear_cpu(np.zeros((2, 8), np.int8), packed, None, 1 << 30, shift)
