@@ -111,3 +111,37 @@ class Case:
 
     def __repr__(self) -> str:  # shown by hypothesis on failure
         return f"Case({self.op}: {self.label})"
+
+
+# ----------------------------------------------------------------------------- attention key masks
+
+
+@st.composite
+def key_masks(draw, x_shape: tuple[int, ...]) -> np.ndarray | None:
+    """None or a bool/uint8 key mask that broadcasts to ``x_shape`` (nonzero = keep).
+
+    Leading axes are either kept or collapsed to 1 (and the mask may drop leading
+    axes), so the row kernels meet ``[B, 1, 1, T]``-style, per-row and irregular
+    layouts; key patterns: padded prefixes (``T`` cut at a drawn length, zero
+    included: fully masked rows), random keep sets, all kept, a keys-axis of 1.
+    """
+    if draw(st.booleans()) and draw(st.booleans()):
+        return None
+    lead = [d if draw(st.booleans()) else 1 for d in x_shape[:-1]]
+    drop = draw(st.integers(0, len(lead)))
+    lead = lead[drop:]
+    n = x_shape[-1]
+    kind = draw(st.sampled_from(["prefix", "random", "ones", "row"]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    if kind == "row":
+        m = rng.random(tuple(lead) + (1,)) < 0.7
+    elif kind == "ones":
+        m = np.ones(tuple(lead) + (n,), bool)
+    elif kind == "random":
+        m = rng.random(tuple(lead) + (n,)) < draw(st.sampled_from([0.1, 0.5, 0.9]))
+    else:
+        keep = rng.integers(0, n + 1, size=tuple(lead) + (1,))
+        m = np.arange(n) < keep
+    if draw(st.booleans()):
+        m = m.astype(np.uint8) * np.uint8(draw(st.sampled_from([1, 3, 255])))
+    return m

@@ -11,11 +11,15 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from intengine.kernels.errors import KernelInputError
 from intengine.kernels.gelu import (ERF_FRAC_BITS, GELU_A, GELU_B, SCALE_MAX, SCALE_MIN, gelu_cpu, gelu_params,
                                     gelu_ref)
+from intengine.kernels import gelu as gelu_mod
 from intengine.kernels.requant import quantize_multiplier, requantize_ref
+from strategies import int_arrays, log_uniform
 
 # Paper (Table 1) figures, RMS / max on [-4, 4]; the real-valued polynomial
 # itself measures 0.008188 / 0.018152 on a dense grid (the paper rounds).
@@ -216,3 +220,95 @@ def test_empty_and_scalar_shapes():
         assert fn(np.zeros((0, 3), np.int8), **p.kernel_args).shape == (0, 3)
         out = fn(np.array(20, np.int8), **p.kernel_args)
         assert out.shape == () and out == gelu_ref(np.array([20], np.int8), **p.kernel_args)[0]
+
+
+# ----------------------------------------------------------------------------- cpu int32 16-lane path
+
+
+@st.composite
+def gelu_int32_cases(draw):
+    scale = draw(log_uniform(SCALE_MIN, SCALE_MAX))
+    in_bits = draw(st.integers(2, 32))
+    n = draw(st.sampled_from([1, 3, 15, 16, 17, 33, 100]))
+    shape = tuple(draw(st.lists(st.integers(1, 4), min_size=0, max_size=2))) + (n,)
+    bound = draw(st.sampled_from([None, 2 ** (in_bits - 1) - 1]))
+    x = draw(int_arrays(np.int32, shape, None if bound is None else -bound, bound))
+    p = gelu_params(scale, in_bits)
+    epi = draw(st.sampled_from(["none", "tensor", "tensor16", "channel"]))
+    kw = {}
+    if epi != "none":
+        s_out = draw(log_uniform(1e-3, 1.0)) * scale * 2.0 ** (in_bits - 1) / 127
+        m, sh = quantize_multiplier(p.out_scale / s_out)
+        if epi == "channel":
+            m = np.full(n, m)
+            m[::2] = -m[::2]
+        kw = dict(m_i32=m, shift=sh, out_bits=16 if epi == "tensor16" else 8)
+    return x, p, kw
+
+
+@given(gelu_int32_cases())
+def test_cpu_int32_equals_ref_property(case):
+    """int32 inputs (16-lane path where its bounds hold, int64 lanes otherwise), any supported
+    scale and in_bits, extremes included, odd lengths (16-lane tail), every epilogue kind."""
+    x, p, kw = case
+    np.testing.assert_array_equal(gelu_cpu(x, **p.kernel_args, **kw), gelu_ref(x, **p.kernel_args, **kw))
+
+
+def test_fast_path_covers_lowering_constants():
+    """Every gelu_params scale takes the 16-lane path, with or without a per-tensor int8 epilogue."""
+    for s in np.geomspace(SCALE_MIN, SCALE_MAX, 61):
+        for in_bits in (8, 16, 22, 32):
+            p = gelu_params(float(s), in_bits)
+            args = tuple(p.kernel_args.values())
+            assert gelu_mod._fast_plan(np.zeros(1, np.int32), *args, None, None, np.int32, 2**31 - 1) is not None
+            m, sh = quantize_multiplier(p.out_scale / (float(s) * 2.0 ** (in_bits - 1) / 127))
+            assert gelu_mod._fast_plan(np.zeros(1, np.int32), *args, np.array([m]), np.array([sh]), np.int8,
+                                       127) is not None
+
+
+def test_cpu_int32_edges_and_hand_made_constants():
+    """Values at the int32 extremes and around the rounding / clip points of every stage, with
+    lowering constants and with hand-made constants at the limits the argument checks accept
+    (the 16-lane path declines those it cannot bound; the results stay bit-exact either way)."""
+    rng = np.random.default_rng(8)
+    edges = np.array([-(2**31), -(2**31) + 1, 2**31 - 1, 0, 1, -1, 2, -2, 7, -7], np.int64)
+    x = np.concatenate([edges, rng.integers(-(2**31), 2**31, 300), rng.integers(-(2**16), 2**16, 300)])
+    x = np.concatenate([x, (x[10:] >> rng.integers(0, 31, x.size - 10))]).astype(np.int32)
+    sets = [tuple(gelu_params(s, b).kernel_args.values()) for s, b in ((1e-12, 32), (3e-7, 32), (1e-3, 22),
+                                                                        (4 / 127, 8), (100.0, 8), (256.0, 2))]
+    sets += [(40, -1, -(2**31) + 2, -(2**31) + 1, 1, 30), (-24, -(2**16) + 1, -(2**31) + 1, -1, 62, 1),
+             (31, -20495, -460000000, -(2**30), 33, 1), (0, -2, -5, -(2**31) + 1, 2, 15),
+             (-3, -40993, -(2**31) + 1, -(2**31) + 1, 30, 20)]
+    for args in sets:
+        ints = dict(zip(("in_shift", "b_int", "c_int", "m_erf", "shift_erf", "out_shift"), args))
+        np.testing.assert_array_equal(gelu_cpu(x, **ints), gelu_ref(x, **ints), err_msg=str(args))
+        for m, sh in ((2**31 - 1, 62), (2**30, 33), (-(2**30) - 5, 40), (1 << 30, 31), (1, 1)):
+            np.testing.assert_array_equal(gelu_cpu(x, **ints, m_i32=m, shift=sh),
+                                          gelu_ref(x, **ints, m_i32=m, shift=sh), err_msg=str((args, m, sh)))
+        # 0-d and a one-element tail
+        np.testing.assert_array_equal(gelu_cpu(x[:17], **ints), gelu_ref(x[:17], **ints))
+        assert gelu_cpu(np.int32(-7) * np.ones((), np.int32), **ints) == gelu_ref(np.array([-7], np.int32), **ints)[0]
+
+
+def test_out_buffer():
+    rng = np.random.default_rng(9)
+    p = gelu_params(1e-4, 22)
+    x = rng.integers(-(2**21), 2**21, (3, 37)).astype(np.int32)
+    m, sh = quantize_multiplier(p.out_scale / (4 / 127))
+    for kw, dt in (({}, np.int32), (dict(m_i32=m, shift=sh), np.int8), (dict(m_i32=m, shift=sh, out_bits=16), np.int16)):
+        for xx in (x, x.astype(np.int16) if not kw else x):
+            buf = np.full(x.shape, 3, dt)
+            assert gelu_cpu(xx, **p.kernel_args, **kw, out=buf) is buf
+            np.testing.assert_array_equal(buf, gelu_ref(xx, **p.kernel_args, **kw))
+    x8 = rng.integers(-127, 128, (64, 40)).astype(np.int8)  # the int8 table path
+    buf8 = np.empty(x8.shape, np.int8)
+    assert gelu_cpu(x8, **p.kernel_args, m_i32=m, shift=sh, out=buf8) is buf8
+    np.testing.assert_array_equal(buf8, gelu_ref(x8, **p.kernel_args, m_i32=m, shift=sh))
+    ro = np.empty(x.shape, np.int32)
+    ro.flags.writeable = False
+    for bad in (np.empty((3, 36), np.int32), np.empty(x.shape, np.int64), np.empty((3, 74), np.int32)[:, ::2],
+                np.empty(x.shape, np.int32).tolist(), ro):
+        with pytest.raises(KernelInputError, match=r"out must be .*int32.*\(3, 37\)"):
+            gelu_cpu(x, **p.kernel_args, out=bad)
+    with pytest.raises(KernelInputError, match=r"out must be .*int8"):
+        gelu_cpu(x, **p.kernel_args, m_i32=m, shift=sh, out=np.empty(x.shape, np.int32))

@@ -11,6 +11,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from intengine.kernels import softmax as sm
 from intengine.kernels.errors import KernelInputError
@@ -24,6 +26,7 @@ from intengine.kernels.softmax import (
     softmax_params,
     softmax_ref,
 )
+from strategies import int_arrays, key_masks, log_uniform
 
 LN2 = math.log(2.0)
 EXP_BOUND = 1.92e-3  # claimed: |e·2^-30 - exp(x·S)| ≤ 1.92e-3·2^-z + 2^-29
@@ -383,3 +386,86 @@ def test_cuda_device_arrays_stay_on_device():
     xe = -np.abs(x).astype(np.int32)
     e = registry.get_kernel("exp", "cuda")(cuda.to_device(xe), p.m_i32, p.shift)
     np.testing.assert_array_equal(e.copy_to_host(), exp_ref(xe, p.m_i32, p.shift))
+
+
+# ----------------------------------------------------------------------------- cpu row kernels: paths and buffers
+
+
+@st.composite
+def softmax_inputs(draw):
+    dtype = draw(st.sampled_from([np.int8, np.int16, np.int32]))
+    lead = tuple(draw(st.lists(st.integers(1, 5), min_size=0, max_size=3)))
+    n = draw(st.sampled_from([1, 2, 3, 7, 15, 16, 17, 31, 32, 33, 63, 100, 129]))
+    shape = lead + (n,)
+    wide = draw(st.booleans())
+    lo, hi = (None, None) if wide else (-3000 if dtype != np.int8 else -100, 3000 if dtype != np.int8 else 100)
+    x = draw(int_arrays(dtype, shape, lo, hi))
+    return x, draw(key_masks(shape)), draw(log_uniform(SCALE_MIN, SCALE_MAX))
+
+
+@given(softmax_inputs())
+def test_cpu_equals_ref_property(case):
+    """Every cpu path (dense / masked rows, pairs and single rows, trimmed masked tails, odd lengths,
+    int8/16/32 with extremes, any supported scale) is bit-exact with the reference."""
+    x, mask, s = case
+    p = softmax_params(s)
+    np.testing.assert_array_equal(softmax_cpu(x, mask, p.m_i32, p.shift), softmax_ref(x, mask, p.m_i32, p.shift))
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int16, np.int32])
+def test_cpu_int16_masked_rows_extremes(dtype):
+    """int16 scores (the model's) and int8/int32 with the dtype extremes, fully masked rows,
+    masks that end anywhere (rows stop at the last kept key), one row per mask row (single-row path)."""
+    rng = np.random.default_rng(11)
+    info = np.iinfo(dtype)
+    p = softmax_params(6e-4)
+    for n in (1, 5, 16, 17, 100, 128, 131):
+        x = rng.integers(info.min, info.max, (3, 5, n), endpoint=True).astype(dtype)
+        x[0, 0] = info.min
+        x[0, 1] = info.max
+        x[0, 2, ::2] = info.min
+        x[0, 2, 1::2] = info.max
+        cut = rng.integers(0, n + 1, (3, 5, 1))
+        cut[1] = 0  # fully masked rows
+        masks = [None, np.arange(n) < cut, (np.arange(n) < cut) & (rng.random((3, 5, n)) < 0.8),
+                 (np.arange(n) < cut[:, :1]), np.zeros(n, bool), rng.random((1, 5, n)) < 0.5]
+        for mask in masks:
+            y = _pair(x, mask, p)
+            if mask is not None:
+                assert np.all(y[~np.broadcast_to(mask, x.shape)] == 0)
+    odd = rng.integers(-3000, 3000, (7, 33)).astype(dtype if dtype != np.int8 else np.int16)
+    _pair(odd, None, p)  # an odd number of rows: the last one runs alone
+
+
+def test_mask_layout_matches_mask_rows():
+    rng = np.random.default_rng(3)
+    x_shape = (2, 3, 4, 9)
+    for mshape in [(2, 1, 1, 9), (1, 1, 1, 9), (9,), (4, 9), (1, 3, 1, 9), (2, 3, 4, 9), (2, 1, 4, 1), (3, 1, 9)]:
+        mask = rng.random(mshape) < 0.5
+        mask2, inner, row_idx = sm.mask_layout(mask, x_shape)
+        _, want2, want_idx = sm.mask_rows(mask, x_shape)
+        got_idx = row_idx if row_idx is not None else np.arange(24) // inner
+        np.testing.assert_array_equal(mask2[got_idx] != 0, want2[want_idx] != 0)
+    nk, dense = np.empty(4, np.int64), np.empty(4, np.uint8)
+    sm.mask_spans(np.array([[0, 0, 0], [1, 0, 0], [1, 0, 1], [1, 1, 1]], np.uint8), nk, dense)
+    assert nk.tolist() == [0, 1, 3, 3] and dense.tolist() == [1, 1, 0, 1]
+
+
+def test_out_buffer():
+    rng = np.random.default_rng(4)
+    p = softmax_params(0.01)
+    x = rng.integers(-500, 500, (2, 3, 17)).astype(np.int16)
+    mask = rng.random((2, 1, 17)) < 0.7
+    buf = np.full(x.shape, 7, np.uint8)
+    got = softmax_cpu(x, mask, p.m_i32, p.shift, out=buf)
+    assert got is buf
+    np.testing.assert_array_equal(buf, softmax_ref(x, mask, p.m_i32, p.shift))
+    empty = np.empty((0, 4), np.uint8)
+    assert softmax_cpu(np.zeros((0, 4), np.int32), None, p.m_i32, p.shift, out=empty) is empty
+    bad = [np.empty((2, 3, 16), np.uint8), np.empty(x.shape, np.int8), np.empty((2, 3, 34), np.uint8)[..., ::2],
+           np.empty(x.shape, np.uint8).tolist()]
+    ro = np.empty(x.shape, np.uint8)
+    ro.flags.writeable = False
+    for b in bad + [ro]:
+        with pytest.raises(KernelInputError, match=r"out must be .*uint8.*\(2, 3, 17\)"):
+            softmax_cpu(x, mask, p.m_i32, p.shift, out=b)
