@@ -30,7 +30,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._util import channel_vector, check_int, container_for_bits, qmax_for_bits
+from ._util import channel_vector, check_int, container_for_bits, output_array, qmax_for_bits
 from .errors import KernelInputError
 from .registry import register
 from .requant import (MAX_SHIFT, MIN_SHIFT, MULT_BITS, lut_u8, quantize_multiplier, requant_vectors, round_shift,
@@ -331,11 +331,12 @@ def _gelu16_codegen(left: bool, requant: bool):
     ``x·(2^29 + E)``, ``y·m_i32`` is 32×32→64 bits (``vpmuldq``) on the even and odd
     lanes, and the results come back to 16 int32 lanes by one ``vpermt2d``:
 
-    * ``E = (±L·m_erf + 2^(se-1)) >> se`` fits int32 (checked by :func:`_fast_plan`),
-      then is clamped to ``±2^29`` in 32 bits;
+    * ``2^29 + E = (±L·m_erf + 2^(se-1) + 2^(29+se)) >> se`` (adding ``2^29·2^se`` inside the floor)
+      fits int32 (checked by :func:`_fast_plan`), clamped to ``[0, 2^30]`` in 32 bits;
     * ``y = clip(R(p, os), ±I) = R(clip(p, vlo, vhi), os)`` with ``vhi = I·2^os - 2^(os-1)``,
       ``vlo = -I·2^os - 2^(os-1)`` (``R`` is non-decreasing and ``R(vhi) = I``, ``R(vlo) = -I``);
-    * requantize: ``(y·m + 2^(s-1)) >> s`` fits int32 (checked), clamped to ``±Q`` in 32 bits.
+    * requantize (``s ≥ 33``): ``⌊(y·m + 2^(s-1)) / 2^s⌋ = (hi32(y·m) + 2^(s-33)) >> (s - 32)``,
+      clamped to ``±Q`` in 32 bits (``|hi32(y·m)| ≤ 2^30``).
 
     ``left``: ``a = min(min(|x|, lim) << lsh, clip)`` with ``lim = (clip >> lsh) + 1`` (equal to
     ``min(|x| << lsh, clip)``, never above 2^32); else ``a = min((|x| + half) >> rsh, clip)``
@@ -403,19 +404,20 @@ def _gelu16_codegen(left: bool, requant: bool):
         poly = builder.add(builder.mul(d, d), s32(c_i64))
         poly = builder.select(neg, builder.sub(c32(0), poly), poly)
         merf, herf, se = s64x32(merf_i64), s64(herf_i64), s64(se_i64)
-        e_lo = builder.ashr(builder.add(builder.mul(even(poly), merf), herf), se)
-        e_hi = builder.ashr(builder.add(builder.mul(odd(poly), merf), herf), se)
-        one = 1 << ERF_FRAC_BITS
-        w = builder.add(smin(smax(join(e_lo, e_hi), c32(-one)), c32(one)), c32(one))  # 2^29 + E ∈ [0, 2^30]
+        # herf = 2^(se-1) + 2^(29+se): the shift yields 2^29 + E directly, clamped to [0, 2^30]
+        w_lo = builder.ashr(builder.add(builder.mul(even(poly), merf), herf), se)
+        w_hi = builder.ashr(builder.add(builder.mul(odd(poly), merf), herf), se)
+        w = smin(smax(join(w_lo, w_hi), c32(0)), c32(2 << ERF_FRAC_BITS))  # 2^29 + E ∈ [0, 2^30]
         vlo, vhi, hout, osh = s64(vlo_i64), s64(vhi_i64), s64(hout_i64), s64(os_i64)
         y_lo = builder.ashr(builder.add(smax(smin(builder.mul(even(x), even(w)), vhi), vlo), hout), osh)
         y_hi = builder.ashr(builder.add(smax(smin(builder.mul(odd(x), odd(w)), vhi), vlo), hout), osh)
         if requant:
             mq, hq, sq = s64x32(mq_i64), s64(hq_i64), s64(sq_i64)
-            r_lo = builder.add(builder.mul(sext_lo(y_lo), mq), hq)
-            r_hi = builder.add(builder.mul(sext_lo(y_hi), mq), hq)
+            r_lo = builder.mul(sext_lo(y_lo), mq)
+            r_hi = builder.mul(sext_lo(y_hi), mq)
             q = s32(q_i64)
-            r = builder.ashr(join_hi(r_lo, r_hi), s32(sq_i64))  # (v >> 32) >> (s - 32) = v >> s
+            # ⌊(v + 2^(s-1)) / 2^s⌋ = (hi32(v) + 2^(s-33)) >> (s - 32)  (s ≥ 33; hq = 2^(s-33), sq = s - 32)
+            r = builder.ashr(builder.add(join_hi(r_lo, r_hi), s32(hq_i64)), s32(sq_i64))
             r = smax(smin(r, q), builder.sub(c32(0), q))
             v16i8 = ir.VectorType(ir.IntType(8), 16)
             builder.store(builder.trunc(r, v16i8), builder.inttoptr(o_addr, v16i8.as_pointer()), align=1)
@@ -445,11 +447,13 @@ _gelu16_rq_l = _make_gelu16(True, True)
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy")
-def _gelu16_flat(x1, left, requant, sh, rnd, clip, b_int, c_int, m_erf, h_erf, shift_erf, vlo, vhi, h_out, out_shift,
-                 m_q, h_q, s_q, q, lsh, rsh, half, m_erf_i32, out1):
+def _gelu16_flat(x1, left, requant, sh, rnd, clip, b_int, c_int, m_erf, hw_erf, shift_erf, vlo, vhi, h_out, out_shift,
+                 m_q, hv_q, sv_q, q, lsh, rsh, half, m_erf_i32, h_erf, h_q, s_q, out1):
     """Flat i-GELU over int32 ``x1`` in 16-lane steps (:func:`_gelu16_codegen`), scalar tail.
 
-    ``requant``: per-tensor epilogue into int8 ``out1``; else int32 ``out1``.
+    ``requant``: per-tensor epilogue into int8 ``out1``; else int32 ``out1``.  The vector step takes
+    ``hw_erf = 2^(se-1) + 2^(29+se)``, ``hv_q = 2^(s-33)``, ``sv_q = s - 32``; the scalar tail
+    (:func:`gelu_simd`) the plain ``h_erf, h_q, s_q``.
     """
     n = x1.size
     xa = x1.ctypes.data
@@ -461,30 +465,30 @@ def _gelu16_flat(x1, left, requant, sh, rnd, clip, b_int, c_int, m_erf, h_erf, s
         if left:
             if requant:
                 while i + V16 <= hi:
-                    _gelu16_rq_l(xa + 4 * i, oa + i, sh, rnd, clip, b_int, c_int, m_erf, h_erf, shift_erf, vlo, vhi,
-                                 h_out, out_shift, m_q, h_q, s_q, q)
+                    _gelu16_rq_l(xa + 4 * i, oa + i, sh, rnd, clip, b_int, c_int, m_erf, hw_erf, shift_erf, vlo, vhi,
+                                 h_out, out_shift, m_q, hv_q, sv_q, q)
                     i += V16
             else:
                 while i + V16 <= hi:
-                    _gelu16_l(xa + 4 * i, oa + 4 * i, sh, rnd, clip, b_int, c_int, m_erf, h_erf, shift_erf, vlo, vhi,
-                              h_out, out_shift, m_q, h_q, s_q, q)
+                    _gelu16_l(xa + 4 * i, oa + 4 * i, sh, rnd, clip, b_int, c_int, m_erf, hw_erf, shift_erf, vlo, vhi,
+                              h_out, out_shift, m_q, hv_q, sv_q, q)
                     i += V16
         else:
             if requant:
                 while i + V16 <= hi:
-                    _gelu16_rq_r(xa + 4 * i, oa + i, sh, rnd, clip, b_int, c_int, m_erf, h_erf, shift_erf, vlo, vhi,
-                                 h_out, out_shift, m_q, h_q, s_q, q)
+                    _gelu16_rq_r(xa + 4 * i, oa + i, sh, rnd, clip, b_int, c_int, m_erf, hw_erf, shift_erf, vlo, vhi,
+                                 h_out, out_shift, m_q, hv_q, sv_q, q)
                     i += V16
             else:
                 while i + V16 <= hi:
-                    _gelu16_r(xa + 4 * i, oa + 4 * i, sh, rnd, clip, b_int, c_int, m_erf, h_erf, shift_erf, vlo, vhi,
-                              h_out, out_shift, m_q, h_q, s_q, q)
+                    _gelu16_r(xa + 4 * i, oa + 4 * i, sh, rnd, clip, b_int, c_int, m_erf, hw_erf, shift_erf, vlo, vhi,
+                              h_out, out_shift, m_q, hv_q, sv_q, q)
                     i += V16
         for j in range(i, hi):
             y_i64 = gelu_simd(np.int64(x1[j]), lsh, rsh, half, clip, b_int, c_int, m_erf_i32, h_erf, shift_erf,
                               h_out, out_shift)
             if requant:
-                v_i64 = (y_i64 * m_q + h_q) >> (s_q + 32)  # (s_q holds s - 32)
+                v_i64 = (y_i64 * m_q + h_q) >> s_q
                 out1[j] = min(max(v_i64, -q), q)
             else:
                 out1[j] = y_i64
@@ -493,34 +497,34 @@ def _gelu16_flat(x1, left, requant, sh, rnd, clip, b_int, c_int, m_erf, h_erf, s
 def _fast_plan(x, in_shift, b_int, c_int, m_erf, shift_erf, out_shift, m_vec, s_vec, out_dtype, q):
     """Arguments of :func:`_gelu16_flat` when its int32 bounds hold for these constants, else None.
 
-    Checked exactly (Python integers): ``rsh ≤ 31``; ``E`` before its clamp fits int32 for every
-    ``|L| ≤ max(-c_int, |b_int² + c_int|)``; with an epilogue, a per-tensor ``(m, s)``, an int8
-    container and ``(y·m + 2^(s-1)) >> s`` within int32 for ``|y| ≤ 2^31 - 1``.
+    Checked exactly (Python integers): ``rsh ≤ 31``; for every ``|L| ≤ max(-c_int, |b_int² + c_int|)``
+    ``L·m_erf + 2^(se-1) + 2^(29+se)`` stays below 2^63 and its ``>> se`` (= 2^29 + E before the
+    clamp) fits int32; with an epilogue: int8 container, one ``(m, s)`` for every channel, ``s ≥ 33``
+    (``2^(s-1)`` is a multiple of 2^32, added after the high half is taken).
     """
     if x.dtype != np.int32 or in_shift > 31:
         return None
     lsh, rsh = max(-in_shift, 0), max(in_shift, 0)
-    pmax = max(-c_int, abs(b_int * b_int + c_int))
+    pmax = max(-c_int, abs(b_int * b_int + c_int))  # |L| over every a (L is monotone in d^2)
     h_erf = 1 << (shift_erf - 1)
-    if not (-(1 << 31) <= (-pmax * -m_erf + h_erf) >> shift_erf and (pmax * -m_erf + h_erf) >> shift_erf < (1 << 31)):
+    hw_erf = h_erf + (1 << (ERF_FRAC_BITS + shift_erf))
+    top, bot = pmax * -m_erf + hw_erf, -pmax * -m_erf + hw_erf
+    if not (top < (1 << 63) and -(1 << 31) <= bot >> shift_erf and top >> shift_erf < (1 << 31)):
         return None
     requant = m_vec is not None
-    m_q = h_q = s_q = 0
+    m_q = h_q = s_q = hv_q = sv_q = 0
     if requant:
         m_q, s_q = int(m_vec[0]), int(s_vec[0])
-        if out_dtype != np.int8 or s_q < 32 or not (np.all(m_vec == m_q) and np.all(s_vec == s_q)):
+        if out_dtype != np.int8 or s_q < 33 or not (np.all(m_vec == m_q) and np.all(s_vec == s_q)):
             return None
-        h_q = 1 << (s_q - 1)
-        big = I32_MAX * abs(m_q)
-        if not (-(1 << 31) <= (-big + h_q) >> s_q and (big + h_q) >> s_q < (1 << 31)):
-            return None
+        h_q, hv_q, sv_q = 1 << (s_q - 1), 1 << (s_q - 33), s_q - 32
     h_out = 1 << (out_shift - 1)
     left = lsh > 0
     sh, rnd = (lsh, ((-b_int) >> lsh) + 1) if left else (rsh, (1 << rsh) >> 1)
-    ints = (sh, rnd, -b_int, b_int, c_int, m_erf, h_erf, shift_erf, -I32_MAX * (1 << out_shift) - h_out,
-            I32_MAX * (1 << out_shift) - h_out, h_out, out_shift, m_q, h_q, s_q - 32 if requant else 0, q)
+    ints = (sh, rnd, -b_int, b_int, c_int, m_erf, hw_erf, shift_erf, -I32_MAX * (1 << out_shift) - h_out,
+            I32_MAX * (1 << out_shift) - h_out, h_out, out_shift, m_q, hv_q, sv_q, q)
     return (left, requant, *(np.int64(v) for v in ints), np.int64(lsh), np.int64(rsh), np.int64((1 << rsh) >> 1),
-            np.int32(m_erf))
+            np.int32(m_erf), np.int64(h_erf), np.int64(h_q), np.int64(s_q))
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy")
@@ -552,19 +556,16 @@ def _int8_table(ints: tuple, m: int | None, s: int | None, out_bits: int) -> np.
     return table
 
 
-def check_out(out, shape, dtype) -> np.ndarray | None:
-    """Validate a caller-provided output buffer: a C-contiguous numpy array of exactly ``shape``/``dtype``."""
-    if out is None:
-        return None
-    want = f"a C-contiguous numpy array of shape {tuple(shape)} and dtype {np.dtype(dtype).name}"
-    if not isinstance(out, np.ndarray):
-        raise KernelInputError(f"out must be {want}, got {type(out).__name__}")
-    if tuple(out.shape) != tuple(shape) or out.dtype != np.dtype(dtype) or not out.flags.c_contiguous \
-            or not out.flags.writeable:
-        flags = "" if out.flags.c_contiguous and out.flags.writeable else (
-            ", not C-contiguous" if not out.flags.c_contiguous else ", read-only")
-        raise KernelInputError(f"out must be {want}, got shape {tuple(out.shape)} and dtype {out.dtype}{flags}")
-    return out
+_PROBE_I32 = np.zeros(1, np.int32)
+
+
+@functools.lru_cache(maxsize=256)
+def _scalar_plan(ints: tuple, m, s, out_bits: int):
+    """``(out_dtype, plan)`` for int32 inputs and scalar constants, or None when the 16-lane
+    path does not apply (the argument checks run once per constant set: they cost ~50 µs)."""
+    out_dtype, q, m_vec, s_vec = _check_gelu_args(_PROBE_I32, *ints, m, s, out_bits)
+    plan = _fast_plan(_PROBE_I32, *ints, m_vec, s_vec, out_dtype, int(q))
+    return None if plan is None else (np.dtype(out_dtype), plan)
 
 
 @register("gelu", "cpu")
@@ -584,12 +585,21 @@ def gelu_cpu(x: np.ndarray, in_shift: int, b_int: int, c_int: int, m_erf: int, s
     ``out``: optional C-contiguous numpy array with the output's exact shape and
     dtype (int32, or the ``out_bits`` container); written and returned.
     """
+    consts = (in_shift, b_int, c_int, m_erf, shift_erf, out_shift)
+    if isinstance(x, np.ndarray) and x.dtype == np.int32 and all(_is_int(v) for v in consts) and _is_int(out_bits) \
+            and ((m_i32 is None and shift is None) or (_is_int(m_i32) and _is_int(shift))):
+        hit = _scalar_plan(tuple(int(v) for v in consts), None if m_i32 is None else int(m_i32),
+                           None if shift is None else int(shift), int(out_bits))
+        if hit is not None:  # (validated once per constant set)
+            x = np.ascontiguousarray(x)
+            out = output_array(out, x.shape, hit[0])
+            if x.size:
+                _gelu16_flat(x.reshape(-1), *hit[1], out.reshape(-1))
+            return out
     out_dtype, q, m_vec, s_vec = _check_gelu_args(x, in_shift, b_int, c_int, m_erf, shift_erf, out_shift,
                                                   m_i32, shift, out_bits)
     x = np.ascontiguousarray(x).reshape(x.shape)  # (keeps 0-d inputs 0-d)
-    out = check_out(out, x.shape, out_dtype)
-    if out is None:
-        out = np.empty(x.shape, dtype=out_dtype)
+    out = output_array(out, x.shape, out_dtype)
     if x.size == 0:
         return out
     x2 = x.reshape(-1, x.shape[-1] if x.ndim else 1)
