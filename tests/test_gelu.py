@@ -295,7 +295,8 @@ def test_out_buffer():
     p = gelu_params(1e-4, 22)
     x = rng.integers(-(2**21), 2**21, (3, 37)).astype(np.int32)
     m, sh = quantize_multiplier(p.out_scale / (4 / 127))
-    for kw, dt in (({}, np.int32), (dict(m_i32=m, shift=sh), np.int8), (dict(m_i32=m, shift=sh, out_bits=16), np.int16)):
+    epilogues = (({}, np.int32), (dict(m_i32=m, shift=sh), np.int8), (dict(m_i32=m, shift=sh, out_bits=16), np.int16))
+    for kw, dt in epilogues:
         for xx in (x, x.astype(np.int16) if not kw else x):
             buf = np.full(x.shape, 3, dt)
             assert gelu_cpu(xx, **p.kernel_args, **kw, out=buf) is buf
