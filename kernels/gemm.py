@@ -722,8 +722,9 @@ def _gemm_amx(a_main, a_tail, signed, wp, init2, ia, ib, mm, nn, m_chunks, mode,
     (``tdpbssd``, no offset) or uint8 (``tdpbusd``); other arguments as
     :func:`_gemm_vnni` (init2 holds the bias only).  Each task owns a 32×32
     int32 scratch tile (4 KB, L1): ``amx_32x32_*`` fills it over the whole K,
-    then its rows are requantized 16 lanes at a time by the vector epilogue
-    intrinsics (a partial last panel through a scratch row, valid bytes copied).
+    then the block epilogue intrinsic requantizes it (``epib_*``, per-column
+    constants loaded once per block; a partial last panel goes through a
+    scratch block and its valid bytes are copied).
     """
     nt = ia.shape[0]
     lda = a_main.shape[2]
@@ -743,7 +744,7 @@ def _gemm_amx(a_main, a_tail, signed, wp, init2, ia, ib, mm, nn, m_chunks, mode,
         mt0 = ch * tiles_per_chunk
         mt_end = min(m_tiles, mt0 + tiles_per_chunk)
         cbuf = np.empty((max(mt_end - mt0, 1), 32, 32), np.int32)
-        orow_scratch = np.empty(32 * 4, np.uint8)
+        orow_scratch = np.empty(32 * 32 * 4, np.uint8)
         os_addr = np.int64(orow_scratch.ctypes.data)
         a_base = np.int64(a_main[ia[t]].ctypes.data)
         tail_base = np.int64(a_tail[ia[t]].ctypes.data)
@@ -783,15 +784,13 @@ def _gemm_amx(a_main, a_tail, signed, wp, init2, ia, ib, mm, nn, m_chunks, mode,
                 if not last:
                     continue
                 rows = min(32, mm - m0)
-                nbytes = ncols * esize
-                for i in range(rows):
-                    o_row = o_base + ((m0 + i) * nn + n0) * esize
-                    dst = o_row if ncols == 32 else os_addr
-                    c_row = c_addr + i * 128
-                    _epi16(mode, c_row, init_addr, m_addr, s_addr, q, dst)
-                    _epi16(mode, c_row + 64, init_addr + 64, m_addr + 64, s_addr + 128, q, dst + 16 * esize)
-                    if ncols < 32:
-                        out2[m0 + i, n0 * esize:n0 * esize + nbytes] = orow_scratch[:nbytes]
+                if ncols == 32:  # one block epilogue: init/m/s loaded once per 32×32 block
+                    _epib(mode, c_addr, 128, rows, init_addr, m_addr, s_addr, q, o_base + (m0 * nn + n0) * esize, nn * esize)
+                else:
+                    _epib(mode, c_addr, 128, rows, init_addr, m_addr, s_addr, q, os_addr, 32 * esize)
+                    nbytes = ncols * esize
+                    for i in range(rows):
+                        out2[m0 + i, n0 * esize:n0 * esize + nbytes] = orow_scratch[i * 32 * esize:i * 32 * esize + nbytes]
         _vnni.amx_release()
 
 
