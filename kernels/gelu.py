@@ -334,8 +334,9 @@ def _gelu16_codegen(left: bool, requant: bool):
     ``x·(2^29 + E)``, ``y·m_i32`` is 32×32→64 bits (``vpmuldq``) on the even and odd
     lanes, and the results come back to 16 int32 lanes by one ``vpermt2d``:
 
-    * ``2^29 + E = (±L·m_erf + 2^(se-1) + 2^(29+se)) >> se`` (adding ``2^29·2^se`` inside the floor)
-      fits int32 (checked by :func:`_fast_plan`), clamped to ``[0, 2^30]`` in 32 bits;
+    * ``2^29 + E = (±L·m_erf + 2^(se-1) + 2^(29+se)) >> se`` (adding ``2^29·2^se`` inside the floor);
+      :func:`_erf_in_range` checked that it lies in ``[0, 2^30]`` for every reachable ``L`` (true for
+      every :func:`gelu_params` constant set), so the reference's clamp to ``±2^29`` is a no-op;
     * ``y = clip(R(p, os), ±I) = R(clip(p, vlo, vhi), os)`` with ``vhi = I·2^os - 2^(os-1)``,
       ``vlo = -I·2^os - 2^(os-1)`` (``R`` is non-decreasing and ``R(vhi) = I``, ``R(vlo) = -I``);
     * requantize (``s ≥ 33``): ``⌊(y·m + 2^(s-1)) / 2^s⌋ = (hi32(y·m) + 2^(s-33)) >> (s - 32)``,
@@ -412,7 +413,7 @@ def _gelu16_codegen(left: bool, requant: bool):
         # herf = 2^(se-1) + 2^(29+se): the shift yields 2^29 + E directly, clamped to [0, 2^30]
         w_lo = builder.ashr(builder.add(builder.mul(even(poly), merf), herf), se)
         w_hi = builder.ashr(builder.add(builder.mul(odd(poly), merf), herf), se)
-        w = smin(smax(join(w_lo, w_hi), c32(0)), c32(2 << ERF_FRAC_BITS))  # 2^29 + E ∈ [0, 2^30]
+        w = join(w_lo, w_hi)  # 2^29 + E ∈ [0, 2^30] for every L (checked: the clamp is a no-op)
         vlo, vhi, hout, osh = s64(vlo_i64), s64(vhi_i64), s64(hout_i64), s64(os_i64)
         y_lo = builder.ashr(builder.add(smax(smin(builder.mul(even(x), even(w)), vhi), vlo), hout), osh)
         y_hi = builder.ashr(builder.add(smax(smin(builder.mul(odd(x), odd(w)), vhi), vlo), hout), osh)
@@ -499,13 +500,29 @@ def _gelu16_flat(x1, left, requant, sh, rnd, clip, b_int, c_int, m_erf, hw_erf, 
                 out1[j] = y_i64
 
 
+@functools.lru_cache(maxsize=256)
+def _erf_in_range(b_int: int, c_int: int, m_erf: int, shift_erf: int) -> bool:
+    """Whether ``2^29 + E = (±L·m_erf + 2^(se-1) + 2^(29+se)) >> se`` lies in ``[0, 2^30]`` for every
+    ``L = d² + c_int``, ``d ∈ [b_int, 0]`` (a superset of the reachable ``d = a + b_int``), both signs:
+    then the reference's clamp of ``E`` to ``±2^29`` never acts.  Exact int64 numpy (the caller
+    checked ``|L·m_erf| + 2^(se-1) + 2^(29+se) < 2^63``); cached per constant set."""
+    d_i64 = np.arange(b_int, 1, dtype=np.int64)
+    l_i64 = d_i64 * d_i64 + np.int64(c_int)
+    h_i64 = np.int64((1 << (shift_erf - 1)) + (1 << (ERF_FRAC_BITS + shift_erf)))
+    for sl_i64 in (l_i64, -l_i64):
+        w_i64 = (sl_i64 * np.int64(m_erf) + h_i64) >> np.int64(shift_erf)
+        if w_i64.min() < 0 or w_i64.max() > (2 << ERF_FRAC_BITS):
+            return False
+    return True
+
+
 def _fast_plan(x, in_shift, b_int, c_int, m_erf, shift_erf, out_shift, m_vec, s_vec, out_dtype, q):
     """Arguments of :func:`_gelu16_flat` when its int32 bounds hold for these constants, else None.
 
-    Checked exactly (Python integers): ``rsh ≤ 31``; for every ``|L| ≤ max(-c_int, |b_int² + c_int|)``
-    ``L·m_erf + 2^(se-1) + 2^(29+se)`` stays below 2^63 and its ``>> se`` (= 2^29 + E before the
-    clamp) fits int32; with an epilogue: int8 container, one ``(m, s)`` for every channel, ``s ≥ 33``
-    (``2^(s-1)`` is a multiple of 2^32, added after the high half is taken).
+    Checked exactly: ``rsh ≤ 31``; for every ``|L| ≤ max(-c_int, |b_int² + c_int|)``
+    ``L·m_erf + 2^(se-1) + 2^(29+se)`` stays below 2^63 (Python integers) and
+    :func:`_erf_in_range`; with an epilogue: int8 container, one ``(m, s)`` for every channel,
+    ``s ≥ 33`` (``2^(s-1)`` is a multiple of 2^32, added after the high half is taken).
     """
     if x.dtype != np.int32 or in_shift > 31:
         return None
@@ -513,8 +530,7 @@ def _fast_plan(x, in_shift, b_int, c_int, m_erf, shift_erf, out_shift, m_vec, s_
     pmax = max(-c_int, abs(b_int * b_int + c_int))  # |L| over every a (L is monotone in d^2)
     h_erf = 1 << (shift_erf - 1)
     hw_erf = h_erf + (1 << (ERF_FRAC_BITS + shift_erf))
-    top, bot = pmax * -m_erf + hw_erf, -pmax * -m_erf + hw_erf
-    if not (top < (1 << 63) and -(1 << 31) <= bot >> shift_erf and top >> shift_erf < (1 << 31)):
+    if not (pmax * -m_erf + hw_erf < (1 << 63) and _erf_in_range(b_int, c_int, m_erf, shift_erf)):
         return None
     requant = m_vec is not None
     m_q = h_q = s_q = hv_q = sv_q = 0
