@@ -265,9 +265,9 @@ def test_fast_path_covers_lowering_constants():
             assert gelu_mod._fast_plan(np.zeros(1, np.int32), *args, np.array([m]), np.array([sh]), np.int8,
                                        127) is not None
     # constants whose erf clamp acts (or whose products could overflow) are declined: int64 lanes
-    for args in [(0, -2, -5, -(2**31) + 1, 31, 15), (-24, -(2**16) + 1, -(2**31) + 1, -1, 62, 1)]:
+    for args in [(0, -1, -(2**31) + 2, -(2**31) + 1, 31, 15), (-24, -(2**16) + 1, -(2**31) + 1, -1, 62, 1)]:
         assert gelu_mod._fast_plan(np.zeros(1, np.int32), *args, None, None, np.int32, 2**31 - 1) is None
-    assert not gelu_mod._erf_in_range(-2, -5, -(2**31) + 1, 31)
+    assert not gelu_mod._erf_in_range(-1, -(2**31) + 2, -(2**31) + 1, 31)
 
 
 def test_cpu_int32_edges_and_hand_made_constants():
