@@ -282,7 +282,7 @@ def test_cpu_int32_edges_and_hand_made_constants():
                                                                         (4 / 127, 8), (100.0, 8), (256.0, 2))]
     sets += [(40, -1, -(2**31) + 2, -(2**31) + 1, 1, 30), (-24, -(2**16) + 1, -(2**31) + 1, -1, 62, 1),
              (31, -20495, -460000000, -(2**30), 33, 1), (0, -2, -5, -(2**31) + 1, 2, 15),
-             (-3, -40993, -(2**31) + 1, -(2**31) + 1, 30, 20)]
+             (-3, -40993, -(2**31) + 1, -(2**31) + 1, 30, 20), (0, -1, -(2**31) + 2, -(2**31) + 1, 31, 15)]
     for args in sets:
         ints = dict(zip(("in_shift", "b_int", "c_int", "m_erf", "shift_erf", "out_shift"), args))
         np.testing.assert_array_equal(gelu_cpu(x, **ints), gelu_ref(x, **ints), err_msg=str(args))
