@@ -285,8 +285,9 @@ ukernel_rq32_1, ukernel_rq32_2, ukernel_rq32_3 = (make_ukernel(n, RQ32) for n in
 # ``vpdpbusd``) on whole tiles.  oneDNN (torch._int_mm) uses it, which is why
 # it outruns any VNNI kernel on such hosts.  The AMX micro-kernel computes a
 # 32×32 int32 block (2 A tiles × 2 B tiles → 4 accumulator tiles) over the
-# whole K and stores it to an int32 scratch tile; the epilogue kernels then
-# requantize 16 lanes at a time with the same IR as the VNNI epilogue.
+# whole K and stores it to an int32 scratch tile; the block epilogue
+# (``make_epilogue_block``, at the end) then requantizes it with the same IR
+# as the VNNI epilogue (``_emit_requant``), per-column constants loaded once.
 #
 # B tiles are the VNNI packing read 16 K-groups at a time: for column block
 # ``nb`` and K-chunk ``kc`` the 16 rows × 64 bytes at ``wp[nb, 16·kc : 16·kc+16]``
@@ -428,48 +429,6 @@ amx_32x32_ss = make_amx_32x32(True)  # int8 activations: no +128 offset needed
 amx_32x32_us = make_amx_32x32(False)  # uint8 activations (softmax probabilities)
 
 
-def make_epilogue16(mode: int):
-    """``epi(c_addr, init_addr, m_addr, s_addr, q, out_addr)``: 16 int32 lanes + init → requantized (or raw) store."""
-
-    @intrinsic
-    def epi(typingctx, c_addr, init_addr, m_addr, s_addr, q, out_addr):
-        args = (c_addr, init_addr, m_addr, s_addr, q, out_addr)
-        if not all(isinstance(t, types.Integer) for t in args):
-            return None
-        sig = types.void(*args)
-
-        def codegen(context, builder, signature, llargs):
-            c_i, init_i, m_i, s_i, q_v, o_i = [
-                context.cast(builder, v, t, types.intp) for v, t in zip(llargs, signature.args)
-            ]
-            i32 = ir.IntType(32)
-            i64 = ir.IntType(64)
-            v16 = ir.VectorType(i32, 16)
-            v16x64 = ir.VectorType(i64, 16)
-            oty = ir.VectorType(ir.IntType(_OUT_BITS[mode]), 16)
-
-            def load(addr, ty):
-                ld = builder.load(builder.inttoptr(addr, ty.as_pointer()))
-                ld.align = 1
-                return ld
-
-            acc = builder.add(load(c_i, v16), load(init_i, v16))
-            if mode == RAW32:
-                y = acc
-            else:
-                y = _emit_requant(builder, acc, _requant_consts(builder, load(m_i, v16), load(s_i, v16x64), q_v), oty)
-            st = builder.store(y, builder.inttoptr(o_i, oty.as_pointer()))
-            st.align = 1
-            return context.get_dummy_value()
-
-        return sig, codegen
-
-    return epi
-
-
-epi16_raw, epi16_rq8, epi16_rq16, epi16_rq32 = (make_epilogue16(m) for m in (RAW32, RQ8, RQ16, RQ32))
-
-
 @intrinsic
 def amx_release(typingctx):
     """``tilerelease``: return the thread's tile state to INIT (smaller context switches)."""
@@ -491,7 +450,7 @@ def make_epilogue_block(mode: int):
     :func:`_emit_requant`, i.e. ``requant.round_shift``/``saturate``) or kept
     (RAW32) and its 32 elements stored at ``out_addr + r·ldo`` (bytes).  The
     per-column ``init``/``m``/``s`` vectors are loaded once for the whole block
-    (the 16-lane :func:`make_epilogue16` reloaded them on every call).
+    (a 16-lane-per-call epilogue reloaded them every time: ~2× slower).
     """
 
     @intrinsic

@@ -11,23 +11,35 @@ Backends
 * ``cpu``   numba, dispatched on the host CPU at import (``kernels/_vnni.py``):
 
   - **AMX** (``_vnni.HAVE_AMX``: AMX-INT8 and Linux granted the tile state;
-    used when ``M ≥ 32`` and ``K ≥ 128``): 32×32 blocks from 2×2 tiles,
-    ``tdpbssd`` on int8 activations read in place (no copy when
-    ``K % 64 == 0``), ``tdpbusd`` on uint8 ones; each block goes through a
-    4 KB scratch tile and is requantized 16 lanes at a time by vector IR.
+    used when ``M ≥ 32``): 32×32 blocks from 2×2 tiles, ``tdpbssd`` on int8
+    activations read in place (no copy when ``K % 64 == 0``), ``tdpbusd`` on
+    uint8 ones; each block goes through a 4 KB scratch tile and is
+    requantized by the block epilogue IR (``_vnni.epib_*``).
   - **AVX-512 VNNI** (``_vnni.HAVE_VNNI``): an 8×48 register-blocked
     micro-kernel calling ``vpdpbusd`` (24 zmm accumulators); int8
     activations are offset to uint8 (``x ^ 0x80 = x + 128``) and the offset
     removed with the precomputed ``128·Σ_k w[n, k]`` folded into the
     accumulators' initial value; the requantization runs on the accumulator
     registers before the only store.
-  - both: weights prepacked once as ``[Np/16, Kp/4, 16, 4]`` (``Np``, ``Kp``
-    padded to 32 and 64), parallel over (batch, column panel, row chunk)
-    with numba ``prange``; one parallel region per call.
+  - ``linear``: weights prepacked once as ``[Np/16, Kp/4, 16, 4]`` (``Np``,
+    ``Kp`` padded to 32 and 64), parallel over (column panel, row chunk) with
+    numba ``prange``; one parallel region per call.  Read-only bias/m/shift
+    (the runtime's constants) are validated and padded once per layer
+    (:func:`_bind_linear`).
+  - batched ``matmul`` (:func:`_mm_amx`, :func:`_mm_vnni`): one parallel
+    region per call; a task (batch entry, column group, row chunk) packs its
+    own columns of B into a task-local buffer, or reads a constant B packed
+    once by ``pack_matmul_b``; Python-side shape checks and batch maps are
+    cached per shape.
   - elsewhere :func:`linear_portable` / :func:`matmul_portable`
     (``torch._int_mm`` for the int32 product + a numba epilogue, or plain
     numba loops), bit-exact and callable directly on any host.
 * ``cuda``  numba.cuda, ``kernels/cuda/gemm.py``.
+
+``pack_matmul_b(b)`` (every backend) packs a constant right operand of
+``matmul`` once; ``matmul(a, packed)`` equals ``matmul(a, b)`` bit for bit.
+``linear_cpu``/``matmul_cpu`` take ``out=``: a writeable C-contiguous numpy
+array of exactly the output's shape and dtype, written and returned.
 
 Overflow bound (all backends): the exact result must fit in int32.
 ``|x·w| ≤ 128·128`` for int8 × int8 and ``≤ 255·128`` for uint8 × int8, so
@@ -691,21 +703,9 @@ def _gemm_vnni(xu, wp, init2, ia, ib, mm, nn, m_chunks, mode, m_i32, s_i64, q, o
                     out2[m0 + i, n0 * esize:n0 * esize + nbytes] = scratch[r0:r0 + nbytes]
 
 
-@numba.njit(inline="always")
-def _epi16(mode, c, init, m, s, q, o):
-    if mode == 0:
-        _vnni.epi16_raw(c, init, m, s, q, o)
-    elif mode == 1:
-        _vnni.epi16_rq8(c, init, m, s, q, o)
-    elif mode == 2:
-        _vnni.epi16_rq16(c, init, m, s, q, o)
-    else:
-        _vnni.epi16_rq32(c, init, m, s, q, o)
-
-
 AMX_KBLOCK = 64  # 64-byte K steps per AMX K block (4096 bytes; measured: blocking at 768-1536 bytes did not help)
 AMX_MIN_M = 32  # below this the 32-row AMX tile wastes more than the VNNI kernel loses
-AMX_MIN_K = 128  # below this the tile store + epilogue per 32×32 block outweigh the product (Q·Kᵀ, d=64)
+AMX_MIN_K = 1  # with the block epilogue AMX beats VNNI at every K measured (8..4096, M = 128, N = 768)
 
 
 def _want_amx(mm: int, kk: int) -> bool:
