@@ -392,127 +392,128 @@ def mask_spans(mask2, nkeep, dense):
     key below ``nkeep`` is kept.  Keys from ``nkeep`` on are masked, so the row kernels stop
     there (zeros beyond) and skip the mask test on dense rows."""
     for k in range(mask2.shape[0]):
-        mr = mask2[k]
-        nk = 0
-        for c in range(mr.shape[0] - 1, -1, -1):
-            if mr[c] != 0:
-                nk = c + 1
+        mr_u8 = mask2[k]
+        nk_i64 = 0
+        for c in range(mr_u8.shape[0] - 1, -1, -1):
+            if mr_u8[c] != 0:
+                nk_i64 = c + 1
                 break
-        d = 1
-        for c in range(nk):
-            if mr[c] == 0:
-                d = 0
-        nkeep[k] = nk
-        dense[k] = d
+        dense_u8 = 1
+        for c in range(nk_i64):
+            if mr_u8[c] == 0:
+                dense_u8 = 0
+        nkeep[k] = nk_i64
+        dense[k] = dense_u8
 
 
 @numba.njit(inline="always")
-def _softmax_row(xr, dense, mr, nk, m_i64, s_i64, e_buf, orow):
+def _softmax_row(x_row, dense, mr_u8, nk, m_i64, s_i64, e_i64, y_u8):
     """One row of i-softmax (numba): keys ``[0, nk)`` (the rest are masked: zeros), three branch-free
     passes that LLVM vectorizes.
 
     1. max over kept keys in 32 bits;
     2. ``e = keep ? iexp(M - x) : 0`` with :func:`exp_core_u32` (``M - x`` of kept
        keys lies in ``[0, 2^32)``: a wrapping uint32 difference is exact), int64
-       ``e_buf`` (no narrowing store / widening load), int64 sum;
+       buffer ``e_i64`` (no narrowing store / widening load), int64 sum;
     3. ``y = (e·F + 2^53) >> 54`` (``e ≤ 2^30``, ``F < 2^32``: one 32×32→64 product).
 
     ``dense``: every key below ``nk`` is kept (no mask test).  ``nk = 0``: an all-zero row.
     """
-    n = xr.shape[0]
+    n = x_row.shape[0]
     for c in range(nk, n):
-        orow[c] = 0
+        y_u8[c] = 0
     if nk == 0:
         return
-    mx = np.int32(-(1 << 31))
-    total = np.int64(0)
+    mx_i32 = np.int32(-(1 << 31))
+    sum_i64 = np.int64(0)
     if dense:
         for c in range(nk):
-            mx = max(mx, np.int32(xr[c]))
+            mx_i32 = max(mx_i32, np.int32(x_row[c]))
         for c in range(nk):
-            e = exp_core_u32(np.uint32(np.int64(mx) - np.int64(xr[c])), m_i64, s_i64)
-            e_buf[c] = e
-            total += e
+            ec_i64 = exp_core_u32(np.uint32(np.int64(mx_i32) - np.int64(x_row[c])), m_i64, s_i64)
+            e_i64[c] = ec_i64
+            sum_i64 += ec_i64
     else:
         for c in range(nk):
-            mx = max(mx, np.int32(xr[c]) if mr[c] != 0 else np.int32(-(1 << 31)))
+            mx_i32 = max(mx_i32, np.int32(x_row[c]) if mr_u8[c] != 0 else np.int32(-(1 << 31)))
         for c in range(nk):
-            e = exp_core_u32(np.uint32(np.int64(mx) - np.int64(xr[c])), m_i64, s_i64)
-            e = e if mr[c] != 0 else np.int64(0)
-            e_buf[c] = e
-            total += e
-    factor = np.int64(np.uint32(SOFTMAX_NORM_NUM // total))  # total ≥ 2^30 (the max key has e = 2^30)
+            ec_i64 = exp_core_u32(np.uint32(np.int64(mx_i32) - np.int64(x_row[c])), m_i64, s_i64)
+            ec_i64 = ec_i64 if mr_u8[c] != 0 else np.int64(0)
+            e_i64[c] = ec_i64
+            sum_i64 += ec_i64
+    f_i64 = np.int64(np.uint32(SOFTMAX_NORM_NUM // sum_i64))  # Σ ≥ 2^30 (the max key has e = 2^30)
     for c in range(nk):
-        orow[c] = np.uint8((e_buf[c] * factor + SOFTMAX_NORM_HALF) >> SOFTMAX_NORM_BITS)
+        y_u8[c] = np.uint8((e_i64[c] * f_i64 + SOFTMAX_NORM_HALF) >> SOFTMAX_NORM_BITS)
 
 
 @numba.njit(inline="always")
-def _softmax_row_pair(xa, xb, dense, mr, nk, m_i64, s_i64, ea, eb, oa, ob):
+def _softmax_row_pair(xa_row, xb_row, dense, mr_u8, nk, m_i64, s_i64, ea_i64, eb_i64, ya_u8, yb_u8):
     """:func:`_softmax_row` on two rows with the same mask row, interleaved in every pass: two
     independent dependency chains (max, sum, division) per loop halve the per-row latency."""
-    n = xa.shape[0]
+    n = xa_row.shape[0]
     for c in range(nk, n):
-        oa[c] = 0
-        ob[c] = 0
+        ya_u8[c] = 0
+        yb_u8[c] = 0
     if nk == 0:
         return
-    ma = np.int32(-(1 << 31))
-    mb = np.int32(-(1 << 31))
-    ta = np.int64(0)
-    tb = np.int64(0)
+    mxa_i32 = np.int32(-(1 << 31))
+    mxb_i32 = np.int32(-(1 << 31))
+    suma_i64 = np.int64(0)
+    sumb_i64 = np.int64(0)
     if dense:
         for c in range(nk):
-            ma = max(ma, np.int32(xa[c]))
-            mb = max(mb, np.int32(xb[c]))
+            mxa_i32 = max(mxa_i32, np.int32(xa_row[c]))
+            mxb_i32 = max(mxb_i32, np.int32(xb_row[c]))
         for c in range(nk):
-            e = exp_core_u32(np.uint32(np.int64(ma) - np.int64(xa[c])), m_i64, s_i64)
-            f = exp_core_u32(np.uint32(np.int64(mb) - np.int64(xb[c])), m_i64, s_i64)
-            ea[c] = e
-            eb[c] = f
-            ta += e
-            tb += f
+            ca_i64 = exp_core_u32(np.uint32(np.int64(mxa_i32) - np.int64(xa_row[c])), m_i64, s_i64)
+            cb_i64 = exp_core_u32(np.uint32(np.int64(mxb_i32) - np.int64(xb_row[c])), m_i64, s_i64)
+            ea_i64[c] = ca_i64
+            eb_i64[c] = cb_i64
+            suma_i64 += ca_i64
+            sumb_i64 += cb_i64
     else:
         for c in range(nk):
-            k = mr[c] != 0
-            ma = max(ma, np.int32(xa[c]) if k else np.int32(-(1 << 31)))
-            mb = max(mb, np.int32(xb[c]) if k else np.int32(-(1 << 31)))
+            keep = mr_u8[c] != 0
+            mxa_i32 = max(mxa_i32, np.int32(xa_row[c]) if keep else np.int32(-(1 << 31)))
+            mxb_i32 = max(mxb_i32, np.int32(xb_row[c]) if keep else np.int32(-(1 << 31)))
         for c in range(nk):
-            k = mr[c] != 0
-            e = exp_core_u32(np.uint32(np.int64(ma) - np.int64(xa[c])), m_i64, s_i64)
-            f = exp_core_u32(np.uint32(np.int64(mb) - np.int64(xb[c])), m_i64, s_i64)
-            e = e if k else np.int64(0)
-            f = f if k else np.int64(0)
-            ea[c] = e
-            eb[c] = f
-            ta += e
-            tb += f
-    fa = np.int64(np.uint32(SOFTMAX_NORM_NUM // ta))
-    fb = np.int64(np.uint32(SOFTMAX_NORM_NUM // tb))
+            keep = mr_u8[c] != 0
+            ca_i64 = exp_core_u32(np.uint32(np.int64(mxa_i32) - np.int64(xa_row[c])), m_i64, s_i64)
+            cb_i64 = exp_core_u32(np.uint32(np.int64(mxb_i32) - np.int64(xb_row[c])), m_i64, s_i64)
+            ca_i64 = ca_i64 if keep else np.int64(0)
+            cb_i64 = cb_i64 if keep else np.int64(0)
+            ea_i64[c] = ca_i64
+            eb_i64[c] = cb_i64
+            suma_i64 += ca_i64
+            sumb_i64 += cb_i64
+    fa_i64 = np.int64(np.uint32(SOFTMAX_NORM_NUM // suma_i64))
+    fb_i64 = np.int64(np.uint32(SOFTMAX_NORM_NUM // sumb_i64))
     for c in range(nk):
-        oa[c] = np.uint8((ea[c] * fa + SOFTMAX_NORM_HALF) >> SOFTMAX_NORM_BITS)
-        ob[c] = np.uint8((eb[c] * fb + SOFTMAX_NORM_HALF) >> SOFTMAX_NORM_BITS)
+        ya_u8[c] = np.uint8((ea_i64[c] * fa_i64 + SOFTMAX_NORM_HALF) >> SOFTMAX_NORM_BITS)
+        yb_u8[c] = np.uint8((eb_i64[c] * fb_i64 + SOFTMAX_NORM_HALF) >> SOFTMAX_NORM_BITS)
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy")
 def _softmax_rows(x2, mask2, inner, row_idx, use_idx, nkeep, dense, m_i64, s_i64, nchunks, out2):
-    """Rows ``[r0, r1)`` per chunk; row ``r`` uses mask row ``row_idx[r]`` (``use_idx``) or ``r // inner``."""
+    """Rows ``[r0, r1)`` per chunk; row ``r`` uses mask row ``row_idx[r]`` (``use_idx``) or ``r // inner``;
+    two consecutive rows with the same mask row go through :func:`_softmax_row_pair`."""
     rows, n = x2.shape
     for ch in numba.prange(nchunks):
         wide_vectors()
         r0 = ch * rows // nchunks
         r1 = (ch + 1) * rows // nchunks
-        ea = np.empty(n, np.int64)  # e <= 2^30
-        eb = np.empty(n, np.int64)
+        ea_i64 = np.empty(n, np.int64)  # e <= 2^30
+        eb_i64 = np.empty(n, np.int64)
         r = r0
         while r < r1:
             k = row_idx[r] if use_idx else r // inner
             k1 = (row_idx[r + 1] if use_idx else (r + 1) // inner) if r + 1 < r1 else -1
             if k1 == k:
-                _softmax_row_pair(x2[r], x2[r + 1], dense[k], mask2[k], nkeep[k], m_i64, s_i64, ea, eb, out2[r],
-                                  out2[r + 1])
+                _softmax_row_pair(x2[r], x2[r + 1], dense[k], mask2[k], nkeep[k], m_i64, s_i64, ea_i64, eb_i64,
+                                  out2[r], out2[r + 1])
                 r += 2
             else:
-                _softmax_row(x2[r], dense[k], mask2[k], nkeep[k], m_i64, s_i64, ea, out2[r])
+                _softmax_row(x2[r], dense[k], mask2[k], nkeep[k], m_i64, s_i64, ea_i64, out2[r])
                 r += 1
 
 
