@@ -1041,7 +1041,7 @@ def _mm_groups(nt, n_panels, m_tiles, split_m, threads):
     want = 4 * threads
     if nt >= want:
         return 1, 1
-    n_groups = max(1, min(n_panels, (want + nt - 1) // nt))
+    n_groups = max(1, min(n_panels, (want + nt - 1) // max(nt, 1)))
     m_chunks = 1
     if split_m and nt * n_groups < want:
         m_chunks = max(1, min(m_tiles, (want + nt * n_groups - 1) // (nt * n_groups)))
