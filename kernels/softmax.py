@@ -448,8 +448,9 @@ def _softmax_row(x_row, dense, mr_u8, nk, m_i64, s_i64, e_i64, y_u8):
 
 @numba.njit(inline="always")
 def _softmax_row_pair(xa_row, xb_row, dense, mr_u8, nk, m_i64, s_i64, ea_i64, eb_i64, ya_u8, yb_u8):
-    """:func:`_softmax_row` on two rows with the same mask row, interleaved in every pass: two
-    independent dependency chains (max, sum, division) per loop halve the per-row latency."""
+    """:func:`_softmax_row` on two rows with the same mask row: the max and normalisation passes
+    interleave the two rows (two independent chains: max, sum, division); the i-exp pass runs one
+    row after the other (its loop has enough independent work; two rows in it spill registers)."""
     n = xa_row.shape[0]
     for c in range(nk, n):
         ya_u8[c] = 0
@@ -466,10 +467,11 @@ def _softmax_row_pair(xa_row, xb_row, dense, mr_u8, nk, m_i64, s_i64, ea_i64, eb
             mxb_i32 = max(mxb_i32, np.int32(xb_row[c]))
         for c in range(nk):
             ca_i64 = exp_core_u32(np.uint32(np.int64(mxa_i32) - np.int64(xa_row[c])), m_i64, s_i64)
-            cb_i64 = exp_core_u32(np.uint32(np.int64(mxb_i32) - np.int64(xb_row[c])), m_i64, s_i64)
             ea_i64[c] = ca_i64
-            eb_i64[c] = cb_i64
             suma_i64 += ca_i64
+        for c in range(nk):
+            cb_i64 = exp_core_u32(np.uint32(np.int64(mxb_i32) - np.int64(xb_row[c])), m_i64, s_i64)
+            eb_i64[c] = cb_i64
             sumb_i64 += cb_i64
     else:
         for c in range(nk):
@@ -477,14 +479,14 @@ def _softmax_row_pair(xa_row, xb_row, dense, mr_u8, nk, m_i64, s_i64, ea_i64, eb
             mxa_i32 = max(mxa_i32, np.int32(xa_row[c]) if keep else np.int32(-(1 << 31)))
             mxb_i32 = max(mxb_i32, np.int32(xb_row[c]) if keep else np.int32(-(1 << 31)))
         for c in range(nk):
-            keep = mr_u8[c] != 0
             ca_i64 = exp_core_u32(np.uint32(np.int64(mxa_i32) - np.int64(xa_row[c])), m_i64, s_i64)
-            cb_i64 = exp_core_u32(np.uint32(np.int64(mxb_i32) - np.int64(xb_row[c])), m_i64, s_i64)
-            ca_i64 = ca_i64 if keep else np.int64(0)
-            cb_i64 = cb_i64 if keep else np.int64(0)
+            ca_i64 = ca_i64 if mr_u8[c] != 0 else np.int64(0)
             ea_i64[c] = ca_i64
-            eb_i64[c] = cb_i64
             suma_i64 += ca_i64
+        for c in range(nk):
+            cb_i64 = exp_core_u32(np.uint32(np.int64(mxb_i32) - np.int64(xb_row[c])), m_i64, s_i64)
+            cb_i64 = cb_i64 if mr_u8[c] != 0 else np.int64(0)
+            eb_i64[c] = cb_i64
             sumb_i64 += cb_i64
     fa_i64 = np.int64(np.uint32(SOFTMAX_NORM_NUM // suma_i64))
     fb_i64 = np.int64(np.uint32(SOFTMAX_NORM_NUM // sumb_i64))
