@@ -512,3 +512,47 @@ def make_epilogue_block(mode: int):
 
 
 epib_raw, epib_rq8, epib_rq16, epib_rq32 = (make_epilogue_block(m) for m in (RAW32, RQ8, RQ16, RQ32))
+
+
+@intrinsic
+def transpose16x16_i32(typingctx, src_addr, src_stride, dst_addr):
+    """``dst[k, j] = src[j, k]`` for a 16×16 block of 32-bit words (the VNNI packing of 16 B rows).
+
+    ``src``: 16 rows of 16 words, ``src_stride`` bytes apart; ``dst``: 16
+    contiguous rows of 64 bytes.  Four rounds of two-source shuffles (row
+    pairs ``i``, ``i + s`` for ``s`` = 8, 4, 2, 1 exchange their ``s``-blocks),
+    64 ``vpermt2d`` in all, instead of 256 scalar word moves.
+    """
+    args = (src_addr, src_stride, dst_addr)
+    if not all(isinstance(t, types.Integer) for t in args):
+        return None
+    sig = types.void(*args)
+
+    def codegen(context, builder, signature, llargs):
+        intp_t = context.get_value_type(types.intp)
+        src_i, stride_v, dst_i = [context.cast(builder, v, t, types.intp) for v, t in zip(llargs, signature.args)]
+        i32 = ir.IntType(32)
+        v16 = ir.VectorType(i32, 16)
+        rows = []
+        for i in range(16):
+            addr = builder.add(src_i, builder.mul(stride_v, ir.Constant(intp_t, i)))
+            ld = builder.load(builder.inttoptr(addr, v16.as_pointer()))
+            ld.align = 1
+            rows.append(ld)
+        for s in (8, 4, 2, 1):
+            lo_mask = ir.Constant(v16, [e if (e & s) == 0 else 16 + e - s for e in range(16)])
+            hi_mask = ir.Constant(v16, [e + s if (e & s) == 0 else 16 + e for e in range(16)])
+            new = [None] * 16
+            for i in range(16):
+                if i & s:
+                    continue
+                new[i] = builder.shuffle_vector(rows[i], rows[i + s], lo_mask)
+                new[i + s] = builder.shuffle_vector(rows[i], rows[i + s], hi_mask)
+            rows = new
+        for k in range(16):
+            addr = builder.add(dst_i, ir.Constant(intp_t, 64 * k))
+            st = builder.store(rows[k], builder.inttoptr(addr, v16.as_pointer()))
+            st.align = 1
+        return context.get_dummy_value()
+
+    return sig, codegen

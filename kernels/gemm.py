@@ -977,7 +977,12 @@ def _pack_cols(b8, b32, bi, nb0, nblocks, nn, kk, bw32, corr_i32, need_corr):
         dst = bw32[lb]
         if kk % 4 == 0 and nvalid == 16:
             blk = b32[bi, r0:r0 + 16]
-            for kb in range(kfull):  # contiguous 64-byte stores, strided 4-byte loads
+            k16 = kfull // 16 * 16
+            src_addr = np.int64(blk.ctypes.data)
+            dst_addr = np.int64(dst.ctypes.data)
+            for kb0 in range(0, k16, 16):  # 16×16 word blocks transposed in registers
+                _vnni.transpose16x16_i32(src_addr + 4 * kb0, 4 * kfull, dst_addr + 64 * kb0)
+            for kb in range(k16, kfull):  # contiguous 64-byte stores, strided 4-byte loads
                 o = dst[kb]
                 for j in range(16):
                     o[j] = blk[j, kb]
