@@ -164,6 +164,8 @@ def gemm_rows(cfg: Config) -> Iterable[Group]:
             w = rng.integers(-127, 128, (n, k), dtype=np.int64).astype(np.int8)
             bias = rng.integers(-(2**16), 2**16, n, dtype=np.int64).astype(np.int32)
             m_i32, shift = quantize_multipliers(rng.uniform(1e-4, 3e-4, n))
+            for const in (bias, m_i32, shift):  # read-only, like the runtime's constants (validated once per layer)
+                const.setflags(write=False)
             packed = gemm.pack_weight_cpu(w)
             ours = {
                 f"cpu[{path}] linear+requant int8": lambda: gemm.linear_cpu(x, packed, bias, m_i32, shift),
