@@ -448,9 +448,9 @@ def _softmax_row(x_row, dense, mr_u8, nk, m_i64, s_i64, e_i64, y_u8):
 
 @numba.njit(inline="always")
 def _softmax_row_pair(xa_row, xb_row, dense, mr_u8, nk, m_i64, s_i64, ea_i64, eb_i64, ya_u8, yb_u8):
-    """:func:`_softmax_row` on two rows with the same mask row: the max and normalisation passes
-    interleave the two rows (two independent chains: max, sum, division); the i-exp pass runs one
-    row after the other (its loop has enough independent work; two rows in it spill registers)."""
+    """:func:`_softmax_row` on two rows with the same mask row: the max pass interleaves the two
+    rows (two independent reduction chains); the i-exp and normalisation passes run one row after
+    the other (their loops have enough independent work; two rows in one loop spill registers)."""
     n = xa_row.shape[0]
     for c in range(nk, n):
         ya_u8[c] = 0
@@ -492,6 +492,7 @@ def _softmax_row_pair(xa_row, xb_row, dense, mr_u8, nk, m_i64, s_i64, ea_i64, eb
     fb_i64 = np.int64(np.uint32(SOFTMAX_NORM_NUM // sumb_i64))
     for c in range(nk):
         ya_u8[c] = np.uint8((ea_i64[c] * fa_i64 + SOFTMAX_NORM_HALF) >> SOFTMAX_NORM_BITS)
+    for c in range(nk):
         yb_u8[c] = np.uint8((eb_i64[c] * fb_i64 + SOFTMAX_NORM_HALF) >> SOFTMAX_NORM_BITS)
 
 
