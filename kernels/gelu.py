@@ -326,7 +326,7 @@ V16 = 16  # int32 lanes per step of the hand-vectorized kernel
 FAST_CHUNK = 1 << 14  # elements per parallel task (a multiple of V16)
 
 
-def _gelu16_codegen(left: bool, requant: bool):
+def _gelu16_codegen(left: bool, requant: bool, yclamp: bool = True):
     """LLVM IR of 16 elements of i-GELU (int32 ``x``), bit-identical to :func:`gelu_scalar`.
 
     Lanes: ``a, d, L`` and the sign live in 16 int32 lanes (exact: ``a ≤ -b_int < 2^16``,
@@ -335,10 +335,12 @@ def _gelu16_codegen(left: bool, requant: bool):
     lanes, and the results come back to 16 int32 lanes by one ``vpermt2d``:
 
     * ``2^29 + E = (±L·m_erf + 2^(se-1) + 2^(29+se)) >> se`` (adding ``2^29·2^se`` inside the floor);
-      :func:`_erf_in_range` checked that it lies in ``[0, 2^30]`` for every reachable ``L`` (true for
+      :func:`_erf_range` checked that it lies in ``[0, 2^30]`` for every reachable ``L`` (true for
       every :func:`gelu_params` constant set), so the reference's clamp to ``±2^29`` is a no-op;
     * ``y = clip(R(p, os), ±I) = R(clip(p, vlo, vhi), os)`` with ``vhi = I·2^os - 2^(os-1)``,
       ``vlo = -I·2^os - 2^(os-1)`` (``R`` is non-decreasing and ``R(vhi) = I``, ``R(vlo) = -I``);
+      ``yclamp=False`` when :func:`_fast_plan` proved ``|R(p, os)| ≤ I`` for every int32 ``x``
+      (``in_bits = 32``: ``os = 30``, ``2^29 + E ≤ 2^30`` for ``x > 0`` and ``≤ 2^29`` for ``x < 0``);
     * requantize (``s ≥ 33``): ``⌊(y·m + 2^(s-1)) / 2^s⌋ = (hi32(y·m) + 2^(s-33)) >> (s - 32)``,
       clamped to ``±Q`` in 32 bits (``|hi32(y·m)| ≤ 2^30``).
 
@@ -415,8 +417,12 @@ def _gelu16_codegen(left: bool, requant: bool):
         w_hi = builder.ashr(builder.add(builder.mul(odd(poly), merf), herf), se)
         w = join(w_lo, w_hi)  # 2^29 + E ∈ [0, 2^30] for every L (checked: the clamp is a no-op)
         vlo, vhi, hout, osh = s64(vlo_i64), s64(vhi_i64), s64(hout_i64), s64(os_i64)
-        y_lo = builder.ashr(builder.add(smax(smin(builder.mul(even(x), even(w)), vhi), vlo), hout), osh)
-        y_hi = builder.ashr(builder.add(smax(smin(builder.mul(odd(x), odd(w)), vhi), vlo), hout), osh)
+        p_lo = builder.mul(even(x), even(w))
+        p_hi = builder.mul(odd(x), odd(w))
+        if yclamp:
+            p_lo, p_hi = smax(smin(p_lo, vhi), vlo), smax(smin(p_hi, vhi), vlo)
+        y_lo = builder.ashr(builder.add(p_lo, hout), osh)
+        y_hi = builder.ashr(builder.add(p_hi, hout), osh)
         if requant:
             mq = s64x32(mq_i64)
             r_lo = builder.mul(sext_lo(y_lo), mq)
@@ -434,62 +440,75 @@ def _gelu16_codegen(left: bool, requant: bool):
     return codegen
 
 
-def _make_gelu16(left: bool, requant: bool):
+def _make_gelu16(left: bool, requant: bool, yclamp: bool):
     def gelu16(typingctx, x_addr, o_addr, sh, rnd, clip, b_int, c_int, m_erf, h_erf, shift_erf, vlo, vhi, h_out,
                out_shift, m_q, h_q, s_q, q):
         args = (x_addr, o_addr, sh, rnd, clip, b_int, c_int, m_erf, h_erf, shift_erf, vlo, vhi, h_out, out_shift,
                 m_q, h_q, s_q, q)
         if not all(isinstance(t, types.Integer) for t in args):
             return None
-        return types.none(*args), _gelu16_codegen(left, requant)
+        return types.none(*args), _gelu16_codegen(left, requant, yclamp)
 
     return intrinsic(gelu16)
 
 
-_gelu16_r = _make_gelu16(False, False)
-_gelu16_l = _make_gelu16(True, False)
-_gelu16_rq_r = _make_gelu16(False, True)
-_gelu16_rq_l = _make_gelu16(True, True)
+# one intrinsic per (left shift, int8 epilogue, y clamp): mode = 4·left + 2·requant + yclamp
+_g16_0, _g16_1, _g16_2, _g16_3, _g16_4, _g16_5, _g16_6, _g16_7 = (
+    _make_gelu16(bool(k & 4), bool(k & 2), bool(k & 1)) for k in range(8))
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy")
-def _gelu16_flat(x1, left, requant, sh, rnd, clip, b_int, c_int, m_erf, hw_erf, shift_erf, vlo, vhi, h_out, out_shift,
+def _gelu16_flat(x1, mode, sh, rnd, clip, b_int, c_int, m_erf, hw_erf, shift_erf, vlo, vhi, h_out, out_shift,
                  m_q, hv_q, sv_q, q, lsh, rsh, half, m_erf_i32, h_erf, h_q, s_q, out1):
     """Flat i-GELU over int32 ``x1`` in 16-lane steps (:func:`_gelu16_codegen`), scalar tail.
 
-    ``requant``: per-tensor epilogue into int8 ``out1``; else int32 ``out1``.  The vector step takes
-    ``hw_erf = 2^(se-1) + 2^(29+se)``, ``hv_q = 2^(s-33)``, ``sv_q = s - 32``; the scalar tail
-    (:func:`gelu_simd`) the plain ``h_erf, h_q, s_q``.
+    ``mode = 4·left + 2·requant + yclamp``; ``requant``: per-tensor epilogue into int8 ``out1``,
+    else int32 ``out1``.  The vector step takes ``hw_erf = 2^(se-1) + 2^(29+se)``,
+    ``hv_q = 2^(s-33)``, ``sv_q = s - 32``; the scalar tail (:func:`gelu_simd`) the plain
+    ``h_erf, h_q, s_q``.
     """
     n = x1.size
     xa = x1.ctypes.data
     oa = out1.ctypes.data
+    requant = (mode & 2) != 0
+    osz = 1 if requant else 4
     for k in numba.prange((n + FAST_CHUNK - 1) // FAST_CHUNK):
         lo = k * FAST_CHUNK
         hi = min(n, lo + FAST_CHUNK)
         i = lo
-        if left:
-            if requant:
-                while i + V16 <= hi:
-                    _gelu16_rq_l(xa + 4 * i, oa + i, sh, rnd, clip, b_int, c_int, m_erf, hw_erf, shift_erf, vlo, vhi,
-                                 h_out, out_shift, m_q, hv_q, sv_q, q)
-                    i += V16
-            else:
-                while i + V16 <= hi:
-                    _gelu16_l(xa + 4 * i, oa + 4 * i, sh, rnd, clip, b_int, c_int, m_erf, hw_erf, shift_erf, vlo, vhi,
-                              h_out, out_shift, m_q, hv_q, sv_q, q)
-                    i += V16
+        c = (sh, rnd, clip, b_int, c_int, m_erf, hw_erf, shift_erf, vlo, vhi, h_out, out_shift, m_q, hv_q, sv_q, q)
+        if mode == 0:
+            while i + V16 <= hi:
+                _g16_0(xa + 4 * i, oa + osz * i, *c)
+                i += V16
+        elif mode == 1:
+            while i + V16 <= hi:
+                _g16_1(xa + 4 * i, oa + osz * i, *c)
+                i += V16
+        elif mode == 2:
+            while i + V16 <= hi:
+                _g16_2(xa + 4 * i, oa + osz * i, *c)
+                i += V16
+        elif mode == 3:
+            while i + V16 <= hi:
+                _g16_3(xa + 4 * i, oa + osz * i, *c)
+                i += V16
+        elif mode == 4:
+            while i + V16 <= hi:
+                _g16_4(xa + 4 * i, oa + osz * i, *c)
+                i += V16
+        elif mode == 5:
+            while i + V16 <= hi:
+                _g16_5(xa + 4 * i, oa + osz * i, *c)
+                i += V16
+        elif mode == 6:
+            while i + V16 <= hi:
+                _g16_6(xa + 4 * i, oa + osz * i, *c)
+                i += V16
         else:
-            if requant:
-                while i + V16 <= hi:
-                    _gelu16_rq_r(xa + 4 * i, oa + i, sh, rnd, clip, b_int, c_int, m_erf, hw_erf, shift_erf, vlo, vhi,
-                                 h_out, out_shift, m_q, hv_q, sv_q, q)
-                    i += V16
-            else:
-                while i + V16 <= hi:
-                    _gelu16_r(xa + 4 * i, oa + 4 * i, sh, rnd, clip, b_int, c_int, m_erf, hw_erf, shift_erf, vlo, vhi,
-                              h_out, out_shift, m_q, hv_q, sv_q, q)
-                    i += V16
+            while i + V16 <= hi:
+                _g16_7(xa + 4 * i, oa + osz * i, *c)
+                i += V16
         for j in range(i, hi):
             y_i64 = gelu_simd(np.int64(x1[j]), lsh, rsh, half, clip, b_int, c_int, m_erf_i32, h_erf, shift_erf,
                               h_out, out_shift)
@@ -501,27 +520,26 @@ def _gelu16_flat(x1, left, requant, sh, rnd, clip, b_int, c_int, m_erf, hw_erf, 
 
 
 @functools.lru_cache(maxsize=256)
-def _erf_in_range(b_int: int, c_int: int, m_erf: int, shift_erf: int) -> bool:
-    """Whether ``2^29 + E = (±L·m_erf + 2^(se-1) + 2^(29+se)) >> se`` lies in ``[0, 2^30]`` for every
-    ``L = d² + c_int``, ``d ∈ [b_int, 0]`` (a superset of the reachable ``d = a + b_int``), both signs:
-    then the reference's clamp of ``E`` to ``±2^29`` never acts.  Exact int64 numpy (the caller
+def _erf_range(b_int: int, c_int: int, m_erf: int, shift_erf: int) -> tuple[int, int, int, int]:
+    """Range of ``w = 2^29 + E = (±L·m_erf + 2^(se-1) + 2^(29+se)) >> se`` (before the clamp) over
+    ``L = d² + c_int``, ``d ∈ [b_int, 0]`` (a superset of the reachable ``d = a + b_int``):
+    ``(min, max)`` for ``x > 0`` (``+L``) then for ``x < 0`` (``-L``).  Both inside ``[0, 2^30]``:
+    the reference's clamp of ``E`` to ``±2^29`` never acts.  Exact int64 numpy (the caller
     checked ``|L·m_erf| + 2^(se-1) + 2^(29+se) < 2^63``); cached per constant set."""
     d_i64 = np.arange(b_int, 1, dtype=np.int64)
     l_i64 = d_i64 * d_i64 + np.int64(c_int)
     h_i64 = np.int64((1 << (shift_erf - 1)) + (1 << (ERF_FRAC_BITS + shift_erf)))
-    for sl_i64 in (l_i64, -l_i64):
-        w_i64 = (sl_i64 * np.int64(m_erf) + h_i64) >> np.int64(shift_erf)
-        if w_i64.min() < 0 or w_i64.max() > (2 << ERF_FRAC_BITS):
-            return False
-    return True
+    w_pos_i64 = (l_i64 * np.int64(m_erf) + h_i64) >> np.int64(shift_erf)
+    w_neg_i64 = (-l_i64 * np.int64(m_erf) + h_i64) >> np.int64(shift_erf)
+    return int(w_pos_i64.min()), int(w_pos_i64.max()), int(w_neg_i64.min()), int(w_neg_i64.max())
 
 
 def _fast_plan(x, in_shift, b_int, c_int, m_erf, shift_erf, out_shift, m_vec, s_vec, out_dtype, q):
     """Arguments of :func:`_gelu16_flat` when its int32 bounds hold for these constants, else None.
 
     Checked exactly: ``rsh ≤ 31``; for every ``|L| ≤ max(-c_int, |b_int² + c_int|)``
-    ``L·m_erf + 2^(se-1) + 2^(29+se)`` stays below 2^63 (Python integers) and
-    :func:`_erf_in_range`; with an epilogue: int8 container, one ``(m, s)`` for every channel,
+    ``L·m_erf + 2^(se-1) + 2^(29+se)`` stays below 2^63 (Python integers) and :func:`_erf_range`
+    lies in ``[0, 2^30]``; ``yclamp`` only where ``R(x·w, os)`` can leave ``±(2^31 - 1)``; with an epilogue: int8 container, one ``(m, s)`` for every channel,
     ``s ≥ 33`` (``2^(s-1)`` is a multiple of 2^32, added after the high half is taken).
     """
     if x.dtype != np.int32 or in_shift > 31:
@@ -530,7 +548,10 @@ def _fast_plan(x, in_shift, b_int, c_int, m_erf, shift_erf, out_shift, m_vec, s_
     pmax = max(-c_int, abs(b_int * b_int + c_int))  # |L| over every a (L is monotone in d^2)
     h_erf = 1 << (shift_erf - 1)
     hw_erf = h_erf + (1 << (ERF_FRAC_BITS + shift_erf))
-    if not (pmax * -m_erf + hw_erf < (1 << 63) and _erf_in_range(b_int, c_int, m_erf, shift_erf)):
+    if pmax * -m_erf + hw_erf >= (1 << 63):
+        return None
+    w_pos_lo, w_pos_hi, w_neg_lo, w_neg_hi = _erf_range(b_int, c_int, m_erf, shift_erf)
+    if min(w_pos_lo, w_neg_lo) < 0 or max(w_pos_hi, w_neg_hi) > (2 << ERF_FRAC_BITS):
         return None
     requant = m_vec is not None
     m_q = h_q = s_q = hv_q = sv_q = 0
@@ -540,11 +561,15 @@ def _fast_plan(x, in_shift, b_int, c_int, m_erf, shift_erf, out_shift, m_vec, s_
             return None
         h_q, hv_q, sv_q = 1 << (s_q - 1), 1 << (s_q - 33), s_q - 32
     h_out = 1 << (out_shift - 1)
+    # y = R(x·w, os) within ±(2^31 - 1) for every int32 x (R is non-decreasing, w ≥ 0): no clamp
+    yclamp = not ((((I32_MAX * w_pos_hi) + h_out) >> out_shift) <= I32_MAX
+                  and ((-(1 << 31) * w_neg_hi) + h_out) >> out_shift >= -I32_MAX)
     left = lsh > 0
     sh, rnd = (lsh, ((-b_int) >> lsh) + 1) if left else (rsh, (1 << rsh) >> 1)
     ints = (sh, rnd, -b_int, b_int, c_int, m_erf, hw_erf, shift_erf, -I32_MAX * (1 << out_shift) - h_out,
             I32_MAX * (1 << out_shift) - h_out, h_out, out_shift, m_q, hv_q, sv_q, q)
-    return (left, requant, *(np.int64(v) for v in ints), np.int64(lsh), np.int64(rsh), np.int64((1 << rsh) >> 1),
+    mode = 4 * left + 2 * requant + yclamp
+    return (np.int64(mode), *(np.int64(v) for v in ints), np.int64(lsh), np.int64(rsh), np.int64((1 << rsh) >> 1),
             np.int32(m_erf), np.int64(h_erf), np.int64(h_q), np.int64(s_q))
 
 
