@@ -31,7 +31,7 @@ from .errors import InputError
 from .interp import prepare_inputs
 from .kernels.registry import available_backends, get_kernel
 
-__all__ = ["BufferPlan", "Executor", "plan_buffers", "run_integer"]
+__all__ = ["BufferPlan", "Executor", "OutputRecord", "plan_buffers", "run_integer"]
 
 _Fn = Callable[..., np.ndarray]  # (ins, B, T[, out=]) → the node's value
 
@@ -64,6 +64,19 @@ def _copy_into(out, view) -> np.ndarray:
         return np.ascontiguousarray(view)
     np.copyto(out, view)
     return out
+
+
+@dataclass(frozen=True)
+class OutputRecord:
+    """A node's output as seen in the recording call (None for device arrays)."""
+
+    shape: tuple
+    dtype: np.dtype
+    c_contiguous: bool
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
 
 
 @dataclass
@@ -268,8 +281,8 @@ class Executor:
                  record: list | None = None, plan: BufferPlan | None = None) -> dict:
         """Run the bound steps over ``env``; drops intermediates after their last use unless
         ``keep_all`` (then every value is copied to the host); ``times`` collects seconds per op;
-        ``plan`` supplies output buffers; ``record`` collects, per node, the output array and the
-        inputs it may view (for :func:`plan_buffers`)."""
+        ``plan`` supplies output buffers; ``record`` collects, per node, the output's
+        :class:`OutputRecord` and the inputs it may view (for :func:`plan_buffers`)."""
         B, T = env["input_ids"].shape
         consts = self.graph.constants
         outs = plan.outs if plan is not None else None
@@ -279,9 +292,11 @@ class Executor:
             y = step.fn(ins, B, T, out=outs[k]) if outs is not None and outs[k] is not None else step.fn(ins, B, T)
             if times is not None:
                 times[node.op] = times.get(node.op, 0.0) + time.perf_counter() - t0
-            if record is not None:
-                record.append((y, tuple(i for i, x in zip(node.inputs, ins) if i not in consts and isinstance(x, np.ndarray)
-                                        and isinstance(y, np.ndarray) and np.may_share_memory(x, y))))
+            if record is not None:  # what planning needs, not the array (which must die at its last use)
+                host = isinstance(y, np.ndarray)
+                record.append((OutputRecord(y.shape, y.dtype, y.flags.c_contiguous) if host else None,
+                               tuple(i for i, x in zip(node.inputs, ins) if i not in consts
+                                     and host and isinstance(x, np.ndarray) and np.may_share_memory(x, y))))
             env[node.outputs[0]] = _host(y) if keep_all else y
             if not keep_all:
                 for i in free + self._unused[k]:
@@ -367,7 +382,8 @@ def _float_island(node: ir.Node, consts) -> _Fn:
 
 
 def plan_buffers(graph: ir.Graph, takes_out: list[bool], record: list, shape: tuple[int, int]) -> BufferPlan:
-    """Plan output buffers from one recorded run (``record[k] = (output, inputs it may view)``).
+    """Plan output buffers from one recorded run (``record[k] = (OutputRecord | None, inputs its
+    output may view)``).
 
     Node ``k`` gets a buffer when its step takes ``out=``, its recorded output is a C-contiguous
     numpy array and not a graph output.  A value holds its buffer (and a view holds the buffers
@@ -387,7 +403,7 @@ def plan_buffers(graph: ir.Graph, takes_out: list[bool], record: list, shape: tu
     outs: list = []
     for k, (node, (y, views)) in enumerate(zip(graph.nodes, record)):
         name = node.outputs[0]
-        if takes_out[k] and name not in keep and isinstance(y, np.ndarray) and y.flags.c_contiguous and y.nbytes:
+        if takes_out[k] and name not in keep and y is not None and y.c_contiguous and y.nbytes:
             need = y.nbytes
             fits = [b for b in free if blocks[b].nbytes >= need]
             if fits:

@@ -110,3 +110,14 @@ def test_planning_can_be_switched_off(nezha):
     ids = np.arange(5, 25).reshape(2, 10)
     np.testing.assert_array_equal(ex.run(ids), Executor(q.graph, "ref").run(ids))
     assert ex.planned_bytes(2, 10) is None and not ex._plans
+
+
+def test_the_recording_call_keeps_no_outputs_alive(nezha):
+    """The first call at a shape records shapes and dtypes only: intermediates still die at their
+    last use (holding them would make that call's peak memory the sum of all values)."""
+    m, q = nezha
+    ex = Executor(q.graph, "cpu")
+    record: list = []
+    ex._execute(ex._inputs(np.arange(5, 25).reshape(2, 10), None, None), record=record)
+    assert len(record) == len(q.graph.nodes)
+    assert not any(isinstance(part, np.ndarray) for rec in record for part in rec)
