@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from .errors import KernelInputError
@@ -56,3 +58,26 @@ def output_array(out, shape, dtype) -> np.ndarray:
         raise KernelInputError(f"out must be a writeable C-contiguous numpy array of dtype {dtype.name} and shape "
                                f"{shape}, got {got}")
     return out
+
+
+def cpu_has(need: tuple[str, ...], disable_var: str | None = None) -> bool:
+    """True when numba compiles for a CPU with every LLVM feature in ``need`` (``"avx512f"``...).
+
+    Honours numba's ``NUMBA_CPU_NAME``/``NUMBA_CPU_FEATURES`` overrides (a portable ``generic``
+    build must not contain host-only instructions), else asks LLVM about the host; a set
+    ``disable_var`` environment variable (other than ``0``) turns the feature off.  Read once, at
+    import, by the modules that dispatch on it.
+    """
+    if disable_var and os.environ.get(disable_var, "") not in ("", "0"):
+        return False
+    try:
+        from numba.core import config
+        import llvmlite.binding as llvm
+
+        if config.CPU_NAME not in (None, "host"):
+            feats = str(config.CPU_FEATURES or "").split(",")
+            return all(f"+{f}" in feats for f in need)
+        host = llvm.get_host_cpu_features()
+        return all(bool(host.get(f, False)) for f in need)
+    except Exception:  # pragma: no cover - exotic hosts
+        return False

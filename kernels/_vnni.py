@@ -42,8 +42,10 @@ import os
 import llvmlite.binding as llvm
 from llvmlite import ir
 from numba import types
-from numba.core import cgutils, config
+from numba.core import cgutils
 from numba.extending import intrinsic
+
+from ._util import cpu_has
 
 MR = 8  # rows of A per micro-kernel
 NR_BLOCK = 16  # int32 lanes per zmm = columns per packed block
@@ -63,17 +65,7 @@ def _detect_vnni() -> bool:
     portable ``generic`` build must not contain VNNI), else asks LLVM about
     the host.  ``INTENGINE_DISABLE_VNNI=1`` turns the fast path off.
     """
-    if os.environ.get("INTENGINE_DISABLE_VNNI", "") not in ("", "0"):
-        return False
-    need = ("avx512f", "avx512bw", "avx512vnni")
-    try:
-        if config.CPU_NAME not in (None, "host"):
-            feats = str(config.CPU_FEATURES or "")
-            return all(f"+{f}" in feats.split(",") for f in need)
-        host = llvm.get_host_cpu_features()
-        return all(bool(host.get(f, False)) for f in need)
-    except Exception:  # pragma: no cover - exotic hosts
-        return False
+    return cpu_has(("avx512f", "avx512bw", "avx512vnni"), "INTENGINE_DISABLE_VNNI")
 
 
 HAVE_VNNI: bool = _detect_vnni()
@@ -306,16 +298,9 @@ def _detect_amx() -> bool:
     """AMX-INT8 usable: the CPU (as numba compiles for it) has it and Linux grants the tile state."""
     if os.environ.get("INTENGINE_DISABLE_AMX", "") not in ("", "0") or not HAVE_VNNI:
         return False
-    need = ("amx-tile", "amx-int8")
+    if not cpu_has(("amx-tile", "amx-int8")):
+        return False
     try:
-        if config.CPU_NAME not in (None, "host"):
-            feats = str(config.CPU_FEATURES or "").split(",")
-            if not all(f"+{f}" in feats for f in need):
-                return False
-        else:
-            host = llvm.get_host_cpu_features()
-            if not all(bool(host.get(f, False)) for f in need):
-                return False
         import ctypes
         import platform
 

@@ -30,7 +30,6 @@ import numba
 import numpy as np
 from llvmlite import ir
 from numba import types
-from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ._util import channel_vector, check_int, container_for_bits, output_array, qmax_for_bits

@@ -21,18 +21,15 @@ Differences from I-BERT's ``IntLayerNorm`` (all deliberate):
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
-import llvmlite.binding as llvm
 import numba
 import numpy as np
 from llvmlite import ir
 from numba import types
-from numba.core import config
 from numba.extending import intrinsic
 
-from ._util import check_int, container_for_bits, output_array, qmax_for_bits
+from ._util import check_int, container_for_bits, cpu_has, output_array, qmax_for_bits
 from .errors import KernelInputError
 from .registry import register
 from .requant import MAX_SHIFT, MIN_SHIFT, MULT_BITS, quantize_multipliers, requant_vectors, wide_vectors
@@ -367,17 +364,7 @@ def _detect_avx512() -> bool:
     Honours numba's ``NUMBA_CPU_NAME``/``NUMBA_CPU_FEATURES`` overrides, else asks
     LLVM about the host; ``INTENGINE_DISABLE_AVX512=1`` forces the portable loop.
     """
-    if os.environ.get("INTENGINE_DISABLE_AVX512", "") not in ("", "0"):
-        return False
-    need = ("avx512f", "avx512bw")
-    try:
-        if config.CPU_NAME not in (None, "host"):
-            feats = str(config.CPU_FEATURES or "").split(",")
-            return all(f"+{f}" in feats for f in need)
-        host = llvm.get_host_cpu_features()
-        return all(bool(host.get(f, False)) for f in need)
-    except Exception:  # pragma: no cover - exotic hosts
-        return False
+    return cpu_has(("avx512f", "avx512bw"), "INTENGINE_DISABLE_AVX512")
 
 
 HAVE_AVX512: bool = _detect_avx512()

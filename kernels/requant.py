@@ -10,17 +10,15 @@ are used.  All three backends implement exactly the formula of
 from __future__ import annotations
 
 import math
-import os
 
-import llvmlite.binding as llvm
 import numba
 import numpy as np
 from llvmlite import ir
 from numba import types
-from numba.core import cgutils, config
+from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._util import channel_vector, check_int, container_for_bits, output_array, qmax_for_bits
+from ._util import channel_vector, check_int, container_for_bits, cpu_has, output_array, qmax_for_bits
 from .errors import KernelInputError
 from .registry import register
 
@@ -150,17 +148,7 @@ def _detect_vbmi() -> bool:
     Honours numba's ``NUMBA_CPU_NAME``/``NUMBA_CPU_FEATURES`` (a portable
     build must not contain VBMI); ``INTENGINE_DISABLE_VBMI=1`` turns it off.
     """
-    if os.environ.get("INTENGINE_DISABLE_VBMI", "") not in ("", "0"):
-        return False
-    need = ("avx512f", "avx512bw", "avx512vbmi")
-    try:
-        if config.CPU_NAME not in (None, "host"):
-            feats = str(config.CPU_FEATURES or "").split(",")
-            return all(f"+{f}" in feats for f in need)
-        host = llvm.get_host_cpu_features()
-        return all(bool(host.get(f, False)) for f in need)
-    except Exception:  # pragma: no cover - exotic hosts
-        return False
+    return cpu_has(("avx512f", "avx512bw", "avx512vbmi"), "INTENGINE_DISABLE_VBMI")
 
 
 HAVE_VBMI: bool = _detect_vbmi()
