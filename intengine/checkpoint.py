@@ -27,13 +27,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .atomic import write_folder_atomically
 from .errors import CheckpointError, ConfigError
 from .models import TASKS, get_family
 
@@ -339,21 +338,10 @@ def save_hf_folder(
     if hasattr(family, "to_hf_state_dict"):
         tensors = family.to_hf_state_dict(tensors, model)
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
+    def fill(tmp: Path) -> None:
         (tmp / CONFIG_NAME).write_text(
             json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8"
         )
         save_file(tensors, str(tmp / SAFE_NAME), metadata={"format": "pt"})
-        old = None
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-            os.rmdir(old)
-            os.rename(path, old)
-        os.rename(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
+
+    return write_folder_atomically(path, fill)

@@ -59,6 +59,21 @@ def _with_out(kernel, fn: _Fn) -> _Step:
     return _Step(fn, "out" in inspect.signature(kernel).parameters)
 
 
+def _index_per_length(index: np.ndarray, label: str) -> Callable[[int], np.ndarray]:
+    """``t → index[:t, :t]`` (contiguous, built once per length) of a relative-position index
+    table; a length beyond the table is an :class:`InputError` naming the node."""
+    sliced: dict[int, np.ndarray] = {}
+
+    def index_for(t: int) -> np.ndarray:
+        if t > index.shape[0]:
+            raise InputError(f"sequence length {t} exceeds the {index.shape[0]} positions of {label}")
+        if t not in sliced:
+            sliced[t] = np.ascontiguousarray(index[:t, :t])
+        return sliced[t]
+
+    return index_for
+
+
 def _copy_into(out, view) -> np.ndarray:
     if out is None:
         return np.ascontiguousarray(view)
@@ -222,17 +237,8 @@ class Executor:
         if op == "gather":
             index = self.graph.constants[a("index")]
             k = get_kernel("rel_gather", be)
-            sliced: dict[int, np.ndarray] = {}  # T → contiguous index[:T, :T], built once per length
-
-            def gather(ins, B, T, **o):
-                t = ins[0].shape[-2]
-                if t > index.shape[0]:
-                    raise InputError(f"sequence length {t} exceeds the {index.shape[0]} positions of {node.label}")
-                if t not in sliced:
-                    sliced[t] = np.ascontiguousarray(index[:t, :t])
-                return k(ins[0], sliced[t], **o)
-
-            return _with_out(k, gather)
+            index_for = _index_per_length(index, node.label)
+            return _with_out(k, lambda ins, B, T, **o: k(ins[0], index_for(ins[0].shape[-2]), **o))
         if op == "mask_fill":
             # out = x where mask (broadcast) else 0 (x·mask, exact): padded positions become exact zeros
             def mask_fill(ins, B, T, out=None):
@@ -255,17 +261,8 @@ class Executor:
         if op == "scatter_add":
             index, size = self.graph.constants[a("index")], a("size")
             k = get_kernel("rel_scatter_add", be)
-            sliced_s: dict[int, np.ndarray] = {}  # T → contiguous index[:T, :T]
-
-            def scatter_add(ins, B, T, **o):
-                t = ins[0].shape[-2]
-                if t > index.shape[0]:
-                    raise InputError(f"sequence length {t} exceeds the {index.shape[0]} positions of {node.label}")
-                if t not in sliced_s:
-                    sliced_s[t] = np.ascontiguousarray(index[:t, :t])
-                return k(ins[0], sliced_s[t], size, **o)
-
-            return _with_out(k, scatter_add)
+            index_for = _index_per_length(index, node.label)
+            return _with_out(k, lambda ins, B, T, **o: k(ins[0], index_for(ins[0].shape[-2]), size, **o))
         raise ir.GraphError(f"node {node.label}: the integer runtime has no op {op!r}")
 
     # ---------------------------------------------------------------- run

@@ -44,14 +44,13 @@ import hashlib
 import json
 import math
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from . import __version__, ir
+from .atomic import write_folder_atomically
 from .calibration import QParams
 from .errors import IntengineError, QuantizedFormatError
 
@@ -234,31 +233,16 @@ def save_quantized(qm, path: str | os.PathLike, *, overwrite: bool = False) -> P
     tensors = {name: np.ascontiguousarray(arr) for name, arr in g.constants.items()}
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
+
+    def fill(tmp: Path) -> None:
         save_file(tensors, str(tmp / WEIGHTS_NAME),
                   metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
         with open(tmp / WEIGHTS_NAME, "rb") as f:
             os.fsync(f.fileno())
         doc["sha256"] = {WEIGHTS_NAME: _file_sha256(tmp / WEIGHTS_NAME), GRAPH_NAME: _canonical_sha256(doc)}
         _write_synced(tmp / GRAPH_NAME, _dump(doc).encode("ascii"))
-        old = None
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-            os.rmdir(old)
-            os.rename(path, old)
-        try:
-            os.rename(tmp, path)
-        except BaseException:
-            if old is not None:
-                os.rename(old, path)  # put the previous folder back
-            raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
+
+    return write_folder_atomically(path, fill)
 
 
 # ----------------------------------------------------------------------------- load
