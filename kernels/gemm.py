@@ -808,21 +808,26 @@ def _m_chunks(tasks_without_split: int, m_tiles: int) -> int:
     return max(1, min(m_tiles, -(-4 * threads // max(tasks_without_split, 1))))
 
 
-AMX_A_CHUNK_BYTES = 1 << 20  # rows of A one task keeps in L2 (2 MB per core here) while it sweeps all panels
+AMX_A_CHUNK_BYTES = 1 << 20  # rows of A one task keeps in L2 (2 MB per core here) while it sweeps the panels
+AMX_A_SHARED_BYTES = 1 << 19  # up to this much A, every thread keeps all of A and takes its share of the panels
 
 
 def _amx_m_chunks(mm: int, kp: int) -> int:
-    """Row chunks of the AMX ``linear``: a multiple of the thread count, each at most ~1 MB of A.
+    """Row chunks of the AMX ``linear`` (tasks run row-chunk major, see :func:`_gemm_amx`).
 
-    Tasks run row-chunk major (:func:`_gemm_amx`), so a thread reads its A rows
-    from memory once and streams B past them once per chunk.  Measured on the
-    BERT shapes (M = 1024, K = 3072, N = 768: 2–4 chunks 1.25× faster than one
-    panel-major sweep, which re-read all of A from L3 for every 32-column panel).
+    * A small A (``M·K ≤ 512 KB``): one chunk, so each thread sweeps its share
+      of the column panels with all of A in its L2 and reads only its share of B.
+    * A larger A: a multiple of the thread count, each chunk at most ~1 MB of
+      A, so a thread reads its A rows once and streams B past them once per
+      chunk (M = 1024, K = 3072, N = 768: 2–4 chunks ran 1.25× faster than one
+      panel-major sweep, which re-read all 3 MB of A from L3 for every
+      32-column panel).
     """
+    if mm * kp <= AMX_A_SHARED_BYTES:
+        return 1
     threads = numba.get_num_threads()
-    m_tiles = (mm + 31) // 32
     per_thread = -(-mm * kp // (threads * AMX_A_CHUNK_BYTES))
-    return max(1, min(m_tiles, threads * per_thread))
+    return max(1, min((mm + 31) // 32, threads * per_thread))
 
 
 def _frozen(arr) -> bool:
