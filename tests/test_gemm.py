@@ -255,8 +255,11 @@ def test_amx_kernel_emits_tdpbssd_and_is_exact():
     assert "tdpbssd" in asm and "ldtilecfg" in asm
 
 
-@pytest.mark.parametrize("m", [31, 32, 33, 64, 95])
+@pytest.mark.parametrize("m", [31, 32, 33, 64, 95, 300])
 def test_amx_and_vnni_tiles_around_the_32_row_boundary(m):
+    """Partial row tiles, two K blocks; m = 300 also splits the AMX linear into row chunks."""
+    if m == 300:
+        assert gemm._amx_m_chunks(m, 4224) > 1
     rng = np.random.default_rng(m)
     x = rng.integers(-128, 128, (m, 4200)).astype(np.int8)  # 2 AMX K blocks, the last one partial
     w = rng.integers(-128, 128, (70, 4200)).astype(np.int8)
