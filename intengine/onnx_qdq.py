@@ -71,6 +71,32 @@ def _onnx_dtype(np_dtype) -> int:
     return helper.np_dtype_to_tensor_dtype(np.dtype(np_dtype))
 
 
+def _quantize_per_tensor(w: np.ndarray, scale_mul: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """int8 ``w`` at one symmetric scale (as lower.py) and the float32 DequantizeLinear scale
+    (``S_w·scale_mul``)."""
+    s_w = symmetric_scale(np.abs(w).max(), 8)
+    return quantize_ref(w, s_w, None, 8), np.asarray(float(s_w) * scale_mul, np.float32)
+
+
+def _toeplitz_diagonal(index: np.ndarray) -> np.ndarray | None:
+    """``d`` with ``index[i, j] == d[i - j + n - 1]`` for every entry of the square ``[n, n]``
+    table (a relative-position index: clamped or log-bucketed ``i - j``), else ``None``."""
+    index = np.asarray(index)
+    if index.ndim != 2 or index.shape[0] != index.shape[1] or index.shape[0] == 0:
+        return None
+    n = index.shape[0]
+    d = np.concatenate([index[0, :0:-1], index[:, 0]]).astype(np.int64)  # i - j = -(n-1) .. n-1
+    i, j = np.indices(index.shape)
+    return d if np.array_equal(index, d[i - j + n - 1]) else None
+
+
+def _skew_columns(diag: np.ndarray) -> np.ndarray:
+    """Table columns for the skewed relative product: column ``c`` (of ``2n``) holds relative
+    distance ``i - j = n - 1 - c`` (the last, ``-n``, is never read: clamped)."""
+    n = (diag.shape[0] + 1) // 2
+    return diag[np.clip(2 * n - 2 - np.arange(2 * n), 0, 2 * n - 2)]
+
+
 @dataclass(frozen=True)
 class _ActQuant:
     scale: float
@@ -134,6 +160,11 @@ class _Emitter:
             for i in n.inputs:
                 self._consumers.setdefault(i, []).append(n)
         self._producer = {o: n for n in g.nodes for o in n.outputs}
+        # softmax outputs whose padded query rows are zeroed at their P·V product instead
+        # (value -> bool [B, 1, T, 1] rows tensor)
+        self.row_zero: dict[str, str] = {}
+        # their P·V products: value -> (product before the row mask, rows tensor)
+        self.row_zero_out: dict[str, tuple[str, str]] = {}
         self._qtags: dict[str, set[str]] = {}  # value -> integer types its MatMul readers need
         for n in g.nodes:
             if n.op in ("linear", "conv1d") or (n.op == "matmul" and n.inputs[1] in g.constants):
@@ -199,6 +230,50 @@ class _Emitter:
         """1-D int64 ``[T, T]``."""
         return self.once("TT", lambda: self.node("Concat", [self.seq_len(), self.seq_len()], "seq_len_2", axis=0))
 
+    def seq_expr(self, key: str) -> str:
+        """1-D int64 ``[1]`` shape arithmetic on ``T`` (shared): ``"T-1"``, ``"2T-1"``,
+        ``"T-1+T(2T-1)"``."""
+        def build():
+            t = self.seq_len()
+            one = self.ints([1], "one_i64")
+            if key == "T-1":
+                return self.node("Sub", [t, one], "seq_len_m1")
+            if key == "2T-1":
+                return self.node("Sub", [self.node("Add", [t, t], "seq_len_x2"), one], "seq_len_x2m1")
+            if key == "T-1+T(2T-1)":
+                return self.node("Add", [self.seq_expr("T-1"), self.node("Mul", [t, self.seq_expr("2T-1")],
+                                                                         "seq_len_skew_len")], "seq_len_skew_end")
+            raise QDQExportError(f"internal: unknown sequence expression {key!r}")
+
+        return self.once(("seq", key), build)
+
+    def rel_window(self, n: int) -> tuple[str, str]:
+        """``[n - T]`` and ``[n + T]``: the columns of a ``2n``-column skewed table that length
+        ``T`` reads.  A lookup (Gather) rather than a Sub, so that ``T > n`` fails in ONNX
+        Runtime (index out of range) instead of wrapping around as a negative Slice start."""
+        def build():
+            t = self.seq_len()
+            start = self.node("Gather", [self.const(np.arange(n, -1, -1, dtype=np.int64), f"rel_start_{n}"), t],
+                              f"rel_start_{n}_T", axis=0)
+            return start, self.node("Add", [start, self.node("Add", [t, t], f"rel_width_{n}_T")], f"rel_end_{n}_T")
+
+        return self.once(("relwin", n), build)
+
+    def skew(self, y: str, rank: int, hint: str) -> str:
+        """``out[..., i, j] = y[..., i, j - i + T - 1]`` for ``y`` ``[..., T, 2T]``: in the flat
+        ``[..., T·2T]`` view that entry sits at ``i·(2T-1) + j + (T-1)``, so two Slices and two
+        Reshapes (contiguous copies) replace a per-element Gather."""
+        lead = [0] * (rank - 2)
+        flat = self.node("Reshape", [y, self.ints(lead + [-1], f"shape_flat{rank}")], hint + ".flat")
+        win = self.node("Slice", [flat, self.seq_expr("T-1"), self.seq_expr("T-1+T(2T-1)"),
+                                  self.ints([rank - 2], f"axis{rank - 2}_i64")], hint + ".window")
+        shape = self.once(("skewshape", rank), lambda: self.node(
+            "Concat", [self.ints(lead + [-1], f"shape_flat{rank}"), self.seq_expr("2T-1")], f"skew_shape{rank}",
+            axis=0))
+        rows = self.node("Reshape", [win, shape], hint + ".rows")
+        return self.node("Slice", [rows, self.ints([0], "zero_i64"), self.seq_len(),
+                                   self.ints([rank - 1], f"axis{rank - 1}_i64")], hint)
+
     def index_TT(self, index_name: str, flat_width: int | None = None) -> str:
         """The constant index table ``[Tmax, Tmax]`` sliced to ``[:T, :T]``; with ``flat_width``
         ``n``, entry ``(i, j)`` holds ``i·n + I[i, j]`` (a Gather into the ``[.., T·n]`` view)."""
@@ -261,7 +336,12 @@ class _Emitter:
         s0 = self.scalar(aq.scale, np.float32, f"{fp_name}.{tag}.scale")
 
         def build():
-            q = self.node("QuantizeLinear", [self.x(root), s0, zp], f"{root}.{tag}")
+            rz = self.row_zero_out.get(root)
+            if rz is None:
+                q = self.node("QuantizeLinear", [self.x(root), s0, zp], f"{root}.{tag}")
+            else:  # rows zeroed after quantization: Q(0) is the zero point
+                q = self.node("Where", [rz[1], self.node("QuantizeLinear", [rz[0], s0, zp], f"{root}.all_rows.{tag}"),
+                                        zp], f"{root}.{tag}")
             for n in chain:
                 q = self.data_movement(n, q, f"{n.outputs[0]}.{tag}")
             return q
@@ -305,9 +385,7 @@ class _Emitter:
             zp = np.zeros(scale.shape, np.int8)
             axis = {"axis": ax}
         else:
-            s_w = symmetric_scale(np.abs(w).max(), 8)
-            wq = quantize_ref(w, s_w, None, 8)
-            scale = np.asarray(float(s_w) * scale_mul, np.float32)
+            wq, scale = _quantize_per_tensor(w, scale_mul)
             zp = np.asarray(0, np.int8)
             axis = {}
         tag = "pc" if per_channel else "pt"
@@ -435,13 +513,63 @@ def t_matmul(E: _Emitter, node: ir.Node) -> None:
     if b in E.g.constants:  # DeBERTa's relative tables: per-tensor int8, the scale folded in
         w = E.g.constants[b]
         w_kn = np.ascontiguousarray(np.swapaxes(w, -1, -2)) if tb else w
+        if _rel_product(E, node, w_kn, scale):
+            return
         xa = E.quantized_input(a, signed=False)
         wb = E.weight(b, w_kn, per_channel=False, hint=b + (".T" if tb else ""), scale_mul=scale)
         E.bind(_out(node), E.node("MatMul", [xa, wb], _out(node)))
         return
     xa = E.quantized_input(a, signed=False, scale_mul=scale)
     xb = E.quantized_input(b, signed=True, transpose_last=tb)
-    E.bind(_out(node), E.node("MatMul", [xa, xb], _out(node)))
+    rows = E.row_zero.get(a)
+    if rows is None:
+        E.bind(_out(node), E.node("MatMul", [xa, xb], _out(node)))
+        return
+    # P·V with the padded query rows of P not zeroed (t_softmax): zero those rows of the
+    # product instead (Σ_j 0·v_j = 0, as intengine), [.., T, d] rather than [.., T, T] entries.
+    # A quantized reader zeroes them on the 1-byte tensor (the zero point: quantized_input);
+    # the float Where is for other readers (pruned when there are none).
+    y = E.node("MatMul", [xa, xb], _out(node) + ".all_rows")
+    E.row_zero_out[_out(node)] = (y, rows)
+    E.bind(_out(node), E.node("Where", [rows, y, E.scalar(0.0, np.float32, "zero_f32")], _out(node)))
+
+
+def _rel_product(E: _Emitter, node: ir.Node, w_kn: np.ndarray, scale: float) -> bool:
+    """``gather(matmul(x, table))`` with a relative-position index ``I[i, j] = d[i - j]``
+    (DeBERTa's c2p/p2c): the table's columns re-ordered once at export into ``2·Tmax`` columns by
+    relative distance (column ``c`` ↔ ``i - j = Tmax - 1 - c``; int8 columns of intengine's
+    per-tensor table, so the same integers), its ``2T`` columns for length ``T`` sliced at run
+    time, one MatMul ``[.., T, 2T]`` and a skew (:meth:`_Emitter.skew`) instead of a ``[.., T,
+    R]`` product and a per-element Gather.  False (nothing emitted) when the pattern does not
+    hold."""
+    readers = E.consumers(_out(node))
+    if len(readers) != 1 or readers[0].op != "gather" or _out(node) in E.g.outputs:
+        return False
+    gat = readers[0]
+    index = E.g.constants[gat.attr("index")]
+    diag = _toeplitz_diagonal(index)
+    r = len(E.g.value(_out(node)).shape)
+    if diag is None or r < 2 or diag.max() >= w_kn.shape[-1] or diag.min() < 0:
+        return False
+    n = index.shape[0]
+    cols = _skew_columns(diag)
+    tname = node.inputs[1]
+    start, end = E.rel_window(n)
+    axis = E.ints([w_kn.ndim - 1], f"axis{w_kn.ndim - 1}_i64")
+    if E.quant is None:
+        table = E.const(np.take(w_kn * np.float32(scale), cols, axis=-1).astype(np.float32), f"{tname}.skew")
+        wb = E.node("Slice", [table, start, end, axis], f"{tname}.skew.T")
+    else:
+        wq, s_w = _quantize_per_tensor(w_kn, scale)
+        table = E.const(np.ascontiguousarray(np.take(wq, cols, axis=-1)), f"{tname}.skew.pt.s8")
+        wq_T = E.node("Slice", [table, start, end, axis], f"{tname}.skew.pt.s8.T")
+        wb = E.node("DequantizeLinear", [wq_T, E.const(s_w, f"{tname}.skew.pt.scale"),
+                                         E.const(np.asarray(0, np.int8), f"{tname}.skew.pt.zero_point")],
+                    f"{tname}.skew.dq")
+    xa = E.quantized_input(node.inputs[0], signed=False)
+    y = E.node("MatMul", [xa, wb], _out(node) + ".skewed")
+    E.bind(_out(gat), E.skew(y, r, _out(gat)))
+    return True
 
 
 def t_data_movement(E: _Emitter, node: ir.Node) -> None:
@@ -458,6 +586,8 @@ def t_select(E: _Emitter, node: ir.Node) -> None:
 def t_gather(E: _Emitter, node: ir.Node) -> None:
     """``out[..., i, j] = x[..., i, I[i, j]]``: a Gather into the ``[..., T·n]`` view with the
     flattened table ``i·n + I[i, j]`` (sliced to ``[:T, :T]``)."""
+    if _out(node) in E.env:  # translated with its relative product (_rel_product)
+        return
     (x,) = node.inputs
     shape = E.g.value(x).shape
     n = shape[-1]
@@ -488,24 +618,45 @@ def t_scatter_add(E: _Emitter, node: ir.Node) -> None:
 def t_softmax(E: _Emitter, node: ir.Node) -> None:
     s, mask = node.inputs
     kind = node.attr("mask")
+    if kind not in ("key", "pair"):
+        raise QDQExportError(f"node {node.label}: unknown softmax mask kind {kind!r}")
     mb = E.mask_bool(mask)
-    if kind == "key":
-        add = E.once(("keymask", mask), lambda: E.node(
-            "Unsqueeze", [E.node("Where", [mb, E.scalar(0.0, np.float32, "zero_f32"),
-                                           E.scalar(_F32_MIN, np.float32, "f32_min")], mask + ".additive"),
-                          E.ints([1, 2], "axes12_i64")], mask + ".additive_keys"))
-        y = E.node("Softmax", [E.node("Add", [E.x(s), add], _out(node) + ".masked")], _out(node), axis=-1)
-    elif kind == "pair":
+    if kind == "pair" and E.quant is None:
+        # the float model (FP32 baseline, input of ORT's own quantizers): Where / Softmax / Where,
+        # which ORT's static quantizer turns into fast QLinearWhere (a broadcast QLinearAdd of the
+        # key mask is several times slower there)
         valid = E.once(("pairmask", mask), lambda: E.node("Unsqueeze", [E.node("And", [
             E.node("Unsqueeze", [mb, E.ints([2], "axes2_i64")], mask + ".rows"),
             E.node("Unsqueeze", [mb, E.ints([1], "axes1_i64")], mask + ".cols")], mask + ".pairs"),
             E.ints([1], "axes1_i64")], mask + ".pairs4"))
         m = E.node("Where", [valid, E.x(s), E.scalar(_F32_MIN, np.float32, "f32_min")], _out(node) + ".masked")
         p = E.node("Softmax", [m], _out(node) + ".softmax", axis=-1)
-        y = E.node("Where", [valid, p, E.scalar(0.0, np.float32, "zero_f32")], _out(node))
-    else:
-        raise QDQExportError(f"node {node.label}: unknown softmax mask kind {kind!r}")
-    E.bind(_out(node), y)
+        E.bind(_out(node), E.node("Where", [valid, p, E.scalar(0.0, np.float32, "zero_f32")], _out(node)))
+        return
+    # masked keys: + float32 min (exp underflows to 0; for a valid query row this is the pair
+    # mask's Where(valid, s, min) too, since |s| is far below min's rounding step)
+    add = E.once(("keymask", mask), lambda: E.node(
+        "Unsqueeze", [E.node("Where", [mb, E.scalar(0.0, np.float32, "zero_f32"),
+                                       E.scalar(_F32_MIN, np.float32, "f32_min")], mask + ".additive"),
+                      E.ints([1, 2], "axes12_i64")], mask + ".additive_keys"))
+    o = _out(node)
+    p = E.node("Softmax", [E.node("Add", [E.x(s), add], o + ".masked")], o + (".softmax" if kind == "pair" else ""),
+               axis=-1)
+    if kind == "key":
+        E.bind(o, p)
+        return
+    # pair (QDQ): the rows of padded queries are all zero.  When only P·V products read P, their
+    # [.., T, d] outputs get the row mask (t_matmul) instead of the [.., T, T] probabilities.
+    rows = E.once(("rowmask", mask), lambda: E.node("Unsqueeze", [mb, E.ints([1, 3], "axes13_i64")],
+                                                    mask + ".rows4"))
+    readers = E.consumers(o)
+    if o not in E.g.outputs and readers and all(
+            c.op == "matmul" and c.inputs[0] == o and c.inputs[1] != o and c.inputs[1] not in E.g.constants
+            and len(E.g.value(_out(c)).shape) == 4 for c in readers):
+        E.row_zero[o] = rows
+        E.bind(o, p)
+        return
+    E.bind(o, E.node("Where", [rows, p, E.scalar(0.0, np.float32, "zero_f32")], o))
 
 
 def t_mask_fill(E: _Emitter, node: ir.Node) -> None:
@@ -521,10 +672,24 @@ def t_mask_fill(E: _Emitter, node: ir.Node) -> None:
 
 
 def t_layernorm(E: _Emitter, node: ir.Node) -> None:
+    """``LayerNormalization`` over the last axis.  After a residual ``add`` it runs on a view
+    with a unit axis before the last (zero-copy Reshapes): ORT would otherwise fuse ``Add →
+    LayerNormalization`` into ``SkipLayerNormalization``, whose CPU kernel (onnxruntime 1.31)
+    is several times slower than the two ops it replaces."""
     w, b = node.attr("weight"), node.attr("bias")
-    E.bind(_out(node), E.node("LayerNormalization", [E.x(node.inputs[0]), E.const(E.g.constants[w], w),
-                                                     E.const(E.g.constants[b], b)], _out(node),
-                              axis=-1, epsilon=float(node.attr("eps"))))
+    (x,) = node.inputs
+    o = _out(node)
+    params = [E.const(E.g.constants[w], w), E.const(E.g.constants[b], b)]
+    eps = float(node.attr("eps"))
+    src = E._producer.get(x)
+    r = len(E.g.value(x).shape)
+    if src is None or src.op != "add" or r < 2:
+        E.bind(o, E.node("LayerNormalization", [E.x(x)] + params, o, axis=-1, epsilon=eps))
+        return
+    lead = [0] * (r - 1)
+    xu = E.node("Reshape", [E.x(x), E.ints(lead + [1, -1], f"shape_unit_last{r}")], o + ".in")
+    y = E.node("LayerNormalization", [xu] + params, o + ".unit", axis=-1, epsilon=eps)
+    E.bind(o, E.node("Reshape", [y, E.ints(lead + [-1], f"shape_drop_unit{r + 1}")], o))
 
 
 def t_gelu(E: _Emitter, node: ir.Node) -> None:
@@ -650,7 +815,7 @@ def _translate(g: ir.Graph, quant: _Quantizer | None, *, output_name: str, opset
         outputs.append(helper.make_tensor_value_info(oname, TensorProto.FLOAT, _dims(g.value(o).shape),
                                                      doc_string=f"intengine value {o}"))
     nodes, inits = _prune(E.nodes, list(E.inits.values()), [o.name for o in outputs])
-    # shapes of the translated values (symbolic batch/sequence): ORT's fusions (SkipLayerNorm)
+    # shapes of the translated values (symbolic batch/sequence): ORT's fusions (BiasGelu)
     # need ranks and hidden sizes that its own inference loses after Scatter/Gather
     produced = {o for n in nodes for o in n.output}
     value_info = [
