@@ -11,6 +11,11 @@ from .errors import KernelInputError
 INT_CONTAINERS = ((8, np.int8), (16, np.int16), (32, np.int32))
 
 
+def is_int_scalar(v) -> bool:
+    """A Python or numpy integer, not a bool."""
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
 def container_for_bits(bits: int) -> type:
     """Smallest signed numpy integer dtype holding a symmetric ``bits``-bit value."""
     if not isinstance(bits, (int, np.integer)) or not 2 <= bits <= 32:

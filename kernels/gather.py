@@ -17,7 +17,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ._util import check_int, output_array
+from ._util import check_int, is_int_scalar, output_array
 from .errors import KernelInputError
 from .registry import register
 
@@ -89,7 +89,7 @@ def _check_scatter_args(p, index, size) -> None:
     if len(shape) < 2 or len(ishape) != 2 or ishape != shape[-2:]:
         raise KernelInputError(f"rel_scatter_add: p [..., T, T'] and index [T, T'] must share [T, T'], got p {shape}, "
                                f"index {ishape}")
-    if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 1:
+    if not is_int_scalar(size) or size < 1:
         raise KernelInputError(f"rel_scatter_add: size must be a positive integer, got {size!r}")
     if shape[-1] > MAX_SCATTER_KEYS:
         raise KernelInputError(f"rel_scatter_add: at most {MAX_SCATTER_KEYS} keys per row (int32 sums), got {shape[-1]}")

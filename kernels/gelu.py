@@ -32,7 +32,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from ._util import channel_vector, check_int, container_for_bits, output_array, qmax_for_bits
+from ._util import channel_vector, check_int, container_for_bits, is_int_scalar, output_array, qmax_for_bits
 from .errors import KernelInputError
 from .registry import register
 from .requant import (MAX_SHIFT, MIN_SHIFT, MULT_BITS, lut_u8, quantize_multiplier, requant_vectors, round_shift,
@@ -114,16 +114,12 @@ def gelu_params(scale: float, in_bits: int = 8) -> GeluParams:
     )
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-
 def _check_gelu_args(x, in_shift, b_int, c_int, m_erf, shift_erf, out_shift, m_i32, shift, out_bits):
     """Validate the kernel arguments; returns (out_dtype, Q, m_vec, s_vec) (vectors None without epilogue)."""
     check_int("x", x, (np.int8, np.int16, np.int32))
     ints = dict(in_shift=in_shift, b_int=b_int, c_int=c_int, m_erf=m_erf, shift_erf=shift_erf, out_shift=out_shift)
     for name, v in ints.items():
-        if not _is_int(v):
+        if not is_int_scalar(v):
             raise KernelInputError(f"{name} must be an integer, got {type(v).__name__}")
     if not IN_SHIFT_MIN <= in_shift <= IN_SHIFT_MAX:
         raise KernelInputError(f"in_shift must lie in [{IN_SHIFT_MIN}, {IN_SHIFT_MAX}], got {in_shift}")
@@ -631,8 +627,8 @@ def gelu_cpu(x: np.ndarray, in_shift: int, b_int: int, c_int: int, m_erf: int, s
     dtype (int32, or the ``out_bits`` container); written and returned.
     """
     consts = (in_shift, b_int, c_int, m_erf, shift_erf, out_shift)
-    if isinstance(x, np.ndarray) and x.dtype == np.int32 and all(_is_int(v) for v in consts) and _is_int(out_bits) \
-            and ((m_i32 is None and shift is None) or (_is_int(m_i32) and _is_int(shift))):
+    if isinstance(x, np.ndarray) and x.dtype == np.int32 and all(is_int_scalar(v) for v in consts) and is_int_scalar(out_bits) \
+            and ((m_i32 is None and shift is None) or (is_int_scalar(m_i32) and is_int_scalar(shift))):
         hit = _scalar_plan(tuple(int(v) for v in consts), None if m_i32 is None else int(m_i32),
                            None if shift is None else int(shift), int(out_bits))
         if hit is not None:  # (validated once per constant set)

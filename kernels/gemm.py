@@ -63,7 +63,7 @@ import numba
 import numpy as np
 
 from . import _vnni
-from ._util import check_int, container_for_bits, qmax_for_bits
+from ._util import check_int, container_for_bits, is_int_scalar, qmax_for_bits
 from .errors import KernelInputError
 from .registry import register
 from .requant import MAX_SHIFT, MIN_SHIFT, MULT_BITS, _check_requant_args, requantize_ref, round_shift, saturate
@@ -104,10 +104,6 @@ def _const_epilogue(n: int, m: int | None, s: int | None, out_bits: int) -> Epil
     return e
 
 
-def _is_int_scalar(v) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-
 def epilogue_params(n: int, m_i32, shift, out_bits: int) -> Epilogue:
     """Check ``m_i32``/``shift``/``out_bits`` for ``n`` output channels (same rules and messages as requantize).
 
@@ -120,12 +116,12 @@ def epilogue_params(n: int, m_i32, shift, out_bits: int) -> Epilogue:
         return _const_epilogue(n, None, None, 8)
     if m_i32 is None or shift is None:
         raise KernelInputError("m_i32 and shift must be given together (or both omitted for int32 output)")
-    if (_is_int_scalar(m_i32) and _is_int_scalar(shift) and _is_int_scalar(out_bits)
+    if (is_int_scalar(m_i32) and is_int_scalar(shift) and is_int_scalar(out_bits)
             and abs(int(m_i32)) < (1 << MULT_BITS) and MIN_SHIFT <= int(shift) <= MAX_SHIFT and 2 <= int(out_bits) <= 32):
         return _const_epilogue(n, int(m_i32), int(shift), int(out_bits))
     if (isinstance(m_i32, np.ndarray) and isinstance(shift, np.ndarray) and m_i32.shape == (n,) == shift.shape
             and n > 0 and m_i32.dtype in (np.int32, np.int64) and shift.dtype in (np.int32, np.int64)
-            and _is_int_scalar(out_bits) and 2 <= int(out_bits) <= 32):
+            and is_int_scalar(out_bits) and 2 <= int(out_bits) <= 32):
         if (int(m_i32.min()) > -(1 << MULT_BITS) and int(m_i32.max()) < (1 << MULT_BITS)
                 and int(shift.min()) >= MIN_SHIFT and int(shift.max()) <= MAX_SHIFT):
             return Epilogue(True, container_for_bits(out_bits), np.ascontiguousarray(m_i32, dtype=np.int32),
@@ -868,7 +864,7 @@ def _cache_key_part(v):
         return None
     if isinstance(v, np.ndarray):
         return ("array", id(v)) if _frozen(v) else False
-    if _is_int_scalar(v):
+    if is_int_scalar(v):
         return (type(v).__name__, int(v))
     return False
 
@@ -1075,6 +1071,22 @@ def _mm_groups(nt, n_panels, m_tiles, split_m, threads):
     return n_groups, m_chunks
 
 
+@numba.njit(inline="always")
+def _mm_task(task, n_groups, m_chunks, ppg, tpc, n_panels, m_tiles):
+    """Task ``task`` of the batched matmul drivers → (batch entry, panels ``p0..p1``, row tiles ``mt0..mt1``).
+
+    Tasks run batch entry, then column group (``ppg`` panels), then row chunk (``tpc`` tiles);
+    a trailing group or chunk may be empty (``p0 ≥ p1`` or ``mt0 ≥ mt1``).
+    """
+    t = task // (n_groups * m_chunks)
+    rem = task - t * (n_groups * m_chunks)
+    g = rem // m_chunks
+    ch = rem - g * m_chunks
+    p0 = g * ppg
+    mt0 = ch * tpc
+    return t, p0, min(n_panels, p0 + ppg), mt0, min(m_tiles, mt0 + tpc)
+
+
 @numba.njit(parallel=True, cache=True)
 def _mm_amx(a3, signed, b8, b32, wp, prepacked, ia, ib, mm, nn, kk, mode, m_i32, s_i64, zinit, q, out_b, esize, cfg,
             threads):
@@ -1102,14 +1114,7 @@ def _mm_amx(a3, signed, b8, b32, wp, prepacked, ia, ib, mm, nn, kk, mode, m_i32,
     cfg_addr = np.int64(cfg.ctypes.data)
     dummy = np.zeros(1, np.int32)
     for task in numba.prange(nt * n_groups * m_chunks):
-        t = task // (n_groups * m_chunks)
-        rem = task - t * (n_groups * m_chunks)
-        g = rem // m_chunks
-        ch = rem - g * m_chunks
-        p0 = g * ppg
-        p1 = min(n_panels, p0 + ppg)
-        mt0 = ch * tpc
-        mt1 = min(m_tiles, mt0 + tpc)
+        t, p0, p1, mt0, mt1 = _mm_task(task, n_groups, m_chunks, ppg, tpc, n_panels, m_tiles)
         if p0 < p1 and mt0 < mt1:
             if prepacked:
                 bmat = wp[ib[t]]
@@ -1191,14 +1196,7 @@ def _mm_vnni(a3, signed, b8, b32, wp, corr2, prepacked, ia, ib, mm, nn, kk, mode
     tpc = (m_tiles + m_chunks - 1) // m_chunks
     nblk_max = PANEL // 16
     for task in numba.prange(nt * n_groups * m_chunks):
-        t = task // (n_groups * m_chunks)
-        rem = task - t * (n_groups * m_chunks)
-        g = rem // m_chunks
-        ch = rem - g * m_chunks
-        p0 = g * ppg
-        p1 = min(n_panels, p0 + ppg)
-        mt0 = ch * tpc
-        mt1 = min(m_tiles, mt0 + tpc)
+        t, p0, p1, mt0, mt1 = _mm_task(task, n_groups, m_chunks, ppg, tpc, n_panels, m_tiles)
         if p0 < p1 and mt0 < mt1:
             nb0 = p0 * nblk_max
             nbl = min(nbt, p1 * nblk_max) - nb0

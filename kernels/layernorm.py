@@ -29,7 +29,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from ._util import check_int, container_for_bits, cpu_has, output_array, qmax_for_bits
+from ._util import check_int, container_for_bits, cpu_has, is_int_scalar, output_array, qmax_for_bits
 from .errors import KernelInputError
 from .registry import register
 from .requant import MAX_SHIFT, MIN_SHIFT, MULT_BITS, quantize_multipliers, requant_vectors, wide_vectors
@@ -252,7 +252,7 @@ def _check_x_scalars(x, eps_m, eps_e, out_bits):
         raise KernelInputError(f"x: the normalized (last) axis must have 1..{MAX_C} entries, got {c}")
     out_dtype = container_for_bits(out_bits)
     for name, v in (("eps_m", eps_m), ("eps_e", eps_e)):
-        if not isinstance(v, (int, np.integer)) or isinstance(v, bool):
+        if not is_int_scalar(v):
             raise KernelInputError(f"{name} must be an integer, got {type(v).__name__}")
     if not (eps_m == 0 or (1 << 30) <= eps_m < (1 << 31)):
         raise KernelInputError(f"eps_m must be 0 or lie in [2^30, 2^31), got {eps_m}")

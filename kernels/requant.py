@@ -18,7 +18,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._util import channel_vector, check_int, container_for_bits, cpu_has, output_array, qmax_for_bits
+from ._util import (channel_vector, check_int, container_for_bits, cpu_has, is_int_scalar, output_array,
+                    qmax_for_bits)
 from .errors import KernelInputError
 from .registry import register
 
@@ -360,7 +361,7 @@ def _rescale_add_flat(a1, ma_i64, ha_i64, sa_i64, b1, mb_i64, hb_i64, sb_i64, q,
 
 def _scalar_multiplier(name: str, m, s) -> tuple[int, int] | None:
     """``(m, shift)`` as checked Python ints when both are integer scalars, else None."""
-    if not (_is_int(m) and _is_int(s)):
+    if not (is_int_scalar(m) and is_int_scalar(s)):
         return None
     m, s = int(m), int(s)
     if abs(m) >= 1 << MULT_BITS:
@@ -368,10 +369,6 @@ def _scalar_multiplier(name: str, m, s) -> tuple[int, int] | None:
     if not MIN_SHIFT <= s <= MAX_SHIFT:
         raise KernelInputError(f"shift_{name} must lie in [{MIN_SHIFT}, {MAX_SHIFT}], got {s}")
     return m, s
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
 
 
 _NARROW = (np.dtype(np.int8), np.dtype(np.int16), np.dtype(np.int32))

@@ -52,7 +52,7 @@ from dataclasses import asdict, dataclass
 import numba
 import numpy as np
 
-from ._util import check_int, output_array
+from ._util import check_int, is_int_scalar, output_array
 from .errors import KernelInputError
 from .registry import register
 from .requant import MAX_SHIFT, MIN_SHIFT, MULT_BITS, as_rows, quantize_multiplier, wide_vectors
@@ -148,9 +148,9 @@ def softmax_params(scale_in: float) -> SoftmaxParams:
 
 def check_multiplier(m_i32, shift) -> tuple[int, int]:
     """Validate the range-reduction pair (positive 31-bit mantissa, shift in [1, 62])."""
-    if not isinstance(m_i32, (int, np.integer)) or isinstance(m_i32, bool):
+    if not is_int_scalar(m_i32):
         raise KernelInputError(f"m_i32 must be an integer scalar, got {type(m_i32).__name__}")
-    if not isinstance(shift, (int, np.integer)) or isinstance(shift, bool):
+    if not is_int_scalar(shift):
         raise KernelInputError(f"shift must be an integer scalar, got {type(shift).__name__}")
     m, s = int(m_i32), int(shift)
     if not 0 < m < (1 << MULT_BITS):
