@@ -38,10 +38,24 @@ FORMATS = ("qdq", "integer")
 EXTERNAL_DATA_THRESHOLD = 2**31 - 2**24  # protobuf's 2 GB limit, with room for the graph itself
 
 
-def _version() -> str:
+def package_version() -> str:
+    """intengine's version (model metadata, ``producer_version``)."""
     from . import __version__
 
     return str(__version__)
+
+
+def prune_unused(nodes: list, inits: list, outputs: list[str]) -> tuple[list, list]:
+    """Drop the nodes none of whose outputs is read (towards ``outputs``), then the
+    initializers no kept node reads; node order is kept."""
+    live = set(outputs)
+    keep = []
+    for n in reversed(nodes):
+        if any(o in live for o in n.output):
+            keep.append(n)
+            live.update(i for i in n.input if i)
+    keep.reverse()
+    return keep, [t for t in inits if t.name in live]
 
 
 def _check_model(qmodel, fmt: str) -> None:
@@ -98,7 +112,7 @@ def build_model(qmodel, format: str = "qdq", *, opset: int = 17) -> onnx.ModelPr
         model = build_integer_model(qmodel, **kw)
         scheme = "integer-only: intengine's integer program"
     meta = {
-        "intengine_version": _version(),
+        "intengine_version": package_version(),
         "intengine_format": format,
         "family": str(getattr(qmodel, "family", "?")),
         "task": str(getattr(qmodel, "task", "?")),

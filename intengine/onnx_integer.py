@@ -50,6 +50,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from . import ir
 from .errors import LoweringError
+from .onnx_export import prune_unused
 from .kernels.gelu import ERF_FRAC_BITS, I32_MAX, gelu_ref
 from .kernels.layernorm import (
     BIAS_FRAC, FACTOR_BITS, ISQRT_UPDATES, NORM_BITS, _eps_min_shift,
@@ -759,17 +760,6 @@ def _value_info(name: str, dtype, shape) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, _onnx_type(dtype), [_DIM_NAMES.get(d, d) for d in shape])
 
 
-def _prune(nodes: list[onnx.NodeProto], outputs: list[str]) -> list[onnx.NodeProto]:
-    """Drop nodes none of whose outputs is used (transposes folded away, unused helpers)."""
-    live = set(outputs)
-    kept = []
-    for n in reversed(nodes):
-        if any(o in live for o in n.output):
-            kept.append(n)
-            live.update(i for i in n.input if i)
-    return kept[::-1]
-
-
 def translate_graph(graph: ir.Graph, *, tables: bool = True, weights: str = "s8", opset: int = OPSET,
                     name: str = "intengine_integer") -> onnx.ModelProto:
     """The ONNX model of an integer-stage graph.  Token inputs (``input_ids``, ``attention_mask``,
@@ -819,9 +809,8 @@ def translate_graph(graph: ir.Graph, *, tables: bool = True, weights: str = "s8"
             t = b.op("Identity", [t], out=o)
         v = graph.value(o)
         outputs.append(_value_info(o, _NP_OF_IR[v.dtype], v.shape))
-    nodes = _prune(b.nodes, [o for o in graph.outputs])
-    used = {i for n in nodes for i in n.input}
-    inits = [t for k, t in b.inits.items() if k in used]
+    # transposes folded away, unused helpers and their constants
+    nodes, inits = prune_unused(b.nodes, list(b.inits.values()), list(graph.outputs))
     g = helper.make_graph(nodes, name, inputs, outputs, initializer=inits)
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], ir_version=IR_VERSIONS[opset],
                              producer_name="intengine")

@@ -66,6 +66,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from . import ir
 from .errors import ExportError
+from .onnx_export import package_version, prune_unused
 from .kernels.quant import quantize_ref, symmetric_scale
 from .kernels.softmax import SOFTMAX_OUT_SCALE
 
@@ -827,7 +828,8 @@ def _translate(g: ir.Graph, quant: _Quantizer | None, *, output_name: str, opset
         E.nodes.append(helper.make_node("Identity", [E.x(o)], [oname], name=oname))
         outputs.append(helper.make_tensor_value_info(oname, TensorProto.FLOAT, _dims(g.value(o).shape),
                                                      doc_string=f"intengine value {o}"))
-    nodes, inits = _prune(E.nodes, list(E.inits.values()), [o.name for o in outputs])
+    # float data movement whose integer copy replaced it, unused shared constants
+    nodes, inits = prune_unused(E.nodes, list(E.inits.values()), [o.name for o in outputs])
     # shapes of the translated values (symbolic batch/sequence): ORT's fusions (BiasGelu)
     # need ranks and hidden sizes that its own inference loses after Scatter/Gather
     produced = {o for n in nodes for o in n.output}
@@ -840,30 +842,9 @@ def _translate(g: ir.Graph, quant: _Quantizer | None, *, output_name: str, opset
                               value_info=value_info)
     opsets = [helper.make_opsetid("", opset)]
     model = helper.make_model(graph, opset_imports=opsets, producer_name="intengine",
-                              producer_version=_version(), doc_string=doc)
+                              producer_version=package_version(), doc_string=doc)
     model.ir_version = max(8, helper.find_min_ir_version_for(opsets))
     return model
-
-
-def _prune(nodes, inits, outputs):
-    """Drop nodes (and initializers) nothing reads: float data movement whose integer copy
-    replaced it, unused shared constants."""
-    live = set(outputs)
-    keep = []
-    for n in reversed(nodes):
-        if any(o in live for o in n.output):
-            keep.append(n)
-            live.update(i for i in n.input if i)
-    keep.reverse()
-    return keep, [t for t in inits if t.name in live]
-
-
-def _version() -> str:
-    try:
-        from . import __version__
-        return str(__version__)
-    except Exception:  # noqa: BLE001 - during a partial import
-        return "?"
 
 
 def output_name_for(task: str) -> str:
