@@ -141,9 +141,12 @@ class Executor:
 
     # ---------------------------------------------------------------- binding
     def _c(self, name):
-        """A constant array by name, an int attr as is, None as None."""
+        """A constant by name as a read-only C-contiguous copy (kernels validate such arrays once
+        and cache what they derive from them), an int attr as is, None as None."""
         if isinstance(name, str):
-            return self.graph.constants[name]
+            arr = np.array(self.graph.constants[name], order="C", copy=True)
+            arr.setflags(write=False)
+            return arr
         return name
 
     def _bind(self, node: ir.Node) -> _Fn:

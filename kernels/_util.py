@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -86,3 +87,58 @@ def cpu_has(need: tuple[str, ...], disable_var: str | None = None) -> bool:
         return all(bool(host.get(f, False)) for f in need)
     except Exception:  # pragma: no cover - exotic hosts
         return False
+
+
+def frozen(arr) -> bool:
+    """True when ``arr``'s values cannot change under us: a read-only numpy array whose
+    base chain is read-only too (or ends in immutable ``bytes``)."""
+    while isinstance(arr, np.ndarray):
+        if arr.flags.writeable:
+            return False
+        arr = arr.base
+        if arr is None:
+            return True
+    return isinstance(arr, bytes)
+
+
+def memo_frozen(maxsize: int = 1024, immutable: tuple = ()):
+    """Cache a pure function of kernel constants (validation, padding, derived tables).
+
+    A call is cached only when every argument is None, an integer scalar (keyed by value), a
+    :func:`frozen` numpy array or an instance of an ``immutable`` type (keyed by identity; the
+    entry keeps the objects alive, so their ids cannot be reused).  Anything else (a writeable
+    array that could be mutated between calls, a device array) is recomputed on every call, and
+    a call that raises caches nothing.  The runtime passes read-only constants, so each layer's
+    arguments are checked once.  At ``maxsize`` entries the cache is emptied.
+    """
+
+    def key_part(v):
+        if v is None:
+            return None
+        if is_int_scalar(v):
+            return ("int", int(v))
+        if (isinstance(v, np.ndarray) and frozen(v)) or isinstance(v, immutable):
+            return ("id", id(v))
+        return False
+
+    def wrap(fn):
+        entries: dict = {}
+
+        @functools.wraps(fn)
+        def cached(*args):
+            key = tuple(key_part(v) for v in args)
+            if False in key:
+                return fn(*args)
+            hit = entries.get(key)
+            if hit is not None:
+                return hit[1]
+            value = fn(*args)
+            if len(entries) >= maxsize:
+                entries.clear()
+            entries[key] = (args, value)
+            return value
+
+        cached.cache_clear = entries.clear
+        return cached
+
+    return wrap

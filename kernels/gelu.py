@@ -627,10 +627,18 @@ def gelu_cpu(x: np.ndarray, in_shift: int, b_int: int, c_int: int, m_erf: int, s
     dtype (int32, or the ``out_bits`` container); written and returned.
     """
     consts = (in_shift, b_int, c_int, m_erf, shift_erf, out_shift)
-    if isinstance(x, np.ndarray) and x.dtype == np.int32 and all(is_int_scalar(v) for v in consts) and is_int_scalar(out_bits) \
-            and ((m_i32 is None and shift is None) or (is_int_scalar(m_i32) and is_int_scalar(shift))):
-        hit = _scalar_plan(tuple(int(v) for v in consts), None if m_i32 is None else int(m_i32),
-                           None if shift is None else int(shift), int(out_bits))
+    if isinstance(x, np.ndarray) and x.dtype in (np.int8, np.int32) and all(is_int_scalar(v) for v in consts) \
+            and is_int_scalar(out_bits) and ((m_i32 is None and shift is None) or (is_int_scalar(m_i32) and is_int_scalar(shift))):
+        ints = tuple(int(v) for v in consts)
+        m_s = (None if m_i32 is None else int(m_i32), None if shift is None else int(shift), int(out_bits))
+        if x.dtype == np.int8 and x.size >= LUT_MIN_SIZE:
+            table = _int8_table(ints, *m_s)  # (gelu_ref checks the constants the first time)
+            x = np.ascontiguousarray(x)
+            out = output_array(out, x.shape, table.dtype)
+            x2 = x.reshape(-1, x.shape[-1] if x.ndim else 1)
+            lut_u8(x2, table, out.reshape(x2.shape))
+            return out
+        hit = _scalar_plan(ints, *m_s) if x.dtype == np.int32 else None
         if hit is not None:  # (validated once per constant set)
             x = np.ascontiguousarray(x)
             out = output_array(out, x.shape, hit[0])

@@ -63,7 +63,7 @@ import numba
 import numpy as np
 
 from . import _vnni
-from ._util import check_int, container_for_bits, is_int_scalar, qmax_for_bits
+from ._util import check_int, container_for_bits, is_int_scalar, memo_frozen, qmax_for_bits
 from .errors import KernelInputError
 from .registry import register
 from .requant import MAX_SHIFT, MIN_SHIFT, MULT_BITS, _check_requant_args, requantize_ref, round_shift, saturate
@@ -826,18 +826,6 @@ def _amx_m_chunks(mm: int, kp: int) -> int:
     return max(1, min((mm + 31) // 32, threads * per_thread))
 
 
-def _frozen(arr) -> bool:
-    """True when ``arr``'s values cannot change under us: a read-only numpy array whose
-    base chain is read-only too (or ends in immutable ``bytes``)."""
-    while isinstance(arr, np.ndarray):
-        if arr.flags.writeable:
-            return False
-        arr = arr.base
-        if arr is None:
-            return True
-    return isinstance(arr, bytes)
-
-
 @dataclass(frozen=True)
 class _LinearBind:
     """Everything ``linear`` derives from (packed weight, bias, m, shift, out_bits), validated once.
@@ -852,41 +840,13 @@ class _LinearBind:
     init_bias: np.ndarray
     init_corr: np.ndarray
     wp3: np.ndarray
-    refs: tuple  # the objects the cache key names (kept alive, so their ids stay theirs)
 
 
-_LINEAR_BINDS: dict = {}
-_LINEAR_BINDS_MAX = 4096
-
-
-def _cache_key_part(v):
-    if v is None:
-        return None
-    if isinstance(v, np.ndarray):
-        return ("array", id(v)) if _frozen(v) else False
-    if is_int_scalar(v):
-        return (type(v).__name__, int(v))
-    return False
-
-
+@memo_frozen(maxsize=4096, immutable=(CpuPackedWeight,))
 def _bind_linear(packed: CpuPackedWeight, bias_i32, m_i32, shift, out_bits) -> _LinearBind:
-    """Validate and prepare ``linear``'s per-layer arguments; cached when nothing can change.
-
-    The cache is keyed on the identity of the packed weight and of read-only
-    (:func:`_frozen`) bias/m/shift arrays, or on the values of integer
-    scalars: the runtime's constants are read-only, so a layer is validated
-    and padded once and later calls skip ``check_bias``/``epilogue_params``
-    and five allocations.  A writeable array is never cached (it could be
-    mutated between calls); the entries hold references to the keyed objects,
-    so an id cannot be reused while its entry exists.
-    """
-    key_parts = (_cache_key_part(bias_i32), _cache_key_part(m_i32), _cache_key_part(shift), _cache_key_part(out_bits))
-    cacheable = type(packed) is CpuPackedWeight and False not in key_parts
-    if cacheable:
-        key = (id(packed),) + key_parts
-        hit = _LINEAR_BINDS.get(key)
-        if hit is not None and hit.refs[0] is packed:
-            return hit
+    """Validate and prepare ``linear``'s per-layer arguments (cached by :func:`memo_frozen`: the
+    runtime's read-only constants are checked and padded once per layer, later calls skip
+    ``check_bias``/``epilogue_params`` and five allocations)."""
     _check_packed(packed, CpuPackedWeight, "cpu")
     if packed.layout != "vnni":
         raise KernelInputError("linear_vnni needs a weight packed with layout 'vnni' (pack_weight_vnni)")
@@ -904,12 +864,7 @@ def _bind_linear(packed: CpuPackedWeight, bias_i32, m_i32, shift, out_bits) -> _
     init_corr = init_bias - packed.corr_i32[None]
     for arr in (m_vec, s_vec, init_bias, init_corr):
         arr.setflags(write=False)
-    bind = _LinearBind(ep, m_vec, s_vec, init_bias, init_corr, packed.data[None], (packed, bias_i32, m_i32, shift))
-    if cacheable:
-        if len(_LINEAR_BINDS) >= _LINEAR_BINDS_MAX:
-            _LINEAR_BINDS.clear()
-        _LINEAR_BINDS[key] = bind
-    return bind
+    return _LinearBind(ep, m_vec, s_vec, init_bias, init_corr, packed.data[None])
 
 
 @functools.lru_cache(maxsize=64)

@@ -18,8 +18,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._util import (channel_vector, check_int, container_for_bits, cpu_has, is_int_scalar, output_array,
-                    qmax_for_bits)
+from ._util import (channel_vector, check_int, container_for_bits, cpu_has, is_int_scalar, memo_frozen,
+                    output_array, qmax_for_bits)
 from .errors import KernelInputError
 from .registry import register
 
@@ -70,10 +70,8 @@ def quantize_multipliers(reals) -> tuple[np.ndarray, np.ndarray]:
     return m_i32, shift_i32
 
 
-def _check_requant_args(x, m_i32, shift, out_bits):
-    check_int("x", x, (np.int8, np.int16, np.int32, np.int64))
+def _requant_vectors_checked(m_i32, shift, out_bits, c: int):
     out_dtype = container_for_bits(out_bits)
-    c = x.shape[-1] if x.ndim else 1
     m_vec = channel_vector("m_i32", m_i32, c, np.int64)
     s_vec = channel_vector("shift", shift, c, np.int64)
     if np.any(np.abs(m_vec) >= (1 << MULT_BITS)):
@@ -81,6 +79,28 @@ def _check_requant_args(x, m_i32, shift, out_bits):
     if np.any((s_vec < MIN_SHIFT) | (s_vec > MAX_SHIFT)):
         raise KernelInputError(f"shift must lie in [{MIN_SHIFT}, {MAX_SHIFT}], got {s_vec.min()}..{s_vec.max()}")
     return out_dtype, m_vec, s_vec
+
+
+def _check_requant_args(x, m_i32, shift, out_bits):
+    """``(out_dtype, m int64[C], shift int64[C])`` for ``x [..., C]`` (fresh, checked vectors)."""
+    check_int("x", x, (np.int8, np.int16, np.int32, np.int64))
+    return _requant_vectors_checked(m_i32, shift, out_bits, x.shape[-1] if x.ndim else 1)
+
+
+@memo_frozen()
+def _requant_consts_cpu(m_i32, shift, out_bits, c: int):
+    """Checked ``(out_dtype, m int32[C], shift int64[C])`` of the numba kernels (read-only;
+    cached per constant set, see :func:`memo_frozen`)."""
+    out_dtype, m_vec, s_vec = _requant_vectors_checked(m_i32, shift, out_bits, c)
+    m32 = m_vec.astype(np.int32)
+    for v in (m32, s_vec):
+        v.setflags(write=False)
+    return out_dtype, m32, s_vec
+
+
+def _check_requant_args_cpu(x, m_i32, shift, out_bits):
+    check_int("x", x, (np.int8, np.int16, np.int32, np.int64))
+    return _requant_consts_cpu(m_i32, shift, out_bits, x.shape[-1] if x.ndim else 1)
 
 
 def _round_shift_ref(x_i64: np.ndarray, m_i64: np.ndarray, s_i64: np.ndarray) -> np.ndarray:
@@ -329,10 +349,10 @@ def as_rows(x: np.ndarray) -> np.ndarray:
 @register("requantize", "cpu")
 def requantize_cpu(x: np.ndarray, m_i32, shift, out_bits: int = 8, out=None) -> np.ndarray:
     """numba version of :func:`requantize_ref` (bit-exact); ``out``: optional preallocated result."""
-    out_dtype, m_vec, s_vec = _check_requant_args(x, m_i32, shift, out_bits)
+    out_dtype, m_vec, s_vec = _check_requant_args_cpu(x, m_i32, shift, out_bits)
     out = output_array(out, x.shape, out_dtype)
     if out.size:
-        _requantize_2d(as_rows(x), m_vec.astype(np.int32), s_vec, np.int64(qmax_for_bits(out_bits)), as_rows(out))
+        _requantize_2d(as_rows(x), m_vec, s_vec, np.int64(qmax_for_bits(out_bits)), as_rows(out))
     return out
 
 
@@ -395,10 +415,10 @@ def rescale_add_cpu(a: np.ndarray, m_a, shift_a, b: np.ndarray, m_b, shift_b, ou
                               np.int64(1 << (sb - 1)), np.int64(sb), np.int64(qmax_for_bits(out_bits)),
                               out.reshape(-1))
         return out
-    out_dtype, ma, sa = _check_requant_args(a, m_a, shift_a, out_bits)
-    _, mb, sb = _check_requant_args(b, m_b, shift_b, out_bits)
+    out_dtype, ma, sa = _check_requant_args_cpu(a, m_a, shift_a, out_bits)
+    _, mb, sb = _check_requant_args_cpu(b, m_b, shift_b, out_bits)
     out = output_array(out, a.shape, out_dtype)
     if out.size:
-        _rescale_add_2d(as_rows(a), ma.astype(np.int32), sa, as_rows(b), mb.astype(np.int32), sb,
+        _rescale_add_2d(as_rows(a), ma, sa, as_rows(b), mb, sb,
                         np.int64(qmax_for_bits(out_bits)), as_rows(out))
     return out

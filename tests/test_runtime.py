@@ -121,3 +121,21 @@ def test_the_recording_call_keeps_no_outputs_alive(nezha):
     ex._execute(ex._inputs(np.arange(5, 25).reshape(2, 10), None, None), record=record)
     assert len(record) == len(q.graph.nodes)
     assert not any(isinstance(part, np.ndarray) for rec in record for part in rec)
+
+
+def test_executor_hands_kernels_read_only_copies_of_constants():
+    # kernels validate read-only constants once per layer (memo_frozen); the graph's own arrays stay as they were
+    model = ie.load_fp32("roberta-tiny")
+    qm = ie.quantize(model, random_batches(model, 1, 2, 8))
+    writeable = {k for k, v in qm.graph.constants.items() if v.flags.writeable}
+    ex = Executor(qm.graph, "cpu")
+    x = random_batches(model, 1, 2, 8, seed=3)[0]
+    y1 = ex.run(x["input_ids"], x["attention_mask"], x["token_type_ids"])
+    y2 = ex.run(x["input_ids"], x["attention_mask"], x["token_type_ids"])
+    np.testing.assert_array_equal(y1, y2)
+    np.testing.assert_array_equal(y1, Executor(qm.graph, "ref").run(x["input_ids"], x["attention_mask"],
+                                                                    x["token_type_ids"]))
+    assert {k for k, v in qm.graph.constants.items() if v.flags.writeable} == writeable
+    node = next(n for n in qm.graph.nodes if n.op == "linear")
+    m = ex._c(node.attr("m_i32"))
+    assert not m.flags.writeable and m.base is None
