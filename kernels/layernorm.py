@@ -29,7 +29,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from ._util import check_int, container_for_bits, cpu_has, is_int_scalar, output_array, qmax_for_bits
+from ._util import check_int, container_for_bits, cpu_has, is_int_scalar, memo_frozen, output_array, qmax_for_bits
 from .errors import KernelInputError
 from .registry import register
 from .requant import MAX_SHIFT, MIN_SHIFT, MULT_BITS, quantize_multipliers, requant_vectors, wide_vectors
@@ -642,35 +642,15 @@ def _output_blocks(m_i32, s_i64, k_i64):
     return cst
 
 
-_PLAN_CACHE: dict = {}  # (id(m), id(shift), id(bias)) → (arrays, contents, plan); bounded, see _plan
-_PLAN_CACHE_MAX = 256
-
-
-def _plan(c, m_i32, shift, bias_i64):
-    """Validated output-pass constants for ``C = c``, cached per (immutable contents of the) parameter arrays.
-
-    A hit needs the very same array objects (kept alive by the cache, so
-    their ids cannot be reused) with unchanged dtype, shape and bytes: a
-    mutated array is re-validated and recomputed.  Non-array arguments are
-    never cached.  Returns ``(m_i32, h_i64, s_i64, K_i64, fused, blocks)``.
-    """
-    arrays = (m_i32, shift, bias_i64)
-    cacheable = all(type(a) is np.ndarray for a in arrays)
-    if cacheable:
-        key = tuple(id(a) for a in arrays)
-        contents = tuple((a.dtype.str, a.shape, a.tobytes()) for a in arrays)
-        hit = _PLAN_CACHE.get(key)
-        if hit is not None and all(u is v for u, v in zip(hit[0], arrays)) and hit[1] == contents:
-            return hit[2]
+@memo_frozen(maxsize=256)
+def _plan(c, m_i32, shift, bias_i64, avx512):
+    """Validated output-pass constants for ``C = c`` (``avx512``: 1 to also build the 16-channel
+    blocks); cached per read-only parameter arrays (:func:`memo_frozen`), so the runtime checks
+    each LayerNorm once.  Returns ``(m_i32, h_i64, s_i64, K_i64, fused, blocks)``."""
     m_vec, s_vec, b_vec = _check_vectors(c, m_i32, shift, bias_i64)
     consts = _output_constants(m_vec, s_vec, b_vec)
-    blocks = _output_blocks(consts[0], consts[2], consts[3]) if HAVE_AVX512 and consts[4] and c >= BLOCK else None
-    plan = (*consts, blocks)
-    if cacheable:
-        if len(_PLAN_CACHE) >= _PLAN_CACHE_MAX:
-            _PLAN_CACHE.clear()
-        _PLAN_CACHE[key] = (arrays, contents, plan)
-    return plan
+    blocks = _output_blocks(consts[0], consts[2], consts[3]) if avx512 and consts[4] and c >= BLOCK else None
+    return (*consts, blocks)
 
 
 @register("layernorm", "cpu")
@@ -687,7 +667,7 @@ def layernorm_cpu(x: np.ndarray, m_i32, shift, bias_i64, eps_m: int, eps_e: int,
     """
     out_dtype = _check_x_scalars(x, eps_m, eps_e, out_bits)
     c = x.shape[-1]
-    m_i32, h_i64, s_i64, k_i64, fused, blocks = _plan(c, m_i32, shift, bias_i64)
+    m_i32, h_i64, s_i64, k_i64, fused, blocks = _plan(c, m_i32, shift, bias_i64, int(HAVE_AVX512))
     result = output_array(out, x.shape, out_dtype)
     x2 = np.ascontiguousarray(x).reshape(-1, c)
     if x2.size:
