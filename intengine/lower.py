@@ -625,3 +625,39 @@ def lower(graph: ir.Graph, qparams: Mapping, family: str = "?", force_dequant: s
                  values=tuple(L.values.values()), constants=L.constants)
     ir.verify_lowered(g)
     return g
+
+
+# ----------------------------------------------------------------------------- integer-stage fusion
+
+
+def fuse_add_layernorm(g: ir.Graph) -> ir.Graph:
+    """``layernorm(rescale_add(a, b))`` → ``add_layernorm(a, b)`` wherever the sum is an int32
+    tensor read by that LayerNorm alone (and is no graph output): the residual add and
+    LayerNorm that close each sub-layer become one kernel call, and the 22-bit sum never goes
+    through memory.  Bit-identical by definition (``add_layernorm_ref`` is the composition).
+    The runtime applies it when it binds a graph; saved graphs and ONNX exports keep both ops."""
+    by_output = {n.outputs[0]: n for n in g.nodes if n.op == "rescale_add"}
+    readers: dict[str, int] = {}
+    for n in g.nodes:
+        for i in n.inputs:
+            readers[i] = readers.get(i, 0) + 1
+    fused: dict[str, ir.Node] = {}  # the rescale_add output → the add_layernorm replacing its reader
+    for n in g.nodes:
+        add = by_output.get(n.inputs[0]) if n.op == "layernorm" else None
+        if add is None or readers[add.outputs[0]] != 1 or add.outputs[0] in g.outputs \
+                or g.value(add.outputs[0]).dtype != "i32":
+            continue
+        attrs = tuple((k, v) for k, v in add.attrs if k != "out_bits") + (("add_bits", add.attr("out_bits")),) + n.attrs
+        fused[add.outputs[0]] = ir.Node("add_layernorm", add.inputs, n.outputs, attrs, name=n.name)
+    if not fused:
+        return g
+    nodes = []
+    for n in g.nodes:
+        if n.op == "rescale_add" and n.outputs[0] in fused:
+            continue
+        nodes.append(fused.get(n.inputs[0], n) if n.op == "layernorm" else n)
+    gone = set(fused)
+    out = ir.Graph(stage=g.stage, inputs=g.inputs, outputs=g.outputs, nodes=tuple(nodes),
+                   values=tuple(v for v in g.values if v.name not in gone), constants=g.constants)
+    ir.verify_lowered(out)
+    return out

@@ -34,6 +34,7 @@ from . import ir
 from .calibrate import _valid
 from .errors import ReportError
 from .interp import prepare_inputs, run_fp32
+from .runtime import Executor
 
 __all__ = ["NodeError", "ReportSummary", "error_report", "format_report", "summary"]
 
@@ -115,7 +116,7 @@ def error_report(qm, batch: Mapping[str, np.ndarray], backend: str = "ref") -> l
     inputs = prepare_inputs(batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"))
     mask = inputs["attention_mask"]
     ig: ir.Graph = qm.graph
-    trace = qm.executor(backend).trace(**inputs)
+    trace = Executor(ig, backend, fuse=False).trace(**inputs)  # unfused: every value of qm.graph is traced
     producer = {o: n for n in ig.nodes for o in n.outputs}
     fp_op = {o: (k, n.op) for k, n in enumerate(fp.nodes) for o in n.outputs}
     ivalues = {v.name: v for v in ig.values}

@@ -29,6 +29,7 @@ import numpy as np
 from . import ir
 from .errors import InputError
 from .interp import prepare_inputs
+from .lower import fuse_add_layernorm
 from .kernels.registry import available_backends, get_kernel
 
 __all__ = ["BufferPlan", "Executor", "OutputRecord", "plan_buffers", "run_integer"]
@@ -113,16 +114,23 @@ class BufferPlan:
 class Executor:
     """An integer graph bound to one backend (weights packed once, here).
 
+    With ``fuse`` (default) the graph is first rewritten by
+    :func:`~intengine.lower.fuse_add_layernorm` (``self.graph`` is the rewritten one); the residual
+    sums it fuses away are then never materialized, so :meth:`trace` lacks them (``fuse=False``
+    keeps every node).
+
     On the ``cpu`` backend (``plan_buffers``) the first call at each input shape ``(B, T)``
     records every node's output and plans the buffers (:class:`BufferPlan`); later calls at that
     shape write every kernel output into its planned buffer, so a call allocates only views and
     the graph outputs.  A lock serialises calls that use a plan (the buffers are shared).
     """
 
-    def __init__(self, graph: ir.Graph, backend: str = "ref", plan_buffers: bool | None = None):
+    def __init__(self, graph: ir.Graph, backend: str = "ref", plan_buffers: bool | None = None, fuse: bool = True):
         if graph.stage not in ("integer", "mixed"):
             raise ir.GraphError(f"the runtime executes lowered graphs (stage 'integer' or 'mixed'), got {graph.stage!r}")
         ir.verify_lowered(graph)
+        if fuse:
+            graph = fuse_add_layernorm(graph)
         self.graph, self.backend = graph, backend
         self._steps: list[tuple[ir.Node, _Step]] = [(n, self._bind(n)) for n in graph.nodes]
         last: dict[str, int] = {}
@@ -189,6 +197,13 @@ class Executor:
             m, s, bias = C(a("m_i32")), C(a("shift")), C(a("bias_i64"))
             em, ee, bits = a("eps_m"), a("eps_e"), a("out_bits")
             return _with_out(k, lambda ins, B, T, **o: k(ins[0], m, s, bias, em, ee, bits, **o))
+        if op == "add_layernorm":
+            k = get_kernel("add_layernorm", be)
+            res = [C(a(n)) for n in ("m_a", "shift_a", "m_b", "shift_b")]
+            ln = [C(a(n)) for n in ("m_i32", "shift", "bias_i64")]
+            add_bits, em, ee, bits = a("add_bits"), a("eps_m"), a("eps_e"), a("out_bits")
+            return _with_out(k, lambda ins, B, T, **o: k(ins[0], res[0], res[1], ins[1], res[2], res[3], add_bits,
+                                                          *ln, em, ee, bits, **o))
         if op == "tanh":
             k = get_kernel("tanh", be)
             m, s, bits = a("m_i32"), a("shift"), a("out_bits")

@@ -32,7 +32,8 @@ from numba.extending import intrinsic
 from ._util import check_int, container_for_bits, cpu_has, is_int_scalar, memo_frozen, output_array, qmax_for_bits
 from .errors import KernelInputError
 from .registry import register
-from .requant import MAX_SHIFT, MIN_SHIFT, MULT_BITS, quantize_multipliers, requant_vectors, wide_vectors
+from .requant import (MAX_SHIFT, MIN_SHIFT, MULT_BITS, _requant_vectors_checked, quantize_multipliers, requant_vectors,
+                      rescale_add_cpu, rescale_add_ref, wide_vectors)
 
 ISQRT_UPDATES = 6  # Newton updates that suffice for every n < 2^63 (see isqrt_ref)
 MAX_C = 1 << 20  # longest supported normalized axis
@@ -242,14 +243,15 @@ def _eps_min_shift(eps_m: int, eps_e: int) -> int:
     return max(EPS_NONE, -((31 + eps_e) // 2))
 
 
-def _check_x_scalars(x, eps_m, eps_e, out_bits):
-    """Checks of ``x``, ``eps_m``, ``eps_e``, ``out_bits``; returns the output dtype."""
-    check_int("x", x, (np.int32,))
-    if x.ndim < 1:
-        raise KernelInputError("x must have at least one axis (the normalized axis is the last)")
-    c = x.shape[-1]
+def _check_x_scalars(x, eps_m, eps_e, out_bits, name="x", dtypes=(np.int32,)):
+    """Checks of ``x`` (called ``name``), ``eps_m``, ``eps_e``, ``out_bits``; returns the output dtype."""
+    check_int(name, x, dtypes)
+    shape = tuple(x.shape)  # (device arrays of the CUDA simulator do not index shapes from the end)
+    if len(shape) < 1:
+        raise KernelInputError(f"{name} must have at least one axis (the normalized axis is the last)")
+    c = shape[-1]
     if not 1 <= c <= MAX_C:
-        raise KernelInputError(f"x: the normalized (last) axis must have 1..{MAX_C} entries, got {c}")
+        raise KernelInputError(f"{name}: the normalized (last) axis must have 1..{MAX_C} entries, got {c}")
     out_dtype = container_for_bits(out_bits)
     for name, v in (("eps_m", eps_m), ("eps_e", eps_e)):
         if not is_int_scalar(v):
@@ -283,7 +285,7 @@ def _check_vectors(c, m_i32, shift, bias_i64):
 
 def _check_layernorm_args(x, m_i32, shift, bias_i64, eps_m, eps_e, out_bits):
     out_dtype = _check_x_scalars(x, eps_m, eps_e, out_bits)
-    return (out_dtype, *_check_vectors(x.shape[-1], m_i32, shift, bias_i64))
+    return (out_dtype, *_check_vectors(tuple(x.shape)[-1], m_i32, shift, bias_i64))
 
 
 @register("layernorm", "ref")
@@ -573,42 +575,50 @@ def _layernorm_rows(x2, m_i32, h_i64, s_i64, k_i64, fused, eps_m, eps_e, keep, s
             _out_tail(ys_buf, factor_i64, m_i32, h_i64, s_i64, k_i64, fused, q, out2[r], 0)
 
 
+@numba.njit(inline="always")
+def _out_row_avx512(ys_buf, cst_addr, factor_i64, m_i32, h_i64, s_i64, k_i64, q, orow):
+    """Output pass of one row: 16-channel AVX-512 blocks (:func:`_make_out_block16`), scalar tail.
+
+    ``factor = fh·2^32 + fl`` with ``fh = (factor + 2^31) >> 32`` (``factor < 2^43``:
+    ``|fh| < 2^11``) and ``fl ∈ [-2^31, 2^31)``.
+    """
+    c = ys_buf.shape[0]
+    nblk = c // BLOCK
+    isz = orow.itemsize
+    ys_addr = ys_buf.ctypes.data
+    fh_i64 = (factor_i64 + (np.int64(1) << 31)) >> 32
+    fl_i64 = factor_i64 - (fh_i64 << 32)
+    o_addr = orow.ctypes.data
+    if isz == 1:
+        for b in range(nblk):
+            _out_block16_i8(ys_addr + 4 * BLOCK * b, cst_addr + 8 * _BLOCK_I64 * b, fl_i64, fh_i64, q,
+                            o_addr + BLOCK * b)
+    elif isz == 2:
+        for b in range(nblk):
+            _out_block16_i16(ys_addr + 4 * BLOCK * b, cst_addr + 8 * _BLOCK_I64 * b, fl_i64, fh_i64, q,
+                             o_addr + 2 * BLOCK * b)
+    else:
+        for b in range(nblk):
+            _out_block16_i32(ys_addr + 4 * BLOCK * b, cst_addr + 8 * _BLOCK_I64 * b, fl_i64, fh_i64, q,
+                             o_addr + 4 * BLOCK * b)
+    _out_tail(ys_buf, factor_i64, m_i32, h_i64, s_i64, k_i64, True, q, orow, nblk * BLOCK)
+
+
 @numba.njit(parallel=True, cache=True, error_model="numpy")
 def _layernorm_rows_avx512(x2, cst_i64, m_i32, h_i64, s_i64, k_i64, eps_m, eps_e, keep, sh_eps, q, nchunks, out2):
     """:func:`_layernorm_rows` (fused constants) with the output pass in 16-channel AVX-512 blocks.
 
     ``cst_i64``: the blocks' constants (:func:`_output_blocks`); the last
-    ``C mod 16`` channels take the scalar loop.  ``factor = fh·2^32 + fl`` with
-    ``fh = (factor + 2^31) >> 32`` (``factor < 2^43``: ``|fh| < 2^11``) and
-    ``fl ∈ [-2^31, 2^31)``.  Only compiled and called on AVX-512 hosts.
+    ``C mod 16`` channels take the scalar loop.  Only compiled and called on AVX-512 hosts.
     """
     rows, c = x2.shape
-    nblk = c // BLOCK
-    isz = out2.itemsize
     cst_addr = cst_i64.ctypes.data
     for ch in numba.prange(nchunks):
         wide_vectors()
         ys_buf = np.empty(c, np.int32)
-        ys_addr = ys_buf.ctypes.data
         for r in range(ch * rows // nchunks, (ch + 1) * rows // nchunks):
             factor_i64 = _row_factor(x2[r], eps_m, eps_e, keep, sh_eps, ys_buf)
-            fh_i64 = (factor_i64 + (np.int64(1) << 31)) >> 32
-            fl_i64 = factor_i64 - (fh_i64 << 32)
-            orow = out2[r]
-            o_addr = orow.ctypes.data
-            if isz == 1:
-                for b in range(nblk):
-                    _out_block16_i8(ys_addr + 4 * BLOCK * b, cst_addr + 8 * _BLOCK_I64 * b, fl_i64, fh_i64, q,
-                                    o_addr + BLOCK * b)
-            elif isz == 2:
-                for b in range(nblk):
-                    _out_block16_i16(ys_addr + 4 * BLOCK * b, cst_addr + 8 * _BLOCK_I64 * b, fl_i64, fh_i64, q,
-                                     o_addr + 2 * BLOCK * b)
-            else:
-                for b in range(nblk):
-                    _out_block16_i32(ys_addr + 4 * BLOCK * b, cst_addr + 8 * _BLOCK_I64 * b, fl_i64, fh_i64, q,
-                                     o_addr + 4 * BLOCK * b)
-            _out_tail(ys_buf, factor_i64, m_i32, h_i64, s_i64, k_i64, True, q, orow, nblk * BLOCK)
+            _out_row_avx512(ys_buf, cst_addr, factor_i64, m_i32, h_i64, s_i64, k_i64, q, out2[r])
 
 
 def _output_constants(m_vec, s_vec, b_vec):
@@ -680,4 +690,121 @@ def layernorm_cpu(x: np.ndarray, m_i32, shift, bias_i64, eps_m: int, eps_e: int,
             _layernorm_rows_avx512(x2, blocks, m_i32, h_i64, s_i64, k_i64, em, ee, keep, sh_eps, q, nchunks, out2)
         else:
             _layernorm_rows(x2, m_i32, h_i64, s_i64, k_i64, fused, em, ee, keep, sh_eps, q, nchunks, out2)
+    return result
+
+
+# ----------------------------------------------------------------------------- residual add + i-LayerNorm
+
+ADD_BITS_MIN = 17  # the sum feeds i-LayerNorm as an int32 tensor
+
+
+def _check_add_bits(add_bits) -> None:
+    if not (is_int_scalar(add_bits) and ADD_BITS_MIN <= add_bits <= 32):
+        raise KernelInputError(f"add_bits must be an integer in [{ADD_BITS_MIN}, 32] (the sum is an int32 tensor), "
+                               f"got {add_bits!r}")
+
+
+@register("add_layernorm", "ref")
+def add_layernorm_ref(a: np.ndarray, m_a, shift_a, b: np.ndarray, m_b, shift_b, add_bits: int, m_i32, shift, bias_i64,
+                      eps_m: int, eps_e: int, out_bits: int = 8) -> np.ndarray:
+    """Residual add followed by i-LayerNorm (the pair that closes every encoder sub-layer).
+
+    Formula: exactly the composition of the two specifications::
+
+        x   = rescale_add_ref(a, m_a, shift_a, b, m_b, shift_b, add_bits)   # clip(R(a·m_a) + R(b·m_b), ±(2^(add_bits-1)-1))
+        out = layernorm_ref(x, m_i32, shift, bias_i64, eps_m, eps_e, out_bits)
+
+    * ``a``, ``b``: int8/int16/int32/int64 of the same shape ``[..., C]``
+      (``|v| < 2^32``); ``m_a``/``shift_a``, ``m_b``/``shift_b``: scalars or
+      length-``C`` vectors (:func:`~intengine.kernels.requant.rescale_add_ref`).
+    * ``add_bits``: 17..32, so the sum ``x`` is an int32 tensor, as i-LayerNorm takes.
+    * Output, rounding, overflow bound and error bound: those of
+      :func:`~intengine.kernels.requant.rescale_add_ref` (each branch rounds
+      half up, int64 sums cannot overflow) and of :func:`layernorm_ref`.
+
+    Backends fuse the two (the sum never goes through memory); the runtime
+    rewrites a ``rescale_add`` read only by a ``layernorm`` into this op.
+    """
+    _check_add_bits(add_bits)
+    x = rescale_add_ref(a, m_a, shift_a, b, m_b, shift_b, add_bits)
+    return layernorm_ref(x, m_i32, shift, bias_i64, eps_m, eps_e, out_bits)
+
+
+@numba.njit(inline="always")
+def _residual_row(ar, ma_i32, ha_i64, sa_i64, br, mb_i32, hb_i64, sb_i64, qa, x_buf):
+    """``x_buf = clip(R(a·m_a) + R(b·m_b), ±qa)`` for one row (int32 buffer).
+
+    ``a``, ``b`` are at most 32-bit and ``|m| < 2^31``, so ``|v·m| < 2^62`` and each
+    branch is the one-add form ``(v·m + 2^(s-1)) >> s`` (:func:`~intengine.kernels.requant.rshift_round`).
+    """
+    for i in range(x_buf.shape[0]):
+        v_i64 = (((np.int64(ar[i]) * np.int64(ma_i32[i]) + ha_i64[i]) >> sa_i64[i])
+                 + ((np.int64(br[i]) * np.int64(mb_i32[i]) + hb_i64[i]) >> sb_i64[i]))
+        x_buf[i] = np.int32(min(max(v_i64, -qa), qa))
+
+
+@numba.njit(parallel=True, cache=True, error_model="numpy")
+def _add_layernorm_rows(a2, ma, ha, sa, b2, mb, hb, sb, qa, cst_i64, m_i32, h_i64, s_i64, k_i64, fused, avx512, eps_m,
+                        eps_e, keep, sh_eps, q, nchunks, out2):
+    """Rows in parallel: the residual sum into a row buffer (:func:`_residual_row`), then the
+    passes of :func:`_layernorm_rows` on it; ``avx512``: the output pass of
+    :func:`_layernorm_rows_avx512` (``cst_i64`` its block constants; only set on AVX-512 hosts)."""
+    rows, c = a2.shape
+    cst_addr = cst_i64.ctypes.data
+    for ch in numba.prange(nchunks):
+        wide_vectors()
+        x_buf = np.empty(c, np.int32)
+        ys_buf = np.empty(c, np.int32)
+        for r in range(ch * rows // nchunks, (ch + 1) * rows // nchunks):
+            _residual_row(a2[r], ma, ha, sa, b2[r], mb, hb, sb, qa, x_buf)
+            factor_i64 = _row_factor(x_buf, eps_m, eps_e, keep, sh_eps, ys_buf)
+            if avx512:
+                _out_row_avx512(ys_buf, cst_addr, factor_i64, m_i32, h_i64, s_i64, k_i64, q, out2[r])
+            else:
+                _out_tail(ys_buf, factor_i64, m_i32, h_i64, s_i64, k_i64, fused, q, out2[r], 0)
+
+
+@memo_frozen()
+def _residual_consts(m_a, shift_a, m_b, shift_b, add_bits, c):
+    """Checked per-channel ``(m int32, 2^(s-1) int64, s int64)`` of both branches (cached per constant set)."""
+    out = []
+    for m, s in ((m_a, shift_a), (m_b, shift_b)):
+        _, m_vec, s_vec = _requant_vectors_checked(m, s, add_bits, c)
+        out.extend(requant_vectors(m_vec, s_vec))
+    return tuple(out)
+
+
+_NO_BLOCKS = np.zeros((1, _BLOCK_I64), np.int64)
+# operand dtypes of the fused kernel: the encoders' residual adds (int32 linear output or int8, plus an
+# int8 LayerNorm output); each pair is one numba compilation, other pairs run the two kernels in turn
+_FUSED_DTYPES = ((np.dtype(np.int32), np.dtype(np.int8)), (np.dtype(np.int8), np.dtype(np.int8)))
+
+
+@register("add_layernorm", "cpu")
+def add_layernorm_cpu(a: np.ndarray, m_a, shift_a, b: np.ndarray, m_b, shift_b, add_bits: int, m_i32, shift, bias_i64,
+                      eps_m: int, eps_e: int, out_bits: int = 8, out=None) -> np.ndarray:
+    """numba version of :func:`add_layernorm_ref` (bit-exact): one parallel pass per row computes
+    the sum into an L1-resident row buffer and normalizes it (no int32 tensor in memory), for
+    ``a`` int32 or int8 and ``b`` int8; other operand dtypes run :func:`~intengine.kernels.requant.rescale_add_cpu`
+    and :func:`layernorm_cpu` in turn.  ``out``: as in :func:`layernorm_cpu`."""
+    _check_add_bits(add_bits)
+    if a.shape != b.shape:
+        raise KernelInputError(f"add_layernorm operands must have the same shape, got {a.shape} and {b.shape}")
+    if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and (a.dtype, b.dtype) in _FUSED_DTYPES):
+        x = rescale_add_cpu(a, m_a, shift_a, b, m_b, shift_b, add_bits)
+        return layernorm_cpu(x, m_i32, shift, bias_i64, eps_m, eps_e, out_bits, out=out)
+    out_dtype = _check_x_scalars(a, eps_m, eps_e, out_bits, "a", (np.int8, np.int32))
+    c = a.shape[-1]
+    res = _residual_consts(m_a, shift_a, m_b, shift_b, add_bits, c)
+    lm_i32, h_i64, s_i64, k_i64, fused, blocks = _plan(c, m_i32, shift, bias_i64, int(HAVE_AVX512))
+    result = output_array(out, a.shape, out_dtype)
+    a2, b2 = np.ascontiguousarray(a).reshape(-1, c), np.ascontiguousarray(b).reshape(-1, c)
+    if a2.size:
+        keep = np.int64((62 - int(c - 1).bit_length()) // 2)
+        nchunks = min(a2.shape[0], 8 * numba.get_num_threads())
+        _add_layernorm_rows(a2, *res[:3], b2, *res[3:], np.int64(qmax_for_bits(add_bits)),
+                            _NO_BLOCKS if blocks is None else blocks, lm_i32, h_i64, s_i64, k_i64, fused,
+                            blocks is not None, np.int64(eps_m), np.int64(eps_e), keep,
+                            np.int64(_eps_min_shift(eps_m, eps_e)), np.int64(qmax_for_bits(out_bits)), nchunks,
+                            result.reshape(-1, c))
     return result

@@ -38,6 +38,7 @@ OPS: tuple[str, ...] = (
     # layernorm.py
     "isqrt",
     "layernorm",
+    "add_layernorm",
     # tanh.py
     "tanh",
     # gather.py

@@ -84,7 +84,8 @@ def _requant_vectors_checked(m_i32, shift, out_bits, c: int):
 def _check_requant_args(x, m_i32, shift, out_bits):
     """``(out_dtype, m int64[C], shift int64[C])`` for ``x [..., C]`` (fresh, checked vectors)."""
     check_int("x", x, (np.int8, np.int16, np.int32, np.int64))
-    return _requant_vectors_checked(m_i32, shift, out_bits, x.shape[-1] if x.ndim else 1)
+    shape = tuple(x.shape)  # (device arrays of the CUDA simulator do not index shapes from the end)
+    return _requant_vectors_checked(m_i32, shift, out_bits, shape[-1] if shape else 1)
 
 
 @memo_frozen()

@@ -1,4 +1,4 @@
-"""Kernel cases for gelu.py (op "gelu") and layernorm.py (ops "isqrt", "layernorm").
+"""Kernel cases for gelu.py (op "gelu") and layernorm.py (ops "isqrt", "layernorm", "add_layernorm").
 
 Protocol: tests/strategies.py.  Shapes include size 1 and odd sizes, and
 ``C`` up to 1024 when not small.  Values mix realistic spans with the whole
@@ -17,7 +17,7 @@ from intengine.kernels.gelu import SCALE_MAX, SCALE_MIN, gelu_params
 from intengine.kernels.layernorm import layernorm_params
 from intengine.kernels.registry import get_kernel
 from intengine.kernels.requant import quantize_multiplier, quantize_multipliers
-from strategies import INT_RANGES, Case, dims, int_arrays, log_uniform, scales, shapes
+from strategies import INT_RANGES, Case, dims, int_arrays, log_uniform, multiplier_sets, scales, shapes
 
 # ----------------------------------------------------------------------------- gelu
 
@@ -153,4 +153,24 @@ def _layernorm(draw, small):
                 f"{lead}x{c} {kinds} {label}")
 
 
-CASES = {"gelu": _gelu, "isqrt": _isqrt, "layernorm": _layernorm}
+@st.composite
+def _add_layernorm(draw, small):
+    """Residual add + LayerNorm: int8/16/32 (and int64 below 2^32) operands, mostly the fused pairs
+    (int32 or int8 + int8), per-tensor or
+    per-channel multipliers (either sign) into a 17..32-bit sum, which may saturate."""
+    c = draw(dims(20)) if small else draw(st.one_of(dims(130), st.sampled_from([768, 1024])))
+    lead = tuple(draw(st.lists(dims(3 if small else 6), min_size=0, max_size=2)))
+    shape = lead + (c,)
+    a, b = [draw(int_arrays(np.int32 if dt == "int64" else dt, shape)).astype(dt)
+            for dt in (draw(st.sampled_from(choice)) for choice in ([np.int32, np.int32, np.int8, np.int16, "int64"],
+                                                                    [np.int8, np.int8, np.int32, np.int16, "int64"]))]
+    ma, sa = draw(multiplier_sets(c))
+    mb, sb = draw(multiplier_sets(c))
+    add_bits = draw(st.sampled_from([22, 22, 17, 32]))
+    p, label = draw(ln_params(c))
+    return Case("add_layernorm",
+                lambda be: get_kernel("add_layernorm", be)(a, ma, sa, b, mb, sb, add_bits, **p.kernel_args),
+                f"{a.dtype}+{b.dtype}{shape} add_bits={add_bits} {label}")
+
+
+CASES = {"gelu": _gelu, "isqrt": _isqrt, "layernorm": _layernorm, "add_layernorm": _add_layernorm}

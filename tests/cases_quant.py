@@ -6,8 +6,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from intengine.kernels.registry import get_kernel
-from intengine.kernels.requant import quantize_multipliers
-from strategies import Case, int_arrays, multipliers, scales, shapes
+from strategies import Case, int_arrays, multiplier_sets, scales, shapes
 
 OUT_BITS = st.sampled_from([8, 8, 16, 22, 32])
 IN_DTYPES = st.sampled_from([np.int8, np.int16, np.int32, np.int32])
@@ -18,22 +17,10 @@ def _shape(small):
 
 
 @st.composite
-def _multiplier_set(draw, n):
-    """Per-tensor or per-channel (m_i32, shift), from reals spanning the useful range."""
-    per_channel = draw(st.booleans())
-    k = n if per_channel else 1
-    reals = np.array(draw(st.lists(multipliers(2**-40, 2**12), min_size=k, max_size=k)))
-    if draw(st.booleans()):
-        reals = reals * np.where(np.arange(k) % 3 == 1, -1.0, 1.0)  # some negative channels
-    m, s = quantize_multipliers(reals)
-    return (m, s) if per_channel else (int(m[0]), int(s[0]))
-
-
-@st.composite
 def _requantize(draw, small):
     shape = draw(_shape(small))
     x = draw(int_arrays(draw(IN_DTYPES), shape))
-    m, s = draw(_multiplier_set(shape[-1]))
+    m, s = draw(multiplier_sets(shape[-1]))
     bits = draw(OUT_BITS)
     return Case("requantize", lambda b: get_kernel("requantize", b)(x, m, s, bits), f"{x.dtype}{shape} bits={bits}")
 
@@ -43,8 +30,8 @@ def _rescale_add(draw, small):
     shape = draw(_shape(small))
     a = draw(int_arrays(draw(IN_DTYPES), shape))
     c = draw(int_arrays(draw(IN_DTYPES), shape))
-    ma, sa = draw(_multiplier_set(shape[-1]))
-    mb, sb = draw(_multiplier_set(shape[-1]))
+    ma, sa = draw(multiplier_sets(shape[-1]))
+    mb, sb = draw(multiplier_sets(shape[-1]))
     bits = draw(OUT_BITS)
     return Case(
         "rescale_add", lambda b: get_kernel("rescale_add", b)(a, ma, sa, c, mb, sb, bits), f"{a.dtype}+{c.dtype}{shape}"

@@ -98,6 +98,20 @@ def multipliers(lo: float = 2**-30, hi: float = 2**29) -> st.SearchStrategy[floa
     return log_uniform(lo, hi)
 
 
+@st.composite
+def multiplier_sets(draw, n):
+    """Per-tensor or per-channel (m_i32, shift), from reals spanning the useful range."""
+    per_channel = draw(st.booleans())
+    k = n if per_channel else 1
+    from intengine.kernels.requant import quantize_multipliers
+
+    reals = np.array(draw(st.lists(multipliers(2**-40, 2**12), min_size=k, max_size=k)))
+    if draw(st.booleans()):
+        reals = reals * np.where(np.arange(k) % 3 == 1, -1.0, 1.0)  # some negative channels
+    m, s = quantize_multipliers(reals)
+    return (m, s) if per_channel else (int(m[0]), int(s[0]))
+
+
 @dataclass(frozen=True)
 class Case:
     """A kernel invocation: ``case(backend)`` runs it on that backend."""

@@ -119,7 +119,7 @@ def test_the_recording_call_keeps_no_outputs_alive(nezha):
     ex = Executor(q.graph, "cpu")
     record: list = []
     ex._execute(ex._inputs(np.arange(5, 25).reshape(2, 10), None, None), record=record)
-    assert len(record) == len(q.graph.nodes)
+    assert len(record) == len(ex.graph.nodes)
     assert not any(isinstance(part, np.ndarray) for rec in record for part in rec)
 
 
@@ -139,3 +139,28 @@ def test_executor_hands_kernels_read_only_copies_of_constants():
     node = next(n for n in qm.graph.nodes if n.op == "linear")
     m = ex._c(node.attr("m_i32"))
     assert not m.flags.writeable and m.base is None
+
+
+def test_residual_add_and_layernorm_fuse_bit_identically():
+    from intengine.lower import fuse_add_layernorm
+
+    model = ie.load_fp32("roberta-tiny")
+    qm = ie.quantize(model, random_batches(model, 1, 2, 8))
+    fused = fuse_add_layernorm(qm.graph)
+    n_pairs = sum(1 for n in qm.graph.nodes if n.op == "layernorm" and any(
+        p.op == "rescale_add" and p.outputs[0] == n.inputs[0] for p in qm.graph.nodes))
+    assert n_pairs > 0
+    assert sum(n.op == "add_layernorm" for n in fused.nodes) == n_pairs
+    assert len(fused.nodes) == len(qm.graph.nodes) - n_pairs
+    assert Executor(qm.graph, "cpu").graph.nodes == fused.nodes
+    x = random_batches(model, 1, 3, 8, seed=4)[0]
+    args = (x["input_ids"], x["attention_mask"], x["token_type_ids"])
+    want = Executor(qm.graph, "ref", fuse=False).run(*args)
+    for backend in ("ref", "cpu"):
+        np.testing.assert_array_equal(Executor(qm.graph, backend).run(*args), want)
+    # a sum with a second reader (or a graph output) stays a rescale_add: it must be materialized
+    add = next(n for n in qm.graph.nodes if n.op == "rescale_add" and n.outputs[0] not in qm.graph.outputs
+               and any(c.op == "layernorm" for c in qm.graph.consumers(n.outputs[0])))
+    g2 = ir.Graph(qm.graph.stage, qm.graph.inputs, qm.graph.outputs + (add.outputs[0],), qm.graph.nodes,
+                  qm.graph.values, qm.graph.constants)
+    assert sum(n.op == "add_layernorm" for n in fuse_add_layernorm(g2).nodes) == n_pairs - 1

@@ -1,6 +1,7 @@
 """numba.cuda i-sqrt and i-LayerNorm (bit-exact with ``kernels/layernorm.py``).
 
-``isqrt``: grid-stride elementwise.  ``layernorm``: one block per row
+``isqrt``: grid-stride elementwise.  ``add_layernorm``: the ``rescale_add`` and ``layernorm``
+kernels in sequence.  ``layernorm``: one block per row
 (grid-stride over rows), the three row reductions (Σx, max|y|, Σys²) in
 shared memory, the scalar row statistics computed by thread 0.
 """
@@ -12,11 +13,11 @@ from numba import cuda
 
 from .._util import check_int, qmax_for_bits
 from ..errors import KernelInputError
-from ..layernorm import (BIAS_FRAC, FACTOR_BITS, ISQRT_UPDATES, NORM_BITS, _check_layernorm_args,
+from ..layernorm import (BIAS_FRAC, FACTOR_BITS, ISQRT_UPDATES, NORM_BITS, _check_add_bits, _check_layernorm_args,
                          _eps_min_shift)
 from ..registry import register
 from ._util import any_device, blocks_for, finish, is_device, to_device, THREADS_1D
-from .requant import round_shift_dev, saturate_dev
+from .requant import rescale_add_cuda, round_shift_dev, saturate_dev
 
 LN_THREADS = 128  # threads per row block (power of two; fewer for short rows)
 MAX_ROW_BLOCKS = 65535
@@ -161,7 +162,7 @@ def isqrt_cuda(n):
 def layernorm_cuda(x, m_i32, shift, bias_i64, eps_m: int, eps_e: int, out_bits: int = 8):
     """CUDA version of :func:`~intengine.kernels.layernorm.layernorm_ref` (bit-exact)."""
     out_dtype, m_vec, s_vec, b_vec = _check_layernorm_args(x, m_i32, shift, bias_i64, eps_m, eps_e, out_bits)
-    c = x.shape[-1]
+    c = tuple(x.shape)[-1]
     x_d = to_device(x)
     out_d = cuda.device_array(x.shape, dtype=out_dtype)
     rows = x_d.size // c if c else 0
@@ -174,3 +175,13 @@ def layernorm_cuda(x, m_i32, shift, bias_i64, eps_m: int, eps_e: int, out_bits: 
             np.int64(qmax_for_bits(out_bits)), out_d.reshape(rows, c),
         )
     return finish(out_d, any_device(x))
+
+
+@register("add_layernorm", "cuda")
+def add_layernorm_cuda(a, m_a, shift_a, b, m_b, shift_b, add_bits: int, m_i32, shift, bias_i64, eps_m: int, eps_e: int,
+                       out_bits: int = 8):
+    """CUDA version of :func:`~intengine.kernels.layernorm.add_layernorm_ref` (bit-exact): the
+    ``rescale_add`` and ``layernorm`` kernels back to back, the sum kept on the device."""
+    _check_add_bits(add_bits)
+    x_d = rescale_add_cuda(to_device(a), m_a, shift_a, to_device(b), m_b, shift_b, add_bits)
+    return finish(layernorm_cuda(x_d, m_i32, shift, bias_i64, eps_m, eps_e, out_bits), any_device(a, b))
