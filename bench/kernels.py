@@ -290,6 +290,17 @@ def nonlinear_rows(cfg: Config) -> Iterable[Group]:
                 {"cpu i-LayerNorm": lambda: layernorm.layernorm_cpu(r, **pl.kernel_args)},
                 {"torch layer_norm fp32": lambda: F.layer_norm(rf, (768,), g_t, b_t, 1e-5)})
 
+    # the encoders' residual add + LayerNorm: int32 accumulators (per-channel scale) + the int8 residual
+    acc_ln = rng.integers(-(2**24), 2**24, (m, 768), dtype=np.int64).astype(np.int32)
+    res8 = rng.integers(-127, 128, (m, 768), dtype=np.int64).astype(np.int8)
+    m_acc, s_acc = quantize_multipliers(rng.uniform(0.5, 2.0, 768) * 2.0**-4)
+    m_res, s_res = quantize_multiplier(8.0)
+    accf, resf = torch.from_numpy(acc_ln.astype(np.float32) * 1e-5), torch.from_numpy(res8.astype(np.float32) * 0.05)
+    yield Group("add+layernorm", f"{m}x768 int32+int8→int8", r.size, "Melem/s",
+                {"cpu add_layernorm (fused)": lambda: layernorm.add_layernorm_cpu(acc_ln, m_acc, s_acc, res8, m_res, s_res,
+                                                                                    22, **pl.kernel_args)},
+                {"torch add + layer_norm fp32": lambda: F.layer_norm(accf + resf, (768,), g_t, b_t, 1e-5)})
+
     # tanh (pooler) and requantize (every linear without a fused epilogue)
     pt = tanh.tanh_params(8.0 / 127)
     yield Group("tanh", f"{m}x768 int8→int8", m * 768, "Melem/s",
