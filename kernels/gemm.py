@@ -639,6 +639,23 @@ def _ukernel(mode, nblk, a, lda, b, bstr, kg, init, m, s, q, o, ldo, rows):
             _vnni.ukernel_rq32_1(a, lda, b, bstr, kg, init, m, s, q, o, ldo, rows)
 
 
+@numba.njit(inline="always")
+def _ukernel_store(mode, nblk, a, lda, b, bstr, kg, init, m, s, q, out2, m0, n0, ncols, esize, rows, scratch):
+    """:func:`_ukernel` on rows ``m0..m0+rows-1`` and columns ``n0..`` of ``out2`` (bytes ``[M, N·esize]``);
+    a partial panel (``ncols < 16·nblk``) goes through ``scratch`` (``MR·PANEL·4`` bytes) and only
+    its valid bytes are copied."""
+    nn = out2.shape[1] // esize
+    if ncols == nblk * 16:
+        _ukernel(mode, nblk, a, lda, b, bstr, kg, init, m, s, q, np.int64(out2.ctypes.data) + (m0 * nn + n0) * esize,
+                 nn, rows)
+    else:
+        _ukernel(mode, nblk, a, lda, b, bstr, kg, init, m, s, q, np.int64(scratch.ctypes.data), PANEL, rows)
+        nbytes = ncols * esize
+        for i in range(rows):
+            r0 = i * PANEL * esize
+            out2[m0 + i, n0 * esize:n0 * esize + nbytes] = scratch[r0:r0 + nbytes]
+
+
 @numba.njit(parallel=True, cache=True)
 def _gemm_vnni(xu, wp, init2, ia, ib, mm, nn, m_chunks, mode, m_i32, s_i64, q, out_b, esize):
     """Batched VNNI GEMM with the epilogue fused into the micro-kernel.
@@ -672,12 +689,10 @@ def _gemm_vnni(xu, wp, init2, ia, ib, mm, nn, m_chunks, mode, m_i32, s_i64, q, o
         b_mat = wp[ib[t]]
         ini = init2[ib[t]]
         out2 = out_b[t]
-        o_base = np.int64(out2.ctypes.data)
         nb0 = p * nblk_max
         nblk = min(nblk_max, (nn + 15) // 16 - nb0)
         n0 = nb0 * 16
         ncols = min(nblk * 16, nn - n0)
-        full = ncols == nblk * 16
         b_addr = b_mat[nb0].ctypes.data
         init_addr = ini.ctypes.data + n0 * 4
         m_addr = m_i32.ctypes.data + n0 * 4
@@ -686,17 +701,8 @@ def _gemm_vnni(xu, wp, init2, ia, ib, mm, nn, m_chunks, mode, m_i32, s_i64, q, o
         for mt in range(ch * tiles_per_chunk, mt_end):
             m0 = mt * MR
             rows = min(MR, mm - m0)
-            a_addr = a_base + m0 * kp
-            if full:
-                o_addr = o_base + (m0 * nn + n0) * esize
-                _ukernel(mode, nblk, a_addr, kp, b_addr, b_stride, kb, init_addr, m_addr, s_addr, q, o_addr, nn, rows)
-            else:
-                _ukernel(mode, nblk, a_addr, kp, b_addr, b_stride, kb, init_addr, m_addr, s_addr, q,
-                         np.int64(scratch.ctypes.data), PANEL, rows)
-                nbytes = ncols * esize
-                for i in range(rows):
-                    r0 = i * PANEL * esize
-                    out2[m0 + i, n0 * esize:n0 * esize + nbytes] = scratch[r0:r0 + nbytes]
+            _ukernel_store(mode, nblk, a_base + m0 * kp, kp, b_addr, b_stride, kb, init_addr, m_addr, s_addr, q, out2,
+                           m0, n0, ncols, esize, rows, scratch)
 
 
 AMX_KBLOCK = 64  # 64-byte K steps per AMX K block (4096 bytes; measured: blocking at 768-1536 bytes did not help)
@@ -744,13 +750,11 @@ def _gemm_amx(a_main, a_tail, signed, wp, init2, ia, ib, mm, nn, m_chunks, mode,
         mt_end = min(m_tiles, mt0 + tiles_per_chunk)
         cbuf = np.empty((max(mt_end - mt0, 1), 32, 32), np.int32)
         orow_scratch = np.empty(32 * 32 * 4, np.uint8)
-        os_addr = np.int64(orow_scratch.ctypes.data)
         a_base = np.int64(a_main[ia[t]].ctypes.data)
         tail_base = np.int64(a_tail[ia[t]].ctypes.data)
         b_mat = wp[ib[t]]
         ini = init2[ib[t]]
         out2 = out_b[t]
-        o_base = np.int64(out2.ctypes.data)
         n0 = p * 32
         ncols = min(32, nn - n0)
         b0 = b_mat[2 * p].ctypes.data
@@ -782,14 +786,9 @@ def _gemm_amx(a_main, a_tail, signed, wp, init2, ia, ib, mm, nn, m_chunks, mode,
                     _vnni.amx_32x32_us(cfg_now, a_addr, a_stride, b0 + kb0 * 1024, b1 + kb0 * 1024, nk, c_addr, kb0)
                 if not last:
                     continue
-                rows = min(32, mm - m0)
-                if ncols == 32:  # one block epilogue: init/m/s loaded once per 32×32 block
-                    _epib(mode, c_addr, 128, rows, init_addr, m_addr, s_addr, q, o_base + (m0 * nn + n0) * esize, nn * esize)
-                else:
-                    _epib(mode, c_addr, 128, rows, init_addr, m_addr, s_addr, q, os_addr, 32 * esize)
-                    nbytes = ncols * esize
-                    for i in range(rows):
-                        out2[m0 + i, n0 * esize:n0 * esize + nbytes] = orow_scratch[i * 32 * esize:i * 32 * esize + nbytes]
+                # one block epilogue: init/m/s loaded once per 32×32 block
+                _epib_store(mode, c_addr, min(32, mm - m0), init_addr, m_addr, s_addr, q, out2, m0, n0, ncols, esize,
+                            orow_scratch)
         _vnni.amx_release()
 
 
@@ -854,10 +853,7 @@ def _bind_linear(packed: CpuPackedWeight, bias_i32, m_i32, shift, out_bits) -> _
     ep = epilogue_params(packed.n, m_i32, shift, out_bits)
     nn = packed.n
     npad = packed.data.shape[0] * 16
-    m_vec = np.zeros(npad, np.int32)  # the kernels read whole 16-lane groups
-    s_vec = np.ones(npad, np.int64)
-    m_vec[:nn] = ep.m_i32[:nn]
-    s_vec[:nn] = ep.s_i64[:nn]
+    m_vec, s_vec = _pad_epilogue(ep, npad)
     init_bias = np.zeros((1, npad), np.int32)
     if bias is not None:
         init_bias[0, :nn] = bias
@@ -1009,6 +1005,21 @@ def _epib(mode, c, ldc, rows, init, m, s, q, o, ldo):
         _vnni.epib_rq32(c, ldc, rows, init, m, s, q, o, ldo)
 
 
+@numba.njit(inline="always")
+def _epib_store(mode, c_addr, rows, init, m, s, q, out2, m0, n0, ncols, esize, scratch):
+    """:func:`_epib` of a ``rows × 32`` int32 tile (rows 128 bytes apart) into rows ``m0..`` and
+    columns ``n0..`` of ``out2`` (bytes ``[M, N·esize]``); a partial panel (``ncols < 32``) goes
+    through ``scratch`` (32·32·4 bytes) and only its valid bytes are copied."""
+    ldo = out2.shape[1]
+    if ncols == 32:
+        _epib(mode, c_addr, 128, rows, init, m, s, q, np.int64(out2.ctypes.data) + m0 * ldo + n0 * esize, ldo)
+    else:
+        _epib(mode, c_addr, 128, rows, init, m, s, q, np.int64(scratch.ctypes.data), 32 * esize)
+        nbytes = ncols * esize
+        for i in range(rows):
+            out2[m0 + i, n0 * esize:n0 * esize + nbytes] = scratch[i * 32 * esize:i * 32 * esize + nbytes]
+
+
 @numba.njit(cache=True)
 def _mm_groups(nt, n_panels, m_tiles, split_m, threads):
     """(column groups, row chunks) per batch entry: aim at ≥ 4 tasks per thread.
@@ -1086,11 +1097,9 @@ def _mm_amx(a3, signed, b8, b32, wp, prepacked, ia, ib, mm, nn, kk, mode, m_i32,
             cbuf = np.empty((32, 32), np.int32)
             oscr = np.empty(32 * 32 * 4, np.uint8)
             c_addr = np.int64(cbuf.ctypes.data)
-            os_addr = np.int64(oscr.ctypes.data)
             a_t = a3[ia[t]]
             a_base = np.int64(a_t.ctypes.data)
             out2 = out_b[t]
-            o_base = np.int64(out2.ctypes.data)
             first = True
             for mt in range(mt0, mt1):
                 m0 = mt * 32
@@ -1119,13 +1128,7 @@ def _mm_amx(a3, signed, b8, b32, wp, prepacked, ia, ib, mm, nn, kk, mode, m_i32,
                     m_addr = np.int64(m_i32.ctypes.data) + n0 * 4
                     s_addr = np.int64(s_i64.ctypes.data) + n0 * 8
                     z_addr = np.int64(zinit.ctypes.data)
-                    if ncols == 32:
-                        _epib(mode, c_addr, 128, rows, z_addr, m_addr, s_addr, q, o_base + (m0 * nn + n0) * esize, nn * esize)
-                    else:
-                        _epib(mode, c_addr, 128, rows, z_addr, m_addr, s_addr, q, os_addr, 32 * esize)
-                        nbytes = ncols * esize
-                        for i in range(rows):
-                            out2[m0 + i, n0 * esize:n0 * esize + nbytes] = oscr[i * 32 * esize:i * 32 * esize + nbytes]
+                    _epib_store(mode, c_addr, rows, z_addr, m_addr, s_addr, q, out2, m0, n0, ncols, esize, oscr)
             _vnni.amx_release()
             _keep_alive(bloc, abuf, cbuf, oscr)  # the kernels used their addresses: free them only now
 
@@ -1176,10 +1179,8 @@ def _mm_vnni(a3, signed, b8, b32, wp, corr2, prepacked, ia, ib, mm, nn, kk, mode
             abuf = np.zeros((MR, kg * 4), np.uint8)
             a_addr = np.int64(abuf.ctypes.data)
             scratch = np.empty(MR * PANEL * 4, np.uint8)
-            sc_addr = np.int64(scratch.ctypes.data)
             a_t = a3[ia[t]]
             out2 = out_b[t]
-            o_base = np.int64(out2.ctypes.data)
             flip = np.uint8(0x80) if signed else np.uint8(0)
             for mt in range(mt0, mt1):
                 m0 = mt * MR
@@ -1198,16 +1199,8 @@ def _mm_vnni(a3, signed, b8, b32, wp, corr2, prepacked, ia, ib, mm, nn, kk, mode
                     init_addr = np.int64(init.ctypes.data) + (nbp - nb0) * 64
                     m_addr = np.int64(m_i32.ctypes.data) + n0 * 4
                     s_addr = np.int64(s_i64.ctypes.data) + n0 * 8
-                    if ncols == nblk * 16:
-                        _ukernel(mode, nblk, a_addr, kg * 4, b_addr, bstride, kg, init_addr, m_addr, s_addr, q,
-                                 o_base + (m0 * nn + n0) * esize, nn, rows)
-                    else:
-                        _ukernel(mode, nblk, a_addr, kg * 4, b_addr, bstride, kg, init_addr, m_addr, s_addr, q,
-                                 sc_addr, PANEL, rows)
-                        nbytes = ncols * esize
-                        for i in range(rows):
-                            r0 = i * PANEL * esize
-                            out2[m0 + i, n0 * esize:n0 * esize + nbytes] = scratch[r0:r0 + nbytes]
+                    _ukernel_store(mode, nblk, a_addr, kg * 4, b_addr, bstride, kg, init_addr, m_addr, s_addr, q,
+                                   out2, m0, n0, ncols, esize, rows, scratch)
             _keep_alive(bloc, abuf, scratch, init)  # the kernels used their addresses: free them only now
 
 
@@ -1253,6 +1246,17 @@ def _cached_batch_maps(batch: tuple, a_batch: tuple, b_batch: tuple) -> tuple[np
     return ia, ib
 
 
+def _pad_epilogue(ep: Epilogue, npad: int) -> tuple[np.ndarray, np.ndarray]:
+    """New ``m_i32``/``s_i64`` vectors of ``npad`` lanes (the kernels read whole 16/32-lane groups;
+    padding lanes: m = 0, shift = 1)."""
+    n = min(ep.m_i32.shape[0], npad)
+    m_vec = np.zeros(npad, np.int32)
+    s_vec = np.ones(npad, np.int64)
+    m_vec[:n] = ep.m_i32[:n]
+    s_vec[:n] = ep.s_i64[:n]
+    return m_vec, s_vec
+
+
 _PADDED_MS: dict = {}  # id(const Epilogue) -> (epilogue, m_i32, s_i64, zeros): the lru-cached epilogues live on
 
 
@@ -1262,19 +1266,32 @@ def _padded_epilogue(ep: Epilogue, npad: int) -> tuple[np.ndarray, np.ndarray, n
     hit = _PADDED_MS.get(key)
     if hit is not None and hit[0] is ep:
         return hit[1], hit[2], hit[3]
-    n = min(ep.m_i32.shape[0], npad)
-    m_vec = np.zeros(npad, np.int32)
-    s_vec = np.ones(npad, np.int64)
-    m_vec[:n] = ep.m_i32[:n]
-    s_vec[:n] = ep.s_i64[:n]
+    m_vec, s_vec = _pad_epilogue(ep, npad)
     zeros = np.zeros(npad, np.int32)
     if not ep.m_i32.flags.writeable and not ep.s_i64.flags.writeable and len(_PADDED_MS) < 1024:
         _PADDED_MS[key] = (ep, m_vec, s_vec, zeros)  # read-only vectors: a cached epilogue from _const_epilogue
     return m_vec, s_vec, zeros
 
 
+class PackedMatmulB:
+    """Base of every backend's packed constant ``matmul`` operand (what ``pack_matmul_b`` returns):
+    a backend's ``matmul`` recognises packed operands by this type and rejects another backend's."""
+
+
+class _HostPackedMatmulB(PackedMatmulB):
+    """Shape and dtype of a packed operand that keeps its int8 array ``b_i8`` on the host."""
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.b_i8.shape
+
+    @property
+    def dtype(self):
+        return self.b_i8.dtype
+
+
 @dataclass(frozen=True)
-class CpuPackedMatmulB:
+class CpuPackedMatmulB(_HostPackedMatmulB):
     """``cpu`` form of a constant ``matmul`` right operand (from :func:`pack_matmul_b_cpu`).
 
     ``b_i8``: the int8 ``[..., N, K]`` array (read-only copy; the portable
@@ -1287,28 +1304,12 @@ class CpuPackedMatmulB:
     wp: np.ndarray | None = None
     corr_i32: np.ndarray | None = None
 
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self.b_i8.shape
-
-    @property
-    def dtype(self):
-        return self.b_i8.dtype
-
 
 @dataclass(frozen=True)
-class RefPackedMatmulB:
+class RefPackedMatmulB(_HostPackedMatmulB):
     """``ref`` form of a constant ``matmul`` right operand: a read-only copy of the int8 array."""
 
     b_i8: np.ndarray
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self.b_i8.shape
-
-    @property
-    def dtype(self):
-        return self.b_i8.dtype
 
 
 def _check_matmul_b(b) -> None:
@@ -1354,7 +1355,7 @@ def pack_matmul_b_cpu(b: np.ndarray) -> CpuPackedMatmulB:
 
 def _unpack_b(b, cls, backend: str):
     """(raw int8 b, packed object or None) for ``matmul(a, b)`` on ``backend``."""
-    if isinstance(b, (CpuPackedMatmulB, RefPackedMatmulB)) or type(b).__name__.endswith("PackedMatmulB"):
+    if isinstance(b, PackedMatmulB):
         if not isinstance(b, cls):
             raise KernelInputError(
                 f"b must be an int8 array or the result of get_kernel('pack_matmul_b', {backend!r}) ({cls.__name__}), "

@@ -27,6 +27,7 @@ from .._util import check_int
 from ..errors import KernelInputError
 from ..gemm import (
     Epilogue,
+    PackedMatmulB,
     batch_maps,
     check_bias,
     check_linear_x,
@@ -219,7 +220,7 @@ def linear_cuda(x_i8, packed: CudaPackedWeight, bias_i32=None, m_i32=None, shift
 
 
 @dataclass(frozen=True)
-class CudaPackedMatmulB:
+class CudaPackedMatmulB(PackedMatmulB):
     """``cuda`` form of a constant ``matmul`` right operand: the int8 ``[..., N, K]`` array on the device.
 
     ``on_device``: whether the caller passed a device array (results then stay
@@ -251,7 +252,7 @@ def pack_matmul_b_cuda(b) -> CudaPackedMatmulB:
 def matmul_cuda(a, b, m_i32=None, shift=None, out_bits: int = 8):
     """CUDA :func:`~intengine.kernels.gemm.matmul_ref` (bit-exact); ``b`` may be a :class:`CudaPackedMatmulB`."""
     packed = b if isinstance(b, CudaPackedMatmulB) else None
-    if packed is None and type(b).__name__.endswith("PackedMatmulB"):
+    if packed is None and isinstance(b, PackedMatmulB):
         raise KernelInputError(
             f"b must be an int8 array or the result of get_kernel('pack_matmul_b', 'cuda') (CudaPackedMatmulB), "
             f"got {type(b).__name__}")
