@@ -189,27 +189,6 @@ def check_softmax_input(x) -> None:
         raise KernelInputError(f"x: rows longer than 2^31 - 1 keys are not supported, got {shape[-1]}")
 
 
-def mask_rows(mask: np.ndarray | None, x_shape) -> tuple[bool, np.ndarray, np.ndarray]:
-    """Compact form of a broadcast mask for the row kernels.
-
-    Returns ``(has_mask, mask2_u8[mrows, n], row_idx_i64[rows])``: row ``r`` of the
-    input (rows = all axes but the last, C order) uses ``mask2[row_idx[r]]``.
-    Only the mask's own leading axes are materialised, never the input's shape.
-    """
-    x_shape = tuple(x_shape)
-    n = x_shape[-1]
-    rows = int(np.prod(x_shape[:-1], dtype=np.int64))
-    if mask is None:
-        return False, np.ones((1, max(n, 1)), np.uint8), np.zeros(rows, np.int64)
-    m = mask.reshape((1,) * (len(x_shape) - mask.ndim) + mask.shape)
-    m = np.broadcast_to(m, m.shape[:-1] + (n,)).astype(np.uint8, order="C")  # a writable copy (small)
-    lead = m.shape[:-1]
-    m2 = m.reshape(-1, n)
-    idx = np.arange(m2.shape[0], dtype=np.int64).reshape(lead)
-    row_idx = np.broadcast_to(idx, tuple(x_shape[:-1])).reshape(-1).copy()
-    return True, m2, row_idx
-
-
 # ----------------------------------------------------------------------------- numpy reference
 
 
@@ -357,8 +336,8 @@ def mask_layout(mask: np.ndarray | None, x_shape) -> tuple[np.ndarray, int, np.n
     Row ``r`` of the input (rows = all axes but the last, C order) uses mask row
     ``r // inner`` (no mask: one all-ones row and ``inner = rows``; a mask whose leading axes
     match the input's up to trailing 1s, e.g. ``[B, 1, 1, T]``), else ``row_idx[r]``.
-    Like :func:`mask_rows` but with fewer numpy calls (a bool mask is viewed as uint8, copied
-    only when not contiguous or broadcast along keys).
+    Only the mask's own leading axes are materialised, never the input's shape (a bool mask is
+    viewed as uint8, copied only when not contiguous or broadcast along keys).
     """
     x_shape = tuple(x_shape)
     n = x_shape[-1]

@@ -437,15 +437,16 @@ def test_cpu_int16_masked_rows_extremes(dtype):
     _pair(odd, None, p)  # an odd number of rows: the last one runs alone
 
 
-def test_mask_layout_matches_mask_rows():
+def test_mask_layout_matches_the_broadcast_mask():
     rng = np.random.default_rng(3)
     x_shape = (2, 3, 4, 9)
     for mshape in [(2, 1, 1, 9), (1, 1, 1, 9), (9,), (4, 9), (1, 3, 1, 9), (2, 3, 4, 9), (2, 1, 4, 1), (3, 1, 9)]:
         mask = rng.random(mshape) < 0.5
         mask2, inner, row_idx = sm.mask_layout(mask, x_shape)
-        _, want2, want_idx = sm.mask_rows(mask, x_shape)
         got_idx = row_idx if row_idx is not None else np.arange(24) // inner
-        np.testing.assert_array_equal(mask2[got_idx] != 0, want2[want_idx] != 0)
+        np.testing.assert_array_equal(mask2[got_idx] != 0, np.broadcast_to(mask, x_shape).reshape(24, 9))
+    mask2, inner, row_idx = sm.mask_layout(None, x_shape)
+    assert row_idx is None and inner == 24 and np.all(mask2 == 1)
     nk, dense = np.empty(4, np.int64), np.empty(4, np.uint8)
     sm.mask_spans(np.array([[0, 0, 0], [1, 0, 0], [1, 0, 1], [1, 1, 1]], np.uint8), nk, dense)
     assert nk.tolist() == [0, 1, 3, 3] and dense.tolist() == [1, 1, 0, 1]

@@ -29,7 +29,7 @@ from ..softmax import (
     check_mask,
     check_multiplier,
     check_softmax_input,
-    mask_rows,
+    mask_layout,
 )
 from .._util import check_int
 from ._util import THREADS_1D, any_device, blocks_for, finish, to_device
@@ -142,9 +142,12 @@ def softmax_cuda(x, mask, m_i32: int, shift: int):
     out_d = cuda.device_array(shape, dtype=np.uint8)
     size = int(np.prod(shape, dtype=np.int64))
     if size:
-        has_mask, mask2, row_idx = mask_rows(mask, shape)
+        mask2, inner, row_idx = mask_layout(mask, shape)
         n = shape[-1]
         rows = size // n
+        if row_idx is None:  # row r reads mask row r // inner
+            row_idx = np.arange(rows, dtype=np.int64) // inner
+        has_mask = mask is not None
         _softmax_kernel[rows, SOFTMAX_TPB](
             _flat(to_device(x)), np.int64(n), has_mask, to_device(mask2), to_device(row_idx),
             np.int64(m), np.int64(s), _flat(out_d),
