@@ -361,6 +361,7 @@ def _deberta_attention(b: _Builder, x: str, mask: str, i: int, layer, rel, v2: b
     v = b.split_heads(v, f"{p}.attn.v_heads", h)
     s4 = ("B", h, "T", "T")
     terms = [b.op("matmul", [q, k], f"{p}.attn.qk", s4, transpose_b=True, scale=1.0 / scale)]
+    ext = {"extend": True} if rel is not None and rel["extend"] else {}
     if rel is not None:
         if rel["kr"][i] is not None:
             kr = rel["kr"][i]
@@ -368,7 +369,7 @@ def _deberta_attention(b: _Builder, x: str, mask: str, i: int, layer, rel, v2: b
             # v1: Kr is not pre-scaled (q is scaled); v2: Kr already carries 1/scale
             all_ = b.op("matmul", [q, kr], f"{p}.attn.c2p_all", ("B", h, "T", n),
                         transpose_b=True, scale=1.0 if v2 else 1.0 / scale)
-            terms.append(b.op("gather", [all_], f"{p}.attn.c2p", s4, index=rel["c2p_index"]))
+            terms.append(b.op("gather", [all_], f"{p}.attn.c2p", s4, index=rel["c2p_index"], **ext))
         if rel["qr"][i] is not None:
             qr = rel["qr"][i]
             n = b.constants[qr].shape[1]
@@ -376,7 +377,7 @@ def _deberta_attention(b: _Builder, x: str, mask: str, i: int, layer, rel, v2: b
                 "matmul", [k, qr], f"{p}.attn.p2c_all", ("B", h, "T", n),
                 transpose_b=True, scale=1.0,
             )
-            g = b.op("gather", [all_], f"{p}.attn.p2c_kq", s4, index=rel["p2c_index"])
+            g = b.op("gather", [all_], f"{p}.attn.p2c_kq", s4, index=rel["p2c_index"], **ext)
             terms.append(b.op("transpose", [g], f"{p}.attn.p2c", s4, perm=(0, 1, 3, 2)))
     s = b.sum(terms, f"{p}.attn.scores")
     probs = b.op("softmax", [s, mask], f"{p}.attn.probs", s4, mask="pair")
@@ -386,6 +387,38 @@ def _deberta_attention(b: _Builder, x: str, mask: str, i: int, layer, rel, v2: b
     return _attn_out(b, ctx, x, p, layer.attention.output.dense, layer.attention.output.LayerNorm)
 
 
+def _deberta_rel_index(enc, sa0, v2: bool, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The c2p and p2c index tables ``[t, t]`` (columns of the projected relative tables)."""
+    if v2:
+        rpos = enc.rel_positions(t)
+        span = sa0.span
+        return torch.clamp(rpos + span, 0, 2 * span - 1), torch.clamp(-rpos + span, 0, 2 * span - 1)
+    c2p_idx = sa0.rel_index(t, torch.device("cpu"))
+    return c2p_idx, c2p_idx.t().contiguous()
+
+
+def _deberta_fold_length(enc, sa0, v2: bool, tmax: int) -> int:
+    """Smallest ``n ≥ tmax`` whose ``[n, n]`` index tables saturate at their edge distances.
+
+    Both indices are ``clamp(δ(i - j) + span, 0, 2·span - 1)`` (p2c with ``-δ``) for a
+    non-decreasing, odd-symmetric distance map ``δ`` (identity, or DeBERTa-v2's log buckets):
+    once the clamp is reached at distance ``D`` it holds for every longer distance.  So the
+    tables for ``n = D + 1`` hold every value any length reads, and ``index[i, j] =
+    d(clip(i - j, ±(n - 1)))`` past them (:func:`~intengine.kernels.gather.index_for_length`).
+    The distance map is evaluated by the model's own code over a window twice the relative span.
+    """
+    span = sa0.span if v2 else sa0.max_relative_positions
+    probe = 2 * max(tmax, span, getattr(getattr(enc, "config", None), "max_relative", 0) or 0) + 2
+    c2p, _ = _deberta_rel_index(enc, sa0, v2, probe)
+    d = c2p[:, 0].numpy()  # d[k] = index at distance +k
+    e = c2p[0, :].numpy()  # e[k] = index at distance -k
+    top, bottom = 2 * span - 1, 0
+    hit = [int(np.argmax(v == lim)) if (v == lim).any() else -1 for v, lim in ((d, top), (e, bottom))]
+    if min(hit) < 0 or not ((d[hit[0]:] == top).all() and (e[hit[1]:] == bottom).all()):
+        raise CaptureError(f"DeBERTa relative positions: the index does not saturate within distance {probe - 1}")
+    return max(tmax, max(hit) + 1)
+
+
 def _capture_deberta(model, v2: bool) -> ir.Graph:
     base = model if model.task == "base" else model.deberta
     cfg = base.config
@@ -393,12 +426,17 @@ def _capture_deberta(model, v2: bool) -> ir.Graph:
     ids, mask, types = _inputs(b)
     x = _deberta_embeddings(b, base, cfg, ids, mask, types)
     enc = base.encoder
-    tmax = cfg.max_position_embeddings
     rel = None
     with torch.no_grad():
         table = enc.rel_table()
         if table is not None:
-            rel = {"kr": [], "qr": []}
+            sa0 = enc.layer[0].attention.self
+            # without absolute positions the FP32 model takes any length: fold the tables and index
+            # past the distance where the index saturates, so the gathers can extend to any T
+            extend = not cfg.position_biased_input
+            tmax = _deberta_fold_length(enc, sa0, v2, cfg.max_position_embeddings) if extend \
+                else cfg.max_position_embeddings
+            rel = {"kr": [], "qr": [], "extend": extend}
             for i, layer in enumerate(enc.layer):
                 sa = layer.attention.self
                 if v2:
@@ -407,15 +445,7 @@ def _capture_deberta(model, v2: bool) -> ir.Graph:
                     kr, qr = sa.rel_tables(table, tmax)
                 rel["kr"].append(None if kr is None else b.const(kr, f"layer{i}.attn.c2p_table"))
                 rel["qr"].append(None if qr is None else b.const(qr, f"layer{i}.attn.p2c_table"))
-            sa0 = enc.layer[0].attention.self
-            if v2:
-                rpos = enc.rel_positions(tmax)
-                span = sa0.span
-                c2p_idx = torch.clamp(rpos + span, 0, 2 * span - 1)
-                p2c_idx = torch.clamp(-rpos + span, 0, 2 * span - 1)
-            else:
-                c2p_idx = sa0.rel_index(tmax, torch.device("cpu"))
-                p2c_idx = c2p_idx.t().contiguous()
+            c2p_idx, p2c_idx = _deberta_rel_index(enc, sa0, v2, tmax)
             rel["c2p_index"] = b.const(c2p_idx, "rel.c2p_index")
             rel["p2c_index"] = b.const(p2c_idx, "rel.p2c_index")
     emb_out = x

@@ -16,7 +16,8 @@ Op semantics (fp32 stage; ``x`` is ``inputs[0]``; constant names sit in ``attrs`
     reshape(x) {shape}                 symbols "B"/"T" resolve from the inputs
     transpose(x) {perm}
     select(x) {axis, index}            x.take(index, axis)   (first token for pooler heads)
-    gather(x) {index}                  out[..., i, j] = x[..., i, I[i, j]], I = index[:T, :T]
+    gather(x) {index, extend}          out[..., i, j] = x[..., i, I[i, j]], I = index[:T, :T]
+                                       (extend: T past the table, see kernels.gather.index_for_length)
     scatter_add(x) {index, size}       out[..., i, p] = Σ_{j: I[i, j] = p} x[..., i, j]  (NEZHA)
     softmax(s, mask) {mask}            last axis; mask [B,T] bool (True = token):
         "key":  s + (0 | finfo.min) on padded keys       (RoBERTa, NEZHA)
@@ -37,6 +38,8 @@ import torch
 
 from . import ir
 from .errors import InputError
+from .kernels.errors import KernelInputError
+from .kernels.gather import index_for_length
 
 __all__ = ["run_fp32", "prepare_inputs"]
 
@@ -100,12 +103,10 @@ def prepare_inputs(input_ids, attention_mask=None, token_type_ids=None) -> dict[
 
 
 def _index(g: ir.Graph, node: ir.Node, T: int) -> np.ndarray:
-    idx = g.constants[node.attr("index")]
-    if T > idx.shape[0]:
-        raise InputError(
-            f"sequence length {T} exceeds the {idx.shape[0]} positions this graph was captured for"
-        )
-    return idx[:T, :T]
+    try:
+        return index_for_length(g.constants[node.attr("index")], T, bool(node.attr("extend", False)))
+    except KernelInputError as e:
+        raise InputError(f"node {node.label}: {e}") from None
 
 
 def _resolve(shape, B: int, T: int) -> tuple[int, ...]:

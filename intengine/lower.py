@@ -321,7 +321,8 @@ def lower_gather(L: _Lowerer, node: ir.Node) -> None:
     if isinstance(v.scale, tuple):
         L.fail(node, "gather along a per-channel axis would mix channel scales")
     idx = L.const(node.attr("index"), L.fconst[node.attr("index")], "i64")
-    L.emit("gather", [v.name], "", v.dtype, L.g.value(out).shape, v.scale, fp=out, index=idx)
+    extend = {"extend": True} if node.attr("extend", False) else {}
+    L.emit("gather", [v.name], "", v.dtype, L.g.value(out).shape, v.scale, fp=out, index=idx, **extend)
 
 
 def lower_scatter_add(L: _Lowerer, node: ir.Node) -> None:

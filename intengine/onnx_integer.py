@@ -51,6 +51,7 @@ from onnx import TensorProto, helper, numpy_helper
 from . import ir
 from .errors import LoweringError
 from .onnx_export import prune_unused
+from .kernels.gather import toeplitz_diagonal
 from .kernels.gelu import ERF_FRAC_BITS, I32_MAX, gelu_ref
 from .kernels.layernorm import (
     BIAS_FRAC, FACTOR_BITS, ISQRT_UPDATES, NORM_BITS, _eps_min_shift,
@@ -664,12 +665,23 @@ def tr_cast_int(b: _Builder, node: ir.Node) -> str:
     return b.cast(b.get(node.inputs[0]), _NP_OF_IR[node.attr("to")])
 
 
-def _rel_index(b: _Builder, x: str, index_name: str, lead_from: str) -> tuple[str, str]:
-    """The ``[t, t]`` slice of a relative-position index table (``t = x.shape[-2]``), expanded to
-    ``shape(lead_from)[:-1] + [t]``; returns (expanded index, t)."""
+def _rel_index(b: _Builder, x: str, node: ir.Node, lead_from: str) -> tuple[str, str]:
+    """The ``[t, t]`` relative-position index of length ``t = x.shape[-2]`` (as the runtime's
+    :func:`~intengine.kernels.gather.index_for_length`), expanded to ``shape(lead_from)[:-1] + [t]``;
+    returns (expanded index, t).  A fixed table is sliced; an ``extend`` one is rebuilt from its
+    Toeplitz diagonal ``d`` as ``d[clip(i - j, ±(n - 1)) + n - 1]``, which holds for any ``t``."""
     t = b.shape(x, -2, -1)
-    idx = b.op("Slice", [b.get(index_name), b.i64([0, 0]), b.op("Concat", [t, t], I64, axis=0), b.i64([0, 1])],
-               hint="rel.index")
+    index = b.g.constants[node.attr("index")]
+    diag = toeplitz_diagonal(index) if node.attr("extend", False) else None
+    if diag is None:
+        idx = b.op("Slice", [b.get(node.attr("index")), b.i64([0, 0]), b.op("Concat", [t, t], I64, axis=0),
+                             b.i64([0, 1])], hint="rel.index")
+    else:
+        n = index.shape[0]
+        pos = b.op("Range", [b.i64(0), b.op("Squeeze", [t, b.i64([0])]), b.i64(1)], I64)
+        dist = b.op("Sub", [b.op("Unsqueeze", [pos, b.i64([1])]), b.op("Unsqueeze", [pos, b.i64([0])])])
+        dist = b.op("Add", [b.op("Clip", [dist, b.i64(-(n - 1)), b.i64(n - 1)]), b.i64(n - 1)], hint="rel.dist")
+        idx = b.op("Gather", [b.const(diag, I64, "rel.diag"), dist], axis=0, hint="rel.index")
     shape = b.op("Concat", [b.shape(lead_from, None, -1), t], I64, axis=0)
     return b.op("Expand", [idx, shape]), t
 
@@ -677,7 +689,7 @@ def _rel_index(b: _Builder, x: str, index_name: str, lead_from: str) -> tuple[st
 def tr_gather(b: _Builder, node: ir.Node) -> str:
     """``out[..., i, j] = x[..., i, I[i, j]]`` with ``I = index[:t, :t]`` (runtime's gather)."""
     x = b.get(node.inputs[0])
-    idx, _ = _rel_index(b, x, node.attr("index"), x)
+    idx, _ = _rel_index(b, x, node, x)
     return b.op("GatherElements", [x, idx], axis=-1)
 
 
@@ -685,7 +697,7 @@ def tr_scatter_add(b: _Builder, node: ir.Node) -> str:
     """``out[..., i, I[i, j]] += x[..., i, j]`` into ``size`` buckets, then ``min(·, 255)`` as uint8.
     Row sums are at most ``t·255 < 2^31`` (int32 accumulators)."""
     x = b.get(node.inputs[0])
-    idx, _ = _rel_index(b, x, node.attr("index"), x)
+    idx, _ = _rel_index(b, x, node, x)
     zshape = b.op("Concat", [b.shape(x, None, -1), b.i64([int(node.attr("size"))])], I64, axis=0)
     zeros = b.op("ConstantOfShape", [zshape], np.int32, value=numpy_helper.from_array(np.zeros(1, np.int32)))
     acc = b.op("ScatterElements", [zeros, idx, b.cast(x, np.int32)], axis=-1, reduction="add", hint="buckets")

@@ -67,6 +67,7 @@ from onnx import TensorProto, helper, numpy_helper
 from . import ir
 from .errors import ExportError
 from .onnx_export import package_version, prune_unused
+from .kernels.gather import toeplitz_diagonal
 from .kernels.quant import quantize_ref, symmetric_scale
 from .kernels.softmax import SOFTMAX_OUT_SCALE
 
@@ -90,18 +91,6 @@ def _quantize_per_tensor(w: np.ndarray, scale_mul: float = 1.0) -> tuple[np.ndar
     (``S_w·scale_mul``)."""
     s_w = symmetric_scale(np.abs(w).max(), 8)
     return quantize_ref(w, s_w, None, 8), np.asarray(float(s_w) * scale_mul, np.float32)
-
-
-def _toeplitz_diagonal(index: np.ndarray) -> np.ndarray | None:
-    """``d`` with ``index[i, j] == d[i - j + n - 1]`` for every entry of the square ``[n, n]``
-    table (a relative-position index: clamped or log-bucketed ``i - j``), else ``None``."""
-    index = np.asarray(index)
-    if index.ndim != 2 or index.shape[0] != index.shape[1] or index.shape[0] == 0:
-        return None
-    n = index.shape[0]
-    d = np.concatenate([index[0, :0:-1], index[:, 0]]).astype(np.int64)  # i - j = -(n-1) .. n-1
-    i, j = np.indices(index.shape)
-    return d if np.array_equal(index, d[i - j + n - 1]) else None
 
 
 def _skew_columns(diag: np.ndarray) -> np.ndarray:
@@ -261,17 +250,36 @@ class _Emitter:
 
         return self.once(("seq", key), build)
 
-    def rel_window(self, n: int) -> tuple[str, str]:
+    def rel_window(self, n: int, extend: bool = False) -> tuple[str, str]:
         """``[n - T]`` and ``[n + T]``: the columns of a ``2n``-column skewed table that length
         ``T`` reads.  A lookup (Gather) rather than a Sub, so that ``T > n`` fails in ONNX
-        Runtime (index out of range) instead of wrapping around as a negative Slice start."""
+        Runtime (index out of range) instead of wrapping around as a negative Slice start.
+        ``extend``: the table is first padded by ``p = max(T - n, 0)`` columns on each side
+        (:meth:`rel_pads`), so the window is ``[n + p - T, n + p + T)`` for any ``T``."""
         def build():
             t = self.seq_len()
-            start = self.node("Gather", [self.const(np.arange(n, -1, -1, dtype=np.int64), f"rel_start_{n}"), t],
-                              f"rel_start_{n}_T", axis=0)
-            return start, self.node("Add", [start, self.node("Add", [t, t], f"rel_width_{n}_T")], f"rel_end_{n}_T")
+            if extend:
+                start = self.node("Max", [self.node("Sub", [self.ints([n], f"n{n}_i64"), t], f"rel_start_{n}_d"),
+                                          self.ints([0], "zero_i64")], f"rel_start_{n}_ext")
+            else:
+                start = self.node("Gather", [self.const(np.arange(n, -1, -1, dtype=np.int64), f"rel_start_{n}"),
+                                             t], f"rel_start_{n}_T", axis=0)
+            tag = "_ext" if extend else ""
+            return start, self.node("Add", [start, self.node("Add", [t, t], f"rel_width_{n}_T")],
+                                    f"rel_end_{n}{tag}_T")
 
-        return self.once(("relwin", n), build)
+        return self.once(("relwin", n, extend), build)
+
+    def rel_pads(self, n: int, rank: int) -> str:
+        """``Pad`` amounts for a skewed table of rank ``rank``: ``max(T - n, 0)`` columns before
+        and after the last axis."""
+        def build():
+            p = self.node("Max", [self.node("Sub", [self.seq_len(), self.ints([n], f"n{n}_i64")], f"rel_pad_{n}_d"),
+                                  self.ints([0], "zero_i64")], f"rel_pad_{n}")
+            zeros = self.ints([0] * (rank - 1), f"zeros{rank - 1}_i64")
+            return self.node("Concat", [zeros, p, zeros, p], f"rel_pads_{n}_r{rank}", axis=0)
+
+        return self.once(("relpads", n, rank), build)
 
     def skew(self, y: str, rank: int, hint: str) -> str:
         """``out[..., i, j] = y[..., i, j - i + T - 1]`` for ``y`` ``[..., T, 2T]``: in the flat
@@ -288,21 +296,40 @@ class _Emitter:
         return self.node("Slice", [rows, self.ints([0], "zero_i64"), self.seq_len(),
                                    self.ints([rank - 1], f"axis{rank - 1}_i64")], hint)
 
-    def index_TT(self, index_name: str, flat_width: int | None = None) -> str:
+    def index_TT(self, index_name: str, flat_width: int | None = None, extend: bool = False) -> str:
         """The constant index table ``[Tmax, Tmax]`` sliced to ``[:T, :T]``; with ``flat_width``
-        ``n``, entry ``(i, j)`` holds ``i·n + I[i, j]`` (a Gather into the ``[.., T·n]`` view)."""
+        ``n``, entry ``(i, j)`` holds ``i·n + I[i, j]`` (a Gather into the ``[.., T·n]`` view).
+        ``extend`` (a saturating Toeplitz table, :func:`~intengine.kernels.gather.index_for_length`):
+        built from the diagonal ``d`` as ``d[clip(i - j, ±(Tmax - 1)) + Tmax - 1]``, any ``T``."""
 
         def build():
-            idx = self.g.constants[index_name].astype(np.int64)
-            hint = index_name
+            index = self.g.constants[index_name]
+            diag = toeplitz_diagonal(index) if extend else None
+            hint = index_name if flat_width is None else f"{index_name}.flat{flat_width}"
+            if diag is None:
+                idx = index.astype(np.int64)
+                if flat_width is not None:
+                    idx = idx + np.arange(idx.shape[0], dtype=np.int64)[:, None] * flat_width
+                return self.node("Slice", [self.const(idx, hint), self.ints([0, 0], "zeros2_i64"), self.seq_len_2(),
+                                           self.ints([0, 1], "axes01_i64")], hint + ".TT")
+            n = index.shape[0]
+            t = self.node("Squeeze", [self.seq_len(), self.ints([0], "zero_i64")], "seq_len_scalar")
+            pos = self.node("Range", [self.scalar(0, np.int64, "i64_0"), t, self.scalar(1, np.int64, "i64_1")],
+                            "seq_positions")
+            col = self.node("Unsqueeze", [pos, self.ints([0], "zero_i64")], "seq_positions_row")
+            row = self.node("Unsqueeze", [pos, self.ints([1], "one_i64")], "seq_positions_col")
+            dist = self.node("Clip", [self.node("Sub", [row, col], "seq_distance"),
+                                      self.scalar(-(n - 1), np.int64, f"i64_m{n - 1}"),
+                                      self.scalar(n - 1, np.int64, f"i64_{n - 1}")], f"seq_distance_{n}")
+            dist = self.node("Add", [dist, self.scalar(n - 1, np.int64, f"i64_{n - 1}")], f"seq_distance_{n}_0")
+            idx = self.node("Gather", [self.const(diag, hint + ".diag"), dist], hint + ".TT", axis=0)
             if flat_width is not None:
-                idx = idx + np.arange(idx.shape[0], dtype=np.int64)[:, None] * flat_width
-                hint = f"{index_name}.flat{flat_width}"
-            c = self.const(idx, hint)
-            return self.node("Slice", [c, self.ints([0, 0], "zeros2_i64"), self.seq_len_2(),
-                                       self.ints([0, 1], "axes01_i64")], hint + ".TT")
+                idx = self.node("Add", [idx, self.node("Mul", [row, self.scalar(flat_width, np.int64,
+                                                                                f"i64_{flat_width}")],
+                                                       f"seq_row_offset_{flat_width}")], hint + ".TT.flat")
+            return idx
 
-        return self.once(("index", index_name, flat_width), build)
+        return self.once(("index", index_name, flat_width, extend), build)
 
     def mask_bool(self, fp_name: str) -> str:
         return self.once(("mask", fp_name), lambda: self.node("Cast", [self.x(fp_name)], fp_name + ".bool",
@@ -561,22 +588,29 @@ def _rel_product(E: _Emitter, node: ir.Node, w_kn: np.ndarray, scale: float) -> 
         return False
     gat = readers[0]
     index = E.g.constants[gat.attr("index")]
-    diag = _toeplitz_diagonal(index)
+    diag = toeplitz_diagonal(index)
     r = len(E.g.value(_out(node)).shape)
     if diag is None or r < 2 or diag.max() >= w_kn.shape[-1] or diag.min() < 0:
         return False
     n = index.shape[0]
     cols = _skew_columns(diag)
     tname = node.inputs[1]
-    start, end = E.rel_window(n)
+    extend = bool(gat.attr("extend", False))
+    start, end = E.rel_window(n, extend)
     axis = E.ints([w_kn.ndim - 1], f"axis{w_kn.ndim - 1}_i64")
+
+    def window(table: str, hint: str) -> str:
+        if extend:  # T > n: the edge columns (saturated distances) repeated on both sides
+            table = E.node("Pad", [table, E.rel_pads(n, w_kn.ndim)], hint + ".pad", mode="edge")
+        return E.node("Slice", [table, start, end, axis], hint + ".T")
+
     if E.quant is None:
         table = E.const(np.take(w_kn * np.float32(scale), cols, axis=-1).astype(np.float32), f"{tname}.skew")
-        wb = E.node("Slice", [table, start, end, axis], f"{tname}.skew.T")
+        wb = window(table, f"{tname}.skew")
     else:
         wq, s_w = _quantize_per_tensor(w_kn, scale)
         table = E.const(np.ascontiguousarray(np.take(wq, cols, axis=-1)), f"{tname}.skew.pt.s8")
-        wq_T = E.node("Slice", [table, start, end, axis], f"{tname}.skew.pt.s8.T")
+        wq_T = window(table, f"{tname}.skew.pt.s8")
         wb = E.node("DequantizeLinear", [wq_T, E.const(s_w, f"{tname}.skew.pt.scale"),
                                          E.const(np.asarray(0, np.int8), f"{tname}.skew.pt.zero_point")],
                     f"{tname}.skew.dq")
@@ -609,7 +643,7 @@ def t_gather(E: _Emitter, node: ir.Node) -> None:
         raise QDQExportError(f"node {node.label}: gather needs a static last dim, got {shape}")
     r = len(shape)
     flat = E.node("Reshape", [E.x(x), E.ints([0] * (r - 2) + [-1], f"shape_flat{r}")], _out(node) + ".flat")
-    idx = E.index_TT(node.attr("index"), flat_width=n)
+    idx = E.index_TT(node.attr("index"), flat_width=n, extend=bool(node.attr("extend", False)))
     E.bind(_out(node), E.node("Gather", [flat, idx], _out(node), axis=r - 2))
 
 

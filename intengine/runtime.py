@@ -30,6 +30,8 @@ from . import ir
 from .errors import InputError
 from .interp import prepare_inputs
 from .lower import fuse_add_layernorm
+from .kernels.errors import KernelInputError
+from .kernels.gather import index_for_length
 from .kernels.registry import available_backends, get_kernel
 
 __all__ = ["BufferPlan", "Executor", "OutputRecord", "plan_buffers", "run_integer"]
@@ -60,17 +62,22 @@ def _with_out(kernel, fn: _Fn) -> _Step:
     return _Step(fn, "out" in inspect.signature(kernel).parameters)
 
 
-def _index_per_length(index: np.ndarray, label: str) -> Callable[[int], np.ndarray]:
-    """``t → index[:t, :t]`` (contiguous, built once per length) of a relative-position index
-    table; a length beyond the table is an :class:`InputError` naming the node."""
-    sliced: dict[int, np.ndarray] = {}
+def _index_per_length(index: np.ndarray, label: str, extend: bool) -> Callable[[int], np.ndarray]:
+    """``t → [t, t]`` relative-position index (contiguous, built once per length, the 16 latest
+    lengths kept): the table's leading block, or its saturating extension past the table for an
+    ``extend`` gather (:func:`~intengine.kernels.gather.index_for_length`); a length beyond a
+    fixed table is an :class:`InputError` naming the node."""
+    built: OrderedDict[int, np.ndarray] = OrderedDict()
 
     def index_for(t: int) -> np.ndarray:
-        if t > index.shape[0]:
-            raise InputError(f"sequence length {t} exceeds the {index.shape[0]} positions of {label}")
-        if t not in sliced:
-            sliced[t] = np.ascontiguousarray(index[:t, :t])
-        return sliced[t]
+        if t not in built:
+            try:
+                built[t] = np.ascontiguousarray(index_for_length(index, t, extend))
+            except KernelInputError as e:
+                raise InputError(f"{label}: {e}") from None
+            if len(built) > 16:
+                built.popitem(last=False)
+        return built[t]
 
     return index_for
 
@@ -255,7 +262,7 @@ class Executor:
         if op == "gather":
             index = self.graph.constants[a("index")]
             k = get_kernel("rel_gather", be)
-            index_for = _index_per_length(index, node.label)
+            index_for = _index_per_length(index, node.label, bool(a("extend", False)))
             return _with_out(k, lambda ins, B, T, **o: k(ins[0], index_for(ins[0].shape[-2]), **o))
         if op == "mask_fill":
             # out = x where mask (broadcast) else 0 (x·mask, exact): padded positions become exact zeros
@@ -279,7 +286,7 @@ class Executor:
         if op == "scatter_add":
             index, size = self.graph.constants[a("index")], a("size")
             k = get_kernel("rel_scatter_add", be)
-            index_for = _index_per_length(index, node.label)
+            index_for = _index_per_length(index, node.label, bool(a("extend", False)))
             return _with_out(k, lambda ins, B, T, **o: k(ins[0], index_for(ins[0].shape[-2]), size, **o))
         raise ir.GraphError(f"node {node.label}: the integer runtime has no op {op!r}")
 
@@ -455,7 +462,7 @@ def _aligned_bytes(n: int, align: int = 64) -> np.ndarray:
 def max_sequence_length(graph: ir.Graph) -> int | None:
     """The longest input the graph can take: rows of the position-embedding tables read through
     ``position_ids`` (minus RoBERTa's ``padding_idx + 1`` offset) and of the relative-position
-    index tables; None when nothing limits it."""
+    index tables that do not extend (``extend`` gathers take any length); None when nothing limits it."""
     limits = []
     offset = {}
     for n in graph.nodes:
@@ -463,7 +470,7 @@ def max_sequence_length(graph: ir.Graph) -> int | None:
             offset[n.outputs[0]] = int(n.attr("padding_idx") or 0) + 1 if n.attr("kind") == "padding" else 0
         elif n.op == "embedding_lookup" and n.inputs[0] in offset:
             limits.append(graph.constants[n.attr("table")].shape[0] - offset[n.inputs[0]])
-        elif n.op in ("gather", "scatter_add"):
+        elif n.op in ("gather", "scatter_add") and not n.attr("extend", False):
             limits.append(graph.constants[n.attr("index")].shape[0])
     return min(limits) if limits else None
 

@@ -21,7 +21,44 @@ from ._util import check_int, is_int_scalar, output_array
 from .errors import KernelInputError
 from .registry import register
 
-__all__ = ["rel_gather_ref", "rel_gather_cpu", "rel_scatter_add_ref", "rel_scatter_add_cpu"]
+__all__ = ["rel_gather_ref", "rel_gather_cpu", "rel_scatter_add_ref", "rel_scatter_add_cpu", "toeplitz_diagonal",
+           "index_for_length"]
+
+
+def toeplitz_diagonal(index) -> np.ndarray | None:
+    """``d`` (int64, ``2n - 1`` entries) with ``index[i, j] == d[i - j + n - 1]`` for every entry of
+    the square ``[n, n]`` table (a relative-position index: clamped or log-bucketed ``i - j``),
+    else ``None``."""
+    index = np.asarray(index)
+    if index.ndim != 2 or index.shape[0] != index.shape[1] or index.shape[0] == 0:
+        return None
+    n = index.shape[0]
+    d = np.concatenate([index[0, :0:-1], index[:, 0]]).astype(np.int64)  # i - j = -(n-1) .. n-1
+    i, j = np.indices(index.shape)
+    return d if np.array_equal(index, d[i - j + n - 1]) else None
+
+
+def index_for_length(index: np.ndarray, t: int, extend: bool = False) -> np.ndarray:
+    """The ``[t, t]`` relative-position index of sequence length ``t`` from a captured ``[n, n]`` table.
+
+    ``t ≤ n``: the leading ``[t, t]`` block.  ``t > n`` needs ``extend``: the table must then be a
+    *saturating Toeplitz* table, ``index[i, j] = d(i - j)`` with ``d`` constant beyond the
+    distances ``±(n - 1)`` it holds (DeBERTa's clamped / log-bucketed distances captured past
+    their saturation point), and the block is ``d(clip(i - j, -(n - 1), n - 1))``.  Otherwise
+    :class:`KernelInputError` names the lengths.  Integer data movement only.
+    """
+    n = index.shape[0]
+    if t <= n:
+        return index[:t, :t]
+    if not extend:
+        raise KernelInputError(f"sequence length {t} exceeds the {n} positions of the relative-position index")
+    d = toeplitz_diagonal(index)
+    if d is None:
+        raise KernelInputError("an extendable relative-position index must be a square Toeplitz table "
+                               "(index[i, j] a function of i - j)")
+    pos = np.arange(t, dtype=np.int64)
+    dist = np.clip(pos[:, None] - pos[None, :], -(n - 1), n - 1) + (n - 1)
+    return d[dist].astype(index.dtype)
 
 
 def _check_gather_args(x, index) -> None:

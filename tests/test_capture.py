@@ -137,9 +137,11 @@ def test_deberta_relative_terms_are_gathers_over_folded_tables():
     ops = {n.outputs[0]: n for n in g.nodes}
     c2p = ops["layer0.attn.c2p"]
     assert c2p.op == "gather" and c2p.attr("index") == "rel.c2p_index"
+    assert c2p.attr("extend") is True  # no absolute positions: any length
     assert ops["layer0.attn.p2c"].op == "transpose"
     assert g.constants["layer0.attn.c2p_table"].shape == (4, 16, 8)  # [heads, 2·buckets, d]
-    assert g.constants["rel.c2p_index"].shape == (64, 64)
+    # 64 positions; the log-bucketed index saturates at distance 64 (on the negative side)
+    assert g.constants["rel.c2p_index"].shape == (65, 65)
     assert ops["layer0.attn.probs"].attr("mask") == "pair"
     g2 = capture(load("deberta-v2-xlarge-tiny", "base"))
     assert [n.op for n in g2.nodes if n.outputs[0].startswith("conv.")] == [
@@ -153,7 +155,7 @@ def test_errors():
     g = capture(model)
     with pytest.raises(InputError, match="outside the embedding table"):
         run_fp32(g, np.array([[1, 2, 5000]]))
-    with pytest.raises(InputError, match="captured for"):
+    with pytest.raises(InputError, match="exceeds the 128 positions"):
         run_fp32(g, np.ones((1, 200), dtype=np.int64))
     with pytest.raises(InputError, match="shape"):
         run_fp32(g, np.ones((1, 4), dtype=np.int64), attention_mask=np.ones((1, 5)))

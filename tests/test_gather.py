@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from intengine.kernels.errors import KernelInputError
-from intengine.kernels.gather import (rel_gather_cpu, rel_gather_ref, rel_scatter_add_cpu,
-                                      rel_scatter_add_ref)
+from intengine.kernels.gather import (index_for_length, rel_gather_cpu, rel_gather_ref, rel_scatter_add_cpu,
+                                      rel_scatter_add_ref, toeplitz_diagonal)
 
 
 def _nezha_index(t: int, span: int) -> np.ndarray:
@@ -65,3 +65,26 @@ def test_scatter_add_rejects_bad_input(fn, args, match):
 def test_gather_rejects_bad_input(fn, args, match):
     with pytest.raises(KernelInputError, match=match):
         fn(*args)
+
+
+def test_index_for_length_slices_and_extends():
+    """``t ≤ n``: the leading block; ``t > n`` with ``extend``: the saturating Toeplitz extension
+    (``d(clip(i - j, ±(n - 1)))``), equal to the clamped distance table built at that length."""
+    n, span = 7, 3
+
+    def clamped(t):
+        i, j = np.indices((t, t))
+        return np.clip(i - j + span, 0, 2 * span - 1)
+
+    index = clamped(n)
+    np.testing.assert_array_equal(index_for_length(index, 4), index[:4, :4])
+    np.testing.assert_array_equal(index_for_length(index, n, extend=True), index)
+    for t in (n + 1, 3 * n):
+        got = index_for_length(index, t, extend=True)
+        assert got.dtype == index.dtype
+        np.testing.assert_array_equal(got, clamped(t))
+    with pytest.raises(KernelInputError, match="exceeds the 7 positions"):
+        index_for_length(index, n + 1)
+    with pytest.raises(KernelInputError, match="Toeplitz"):
+        index_for_length(index[:, ::-1], n + 1, extend=True)
+    assert toeplitz_diagonal(index[:, :-1]) is None

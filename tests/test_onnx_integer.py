@@ -5,6 +5,8 @@ input dtype (the bounds the uint64 shift tricks rely on)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnx
 import pytest
@@ -69,6 +71,20 @@ def test_ort_equals_ref_bit_for_bit(exported):
         (got,) = sess.run(None, ort_feed(sess, x))
         assert got.dtype == np.float32 and got.shape == want.shape
         np.testing.assert_array_equal(got, want)
+
+
+def test_ort_longer_than_max_positions(exported):
+    """DeBERTa without absolute positions takes inputs longer than its captured relative tables
+    (extended index, rebuilt in ONNX from the Toeplitz diagonal): still bit-exact with ref."""
+    m, qm, _, sess = exported
+    gathers = [n for n in qm.graph.nodes if n.op == "gather"]
+    if not (gathers and all(n.attr("extend", False) for n in gathers)):
+        pytest.skip("no extendable relative-position gather")
+    t = 2 * qm.graph.constants[gathers[0].attr("index")].shape[0] + 3
+    x = padded_batch(dataclasses.replace(m.config, max_position_embeddings=t), 3, t)
+    want = qm.run(**x, backend="ref")
+    (got,) = sess.run(None, ort_feed(sess, x))
+    np.testing.assert_array_equal(got, want)
 
 
 def test_interface_and_checker(exported):

@@ -14,8 +14,8 @@ below that the FP32 function is too ill-conditioned at int8 resolution, see the 
 Configurations are only excluded where the FP32 module (i.e. the family's ``Config.from_hf``,
 which follows transformers) rejects them; each exclusion says why.  Near-zero calibrated ranges
 (all-zero attention scores) once crashed lowering: ``test_near_zero_scores_lower`` keeps them
-covered.  DeBERTa without absolute positions refuses inputs longer than
-``max_position_embeddings`` (pinned by a strict xfail; lengths are drawn up to that limit).
+covered.  Lengths are drawn up to ``max_position_embeddings``; DeBERTa without absolute
+positions also takes longer inputs (``test_deberta_relative_only_longer_than_max_positions``).
 """
 
 from __future__ import annotations
@@ -134,10 +134,8 @@ def integer_max_length(cfg) -> int:
 
     RoBERTa: ``max_position_embeddings - pad - 1``; NEZHA: ``max_position_embeddings``; DeBERTa
     with absolute positions: ``max_position_embeddings``.  DeBERTa *without* absolute positions
-    accepts any length in FP32 (as transformers), but the integer program folds its relative
-    index tables for ``max_position_embeddings`` positions and refuses longer inputs: that
-    divergence is pinned by ``test_deberta_relative_only_longer_than_max_positions`` (xfail), and
-    the property only draws lengths up to ``max_position_embeddings``.
+    accepts any length (FP32 and integer program alike); the property still draws lengths up to
+    ``max_position_embeddings`` (longer ones: ``test_deberta_relative_only_longer_than_max_positions``).
     """
     return getattr(cfg, "max_length", None) or cfg.max_position_embeddings
 
@@ -296,27 +294,48 @@ def test_near_zero_scores_lower(preset, task, module):
     assert cos >= MIN_COSINE, cos
 
 
-@pytest.mark.xfail(strict=True, raises=InputError, reason=(
-    "limitation: DeBERTa v1/v2 without absolute positions (position_biased_input=false) accept "
-    "any length in FP32 and in transformers (relative positions are clamped/bucketed), but the "
-    "integer program folds its relative index tables for max_position_embeddings positions and "
-    "its Executor refuses longer inputs with InputError"))
 @pytest.mark.parametrize("preset", ["deberta-base-tiny", "deberta-v3-base-tiny"])
 def test_deberta_relative_only_longer_than_max_positions(preset):
+    """DeBERTa v1/v2 without absolute positions (``position_biased_input=false``) take any length
+    in FP32 (as transformers: relative positions are clamped / log-bucketed); the integer program
+    folds its relative index tables past their saturation point and extends them (``extend``
+    gathers), so it takes any length too: ref == cpu, FP32 accuracy, and the extended index equals
+    the model's own at that length."""
     import intengine
+    from intengine.capture import _deberta_rel_index
+    from intengine.kernels.gather import index_for_length
 
     m = intengine.load_fp32(preset, task="token-classification")
     init_weights(m, 0, std=0.1)
-    t = m.config.max_position_embeddings + 8
-    longer = dataclasses.replace(m.config, max_position_embeddings=t)  # random_batches caps at it
-    x = random_batches(longer, 1, 2, t, seed=3)[0]
-    try:
+    tmax = m.config.max_position_embeddings
+    qm = quantize(m, random_batches(m, 2, 4, tmax))
+    assert qm.executor("cpu").max_len is None
+    enc = m.deberta.encoder
+    v2 = m.config.model_type == "deberta-v2"
+    for t in (tmax + 8, 3 * tmax + 1):
+        longer = dataclasses.replace(m.config, max_position_embeddings=t)  # random_batches caps at it
+        x = random_batches(longer, 1, 2, t, seed=3)[0]
         fp = torch_out(m, x)
-    except InputError as e:  # not the expected failure: the FP32 module must accept the length
-        pytest.fail(f"the FP32 module refused length {t}: {e}")
-    qm = quantize(m, random_batches(m, 2, 4, m.config.max_position_embeddings))
-    y_ref = qm.run(**x, backend="ref")  # InputError today
-    assert check_outputs(fp, y_ref, qm.run(**x, backend="cpu"), x) >= MIN_COSINE
+        cos = check_outputs(fp, qm.run(**x, backend="ref"), qm.run(**x, backend="cpu"), x)
+        assert cos >= MIN_COSINE, (t, cos)
+        want = [i.numpy() for i in _deberta_rel_index(enc, enc.layer[0].attention.self, v2, t)]
+        for name, w in zip(("rel.c2p_index", "rel.p2c_index"), want):
+            np.testing.assert_array_equal(index_for_length(qm.fp32_graph.constants[name], t, True), w)
+
+
+def test_absolute_positions_still_bound_the_length():
+    """With absolute positions the position table bounds the length: the gathers do not extend
+    and a longer input is an InputError that says so."""
+    hf = dict(model_type="deberta", hidden_size=16, num_attention_heads=2, num_hidden_layers=1,
+              intermediate_size=32, vocab_size=30, max_position_embeddings=16, relative_attention=True,
+              pos_att_type="c2p|p2c", position_biased_input=True)
+    m = build_fp32(hf, "base", 0, 0.1)
+    qm = quantize(m, random_batches(m, 2, 2, 16))
+    gathers = [n for n in qm.graph.nodes if n.op == "gather"]
+    assert gathers and not any(n.attr("extend", False) for n in gathers)
+    x = random_batches(dataclasses.replace(m.config, max_position_embeddings=20), 1, 2, 20)[0]
+    with pytest.raises(InputError, match="longer than the 16 positions"):
+        qm.run(**x, backend="ref")
 
 
 SMALL_RANGE_HEAD = (
