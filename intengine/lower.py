@@ -61,8 +61,9 @@ def _qmax(bits: int) -> int:
 class _Lowerer:
     """State of one lowering: the fp32 graph, the ranges, and the integer graph being built."""
 
-    def __init__(self, g: ir.Graph, qparams: Mapping, family: str, force: frozenset = frozenset()):
-        self.g, self.qp, self.family, self.force = g, qparams, family, force
+    def __init__(self, g: ir.Graph, qparams: Mapping, family: str, force: frozenset = frozenset(),
+                 gelu: str = "table"):
+        self.g, self.qp, self.family, self.force, self.gelu = g, qparams, family, force, gelu
         self.values: dict[str, ir.Value] = {}
         self.nodes: list[ir.Node] = []
         self.constants: dict[str, np.ndarray] = {}
@@ -445,8 +446,21 @@ def lower_layernorm(L: _Lowerer, node: ir.Node) -> None:
            out_bits=bits)
 
 
+def gelu_table(s_in: float, s_out: float, approximate: str = "none") -> np.ndarray:
+    """``clip(⌊GELU(v·s_in) / s_out + 1/2⌋, ±127)`` for every int8 ``v`` (entry ``v + 128``),
+    int8 ``[256]``: the exact function (erf, or the tanh form) in float64, at lowering time."""
+    v = np.arange(-128, 128, dtype=np.float64) * float(s_in)
+    if approximate == "tanh":
+        y = 0.5 * v * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (v + 0.044715 * v**3)))
+    else:
+        y = 0.5 * v * (1.0 + np.array([math.erf(t / math.sqrt(2.0)) for t in v]))
+    return np.clip(np.floor(y / float(s_out) + 0.5), -127, 127).astype(np.int8)
+
+
 def lower_gelu(L: _Lowerer, node: ir.Node) -> None:
-    """i-GELU; fused requant to int8, or the wide int32 output when a LayerNorm reads it."""
+    """GELU.  int8 input and int8 output (``gelu="table"``, the default): a 256-entry table of the
+    exact function at the calibrated scales (``lut``); otherwise I-BERT's i-GELU with fused
+    requant to int8, or the wide int32 output when a LayerNorm reads it."""
     out = node.outputs[0]
     (x,) = node.inputs
     vx = L.value(x)
@@ -459,13 +473,20 @@ def lower_gelu(L: _Lowerer, node: ir.Node) -> None:
     in_bits = {"i8": 8, "i16": 16, "i32": 32}.get(vx.dtype)
     if in_bits is None:
         L.fail(node, f"input is {vx.dtype}")
-    p = gelu_params(L.scalar_scale(x, "gelu"), in_bits)
+    s_in = L.scalar_scale(x, "gelu")
+    shape = L.g.value(out).shape
+    cons = L.consumers(out)
+    wide = bool(cons) and all(c.op == "layernorm" for c in cons) and out not in L.g.outputs
+    if L.gelu == "table" and in_bits == 8 and not wide:
+        s_out = L.act_scale(out, 8)
+        table = gelu_table(s_in, s_out, node.attr("approximate", "none"))
+        L.emit("lut", [vx.name], "", "i8", shape, s_out, fp=out, table=L.const(f"{out}.table", table, "i8"))
+        return
+    p = gelu_params(s_in, in_bits)
     kw = dict(in_shift=p.in_shift, b_int=p.b_int, c_int=p.c_int, m_erf=p.m_erf, shift_erf=p.shift_erf,
               out_shift=p.out_shift)
     kw = {k: int(v) for k, v in kw.items()}
-    shape = L.g.value(out).shape
-    cons = L.consumers(out)
-    if cons and all(c.op == "layernorm" for c in cons) and out not in L.g.outputs:
+    if wide:
         L.emit("gelu", [vx.name], "", "i32", shape, p.out_scale, fp=out, **kw)
         return
     bits = 8
@@ -584,21 +605,33 @@ FORCE_DEQUANT = {"none": frozenset(), "gelu": frozenset({"gelu"}), "softmax": fr
                  "layernorm": frozenset({"layernorm"}), "nonlinear": frozenset({"gelu", "softmax", "layernorm"})}
 
 
-def lower(graph: ir.Graph, qparams: Mapping, family: str = "?", force_dequant: str = "none") -> ir.Graph:
+GELU_MODES = ("table", "ibert")
+
+
+def lower(graph: ir.Graph, qparams: Mapping, family: str = "?", force_dequant: str = "none",
+          gelu: str = "table") -> ir.Graph:
     """The integer-stage graph of an fp32-stage ``graph`` with calibrated ``qparams``
     (:func:`intengine.calibrate.calibrate`).  ``verify_integer`` holds on the result.
 
     ``force_dequant`` (I-BERT's option, for accuracy studies): ``gelu``, ``softmax``,
     ``layernorm`` or ``nonlinear`` (all three) lowers those ops to float islands
     (:data:`~intengine.ir.FLOAT_ISLAND_OPS`: integer in, float math, integer out at the same
-    scales); the result is a ``"mixed"``-stage graph (:func:`~intengine.ir.verify_mixed`)."""
+    scales); the result is a ``"mixed"``-stage graph (:func:`~intengine.ir.verify_mixed`).
+
+    ``gelu``: ``"table"`` (default) lowers a GELU with int8 input and int8 output to a 256-entry
+    table of the exact function (:func:`gelu_table`, op ``lut``: integer data movement at run
+    time, same cost as i-GELU's own int8 table) and keeps I-BERT's i-GELU for wider inputs;
+    ``"ibert"`` uses i-GELU everywhere (I-BERT's erf polynomial, off by up to 0.018 and by ~10 %
+    of ``x`` near 0)."""
     if force_dequant not in FORCE_DEQUANT:
         raise LoweringError(f"force_dequant must be one of {', '.join(FORCE_DEQUANT)}, got {force_dequant!r}")
+    if gelu not in GELU_MODES:
+        raise LoweringError(f"gelu must be one of {', '.join(GELU_MODES)}, got {gelu!r}")
     if graph.stage != "fp32":
         raise LoweringError(f"lower expects an fp32-stage graph, got stage {graph.stage!r}")
     if not qparams:
         raise LoweringError("lower needs calibrated ranges: calibrate(graph, batches) returned nothing")
-    L = _Lowerer(graph, qparams, family, FORCE_DEQUANT[force_dequant])
+    L = _Lowerer(graph, qparams, family, FORCE_DEQUANT[force_dequant], gelu)
     for name in graph.inputs:
         v = graph.value(name)
         L.values[name] = ir.Value(name, v.dtype, v.shape)

@@ -494,6 +494,11 @@ def tr_gelu(b: _Builder, node: ir.Node) -> str:
     return b.requant(y, m, s, bits, I32_MAX)
 
 
+def tr_lut(b: _Builder, node: ir.Node) -> str:
+    """``lut_ref``: ``table[x + 128]``, a 256-entry Gather."""
+    return b.table(b.get(node.inputs[0]), b.g.constants[node.attr("table")], "lut.table")
+
+
 def tr_tanh(b: _Builder, node: ir.Node) -> str:
     """``tanh_ref``: ``sign(x)·⌊(2Q(2^30-e) + (2^30+e)) / (2(2^30+e))⌋`` with ``e = iexp(|x|)``."""
     x = b.get(node.inputs[0])
@@ -749,6 +754,7 @@ TRANSLATIONS: dict[str, Callable[[_Builder, ir.Node], str]] = {
     "exp": tr_exp,
     "softmax": tr_softmax,
     "layernorm": tr_layernorm,
+    "lut": tr_lut,
     "tanh": tr_tanh,
     "embedding_lookup": tr_embedding_lookup,
     "gather": tr_gather,

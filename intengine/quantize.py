@@ -58,7 +58,7 @@ class QuantizedModel:
                 f"{len(self.graph.constants)} constants)")
 
 
-def quantize(model, calibration=None, method: str = "minmax", force_dequant: str = "none",
+def quantize(model, calibration=None, method: str = "minmax", force_dequant: str = "none", gelu: str = "table",
              **calibrate_options) -> QuantizedModel:
     """Quantize an FP32 module from :func:`intengine.load_fp32` into an integer-only program.
 
@@ -73,6 +73,8 @@ def quantize(model, calibration=None, method: str = "minmax", force_dequant: str
     * ``force_dequant``: ``"none"`` (integer-only), or I-BERT's ``"gelu"``, ``"softmax"``,
       ``"layernorm"``, ``"nonlinear"``: those ops run in float between integer tensors (a
       ``"mixed"``-stage graph, for accuracy studies; the ONNX integer export refuses it).
+    * ``gelu``: ``"table"`` (int8-input GELUs become 256-entry tables of the exact function) or
+      ``"ibert"`` (I-BERT's i-GELU polynomial everywhere); see :func:`intengine.lower.lower`.
     """
     if calibration is None:
         raise CalibrationError(
@@ -90,6 +92,6 @@ def quantize(model, calibration=None, method: str = "minmax", force_dequant: str
             f"calibration must be an iterable of batch dicts or a QParams dict, got {type(calibration).__name__}"
         )
     family = str(getattr(model, "family", "?")).rsplit(".", 1)[-1]
-    ig = lower(g, qp, family, force_dequant=force_dequant)
+    ig = lower(g, qp, family, force_dequant=force_dequant, gelu=gelu)
     return QuantizedModel(ig, g, qp, family, getattr(model, "task", "?"),
                           method=None if isinstance(calibration, Mapping) else method)

@@ -195,6 +195,10 @@ class Executor:
             kw = {n: a(n) for n in ("in_shift", "b_int", "c_int", "m_erf", "shift_erf", "out_shift")}
             m, s, bits = C(a("m_i32")), C(a("shift")), a("out_bits", 8)
             return _with_out(k, lambda ins, B, T, **o: k(ins[0], **kw, m_i32=m, shift=s, out_bits=bits, **o))
+        if op == "lut":
+            k = get_kernel("lut", be)
+            table = C(a("table"))
+            return _with_out(k, lambda ins, B, T, **o: k(ins[0], table, **o))
         if op == "softmax":
             k = get_kernel("softmax", be)
             m, s = a("m_i32"), a("shift")

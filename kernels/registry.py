@@ -44,6 +44,8 @@ OPS: tuple[str, ...] = (
     # gather.py
     "rel_gather",
     "rel_scatter_add",
+    # lut.py
+    "lut",
 )
 
 KERNELS: dict[tuple[str, str], Callable] = {}

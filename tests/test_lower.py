@@ -254,3 +254,36 @@ def test_bad_inputs_are_clear_errors(preset):
         qm.run(np.full((2, 4), 5), np.ones((2, 3), bool))
     with pytest.raises(intengine.errors.InputError, match="shape"):
         qm.run(np.full((2, 4, 1), 5))
+
+
+def test_gelu_table_is_the_exact_function_rounded():
+    """Every entry of the int8 GELU table is the exact GELU (erf, or the tanh form) of its input
+    value, rounded half up to the output step and saturated at ±127."""
+    import math
+
+    from intengine.lower import gelu_table
+
+    s_in, s_out = 4.0 / 127, 3.0 / 127
+    v = np.arange(-128, 128) * s_in
+    for approx, f in (("none", lambda t: 0.5 * t * (1 + math.erf(t / math.sqrt(2)))),
+                      ("tanh", lambda t: 0.5 * t * (1 + math.tanh(math.sqrt(2 / math.pi) * (t + 0.044715 * t**3))))):
+        table = gelu_table(s_in, s_out, approx)
+        assert table.dtype == np.int8 and table.shape == (256,)
+        exact = np.array([f(t) for t in v]) / s_out
+        inside = np.abs(exact) <= 127
+        assert np.all(np.abs(table[inside] - exact[inside]) <= 0.5 + 1e-9)
+        assert np.all(table[~inside] == 127)  # GELU(4.03) / s_out > 127: saturated
+
+
+def test_gelu_modes():
+    """Default ``gelu="table"``: int8-input GELUs become ``lut`` (the exact function, tabulated),
+    wide-output ones (read by a LayerNorm) stay i-GELU; ``"ibert"``: i-GELU everywhere."""
+    m = load("deberta-v3-base-tiny", "masked-lm", std=0.1)  # FFN GELUs, and a head GELU → LayerNorm
+    g = capture(m)
+    qp = calibrate(g, random_batches(m, 2, 3, 16))
+    ops = [n.op for n in lower(g, qp, "deberta_v2").nodes]
+    assert ops.count("lut") == m.config.num_hidden_layers and ops.count("gelu") == 1
+    ops = [n.op for n in lower(g, qp, "deberta_v2", gelu="ibert").nodes]
+    assert "lut" not in ops and ops.count("gelu") == m.config.num_hidden_layers + 1
+    with pytest.raises(LoweringError, match="gelu must be one of table, ibert"):
+        lower(g, qp, "deberta_v2", gelu="exact")

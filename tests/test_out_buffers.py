@@ -1,4 +1,4 @@
-"""``out=``: the cpu kernels write into the runtime's planned buffers (requant, tanh, gather family)."""
+"""``out=``: the cpu kernels write into the runtime's planned buffers (requant, tanh, gather family, lut)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import pytest
 
 from intengine.kernels.errors import KernelInputError
 from intengine.kernels.gather import rel_gather_cpu, rel_scatter_add_cpu
+from intengine.kernels.lut import lut_cpu
 from intengine.kernels.requant import requantize_cpu, rescale_add_cpu
 from intengine.kernels.tanh import tanh_cpu
 
@@ -24,6 +25,7 @@ CALLS = {
     "tanh_i32": (lambda out=None: tanh_cpu(X32, 1 << 30, 50, out=out), (3, 4, 7), np.int8),
     "rel_gather": (lambda out=None: rel_gather_cpu(X32, IDX[:, :2] + 3, out=out), (3, 4, 2), np.int32),
     "rel_scatter_add": (lambda out=None: rel_scatter_add_cpu(P8, IDX, 3, out=out), (2, 4, 3), np.uint8),
+    "lut": (lambda out=None: lut_cpu(Y8, np.arange(256).astype(np.int16), out=out), (3, 4, 7), np.int16),
 }
 
 

@@ -1,4 +1,4 @@
 """numba.cuda kernels.  Imported lazily by ``registry.load_cuda()``; importing this
 package registers the ``cuda`` backend of every op family."""
 
-from . import gather, gelu, gemm, layernorm, quant, requant, softmax, tanh  # noqa: F401  (registration)
+from . import gather, gelu, gemm, layernorm, lut, quant, requant, softmax, tanh  # noqa: F401  (registration)
