@@ -397,15 +397,17 @@ def _deberta_rel_index(enc, sa0, v2: bool, t: int) -> tuple[torch.Tensor, torch.
     return c2p_idx, c2p_idx.t().contiguous()
 
 
-def _deberta_fold_length(enc, sa0, v2: bool, tmax: int) -> int:
-    """Smallest ``n ≥ tmax`` whose ``[n, n]`` index tables saturate at their edge distances.
+def _deberta_fold_length(enc, sa0, v2: bool, tmax: int) -> int | None:
+    """Smallest ``n ≥ tmax`` whose ``[n, n]`` index tables saturate at their edge distances, or
+    None when that cannot be shown (then the tables stay at ``tmax`` and longer inputs are refused).
 
     Both indices are ``clamp(δ(i - j) + span, 0, 2·span - 1)`` (p2c with ``-δ``) for a
     non-decreasing, odd-symmetric distance map ``δ`` (identity, or DeBERTa-v2's log buckets):
     once the clamp is reached at distance ``D`` it holds for every longer distance.  So the
     tables for ``n = D + 1`` hold every value any length reads, and ``index[i, j] =
     d(clip(i - j, ±(n - 1)))`` past them (:func:`~intengine.kernels.gather.index_for_length`).
-    The distance map is evaluated by the model's own code over a window twice the relative span.
+    The distance map is evaluated by the model's own code over a window twice the relative span;
+    degenerate bucket settings whose map stops growing before the clamp (e.g. 2 buckets) return None.
     """
     span = sa0.span if v2 else sa0.max_relative_positions
     probe = 2 * max(tmax, span, getattr(getattr(enc, "config", None), "max_relative", 0) or 0) + 2
@@ -415,7 +417,7 @@ def _deberta_fold_length(enc, sa0, v2: bool, tmax: int) -> int:
     top, bottom = 2 * span - 1, 0
     hit = [int(np.argmax(v == lim)) if (v == lim).any() else -1 for v, lim in ((d, top), (e, bottom))]
     if min(hit) < 0 or not ((d[hit[0]:] == top).all() and (e[hit[1]:] == bottom).all()):
-        raise CaptureError(f"DeBERTa relative positions: the index does not saturate within distance {probe - 1}")
+        return None
     return max(tmax, max(hit) + 1)
 
 
@@ -433,9 +435,10 @@ def _capture_deberta(model, v2: bool) -> ir.Graph:
             sa0 = enc.layer[0].attention.self
             # without absolute positions the FP32 model takes any length: fold the tables and index
             # past the distance where the index saturates, so the gathers can extend to any T
-            extend = not cfg.position_biased_input
-            tmax = _deberta_fold_length(enc, sa0, v2, cfg.max_position_embeddings) if extend \
-                else cfg.max_position_embeddings
+            tmax = cfg.max_position_embeddings
+            fold = None if cfg.position_biased_input else _deberta_fold_length(enc, sa0, v2, tmax)
+            extend = fold is not None
+            tmax = fold or tmax
             rel = {"kr": [], "qr": [], "extend": extend}
             for i, layer in enumerate(enc.layer):
                 sa = layer.attention.self
