@@ -50,7 +50,7 @@ FP32_OPS = frozenset({
 # Integer ops: the kernel registry's run-time ops plus integer data movement.
 INTEGER_OPS = frozenset({
     "requantize", "rescale_add", "linear", "matmul", "gelu", "lut", "exp", "softmax", "layernorm", "add_layernorm",
-    "tanh",
+    "tanh", "rel_scores",
     "embedding_lookup", "gather", "clamp_index", "reshape", "transpose", "concat", "slice", "cast_int",
     "position_ids", "select", "scatter_add", "mask_fill", "unfold",
 })

@@ -695,3 +695,48 @@ def fuse_add_layernorm(g: ir.Graph) -> ir.Graph:
                    values=tuple(v for v in g.values if v.name not in gone), constants=g.constants)
     ir.verify_lowered(out)
     return out
+
+
+def fuse_rel_scores(g: ir.Graph) -> ir.Graph:
+    """DeBERTa's score sum ``rescale_add(rescale_add(qk, gather(c2p_all)), transpose(gather(p2c_all)))``
+    (the transpose swapping the last two axes) → ``rel_scores(qk, c2p_all, p2c_all)`` wherever
+    each intermediate has that one reader and is no graph output: the two gathered terms, the
+    transposed one and the partial sum never go through memory.  Bit-identical by definition
+    (``rel_scores_ref`` is the composition).  Applied by the runtime, like :func:`fuse_add_layernorm`."""
+    producer = {n.outputs[0]: n for n in g.nodes}
+    readers: dict[str, int] = {}
+    for n in g.nodes:
+        for i in n.inputs:
+            readers[i] = readers.get(i, 0) + 1
+
+    def sole(name: str, op: str) -> ir.Node | None:
+        n = producer.get(name)
+        return n if n is not None and n.op == op and readers.get(name) == 1 and name not in g.outputs else None
+
+    fused: dict[str, ir.Node] = {}  # outer rescale_add output → its rel_scores
+    gone: set[str] = set()  # outputs of the nodes folded in
+    for n in g.nodes:
+        if n.op != "rescale_add":
+            continue
+        inner, tr = sole(n.inputs[0], "rescale_add"), sole(n.inputs[1], "transpose")
+        if inner is None or tr is None:
+            continue
+        rank = len(g.value(tr.outputs[0]).shape)
+        c2p, p2c = sole(inner.inputs[1], "gather"), sole(tr.inputs[0], "gather")
+        if c2p is None or p2c is None or tuple(tr.attr("perm")) != tuple(range(rank - 2)) + (rank - 1, rank - 2):
+            continue
+        attrs = (("c2p_index", c2p.attr("index")), ("c2p_extend", bool(c2p.attr("extend", False))),
+                 ("p2c_index", p2c.attr("index")), ("p2c_extend", bool(p2c.attr("extend", False))))
+        for suffix, add in (("1", inner), ("2", n)):
+            attrs += tuple((f"{k}{suffix}", add.attr(k)) for k in ("m_a", "shift_a", "m_b", "shift_b"))
+            attrs += ((f"bits{suffix}", add.attr("out_bits")),)
+        fused[n.outputs[0]] = ir.Node("rel_scores", (inner.inputs[0], c2p.inputs[0], p2c.inputs[0]), n.outputs,
+                                      attrs, name=n.name)
+        gone |= {inner.outputs[0], tr.outputs[0], c2p.outputs[0], p2c.outputs[0]}
+    if not fused:
+        return g
+    nodes = tuple(fused.get(n.outputs[0], n) for n in g.nodes if n.outputs[0] not in gone)
+    out = ir.Graph(stage=g.stage, inputs=g.inputs, outputs=g.outputs, nodes=nodes,
+                   values=tuple(v for v in g.values if v.name not in gone), constants=g.constants)
+    ir.verify_lowered(out)
+    return out

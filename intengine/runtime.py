@@ -29,7 +29,7 @@ import numpy as np
 from . import ir
 from .errors import InputError
 from .interp import prepare_inputs
-from .lower import fuse_add_layernorm
+from .lower import fuse_add_layernorm, fuse_rel_scores
 from .kernels.errors import KernelInputError
 from .kernels.gather import index_for_length
 from .kernels.registry import available_backends, get_kernel
@@ -72,9 +72,11 @@ def _index_per_length(index: np.ndarray, label: str, extend: bool) -> Callable[[
     def index_for(t: int) -> np.ndarray:
         if t not in built:
             try:
-                built[t] = np.ascontiguousarray(index_for_length(index, t, extend))
+                arr = np.array(index_for_length(index, t, extend), order="C", copy=True)
             except KernelInputError as e:
                 raise InputError(f"{label}: {e}") from None
+            arr.setflags(write=False)  # kernels cache what they derive from it (memo_frozen)
+            built[t] = arr
             if len(built) > 16:
                 built.popitem(last=False)
         return built[t]
@@ -122,9 +124,9 @@ class Executor:
     """An integer graph bound to one backend (weights packed once, here).
 
     With ``fuse`` (default) the graph is first rewritten by
-    :func:`~intengine.lower.fuse_add_layernorm` (``self.graph`` is the rewritten one); the residual
-    sums it fuses away are then never materialized, so :meth:`trace` lacks them (``fuse=False``
-    keeps every node).
+    :func:`~intengine.lower.fuse_add_layernorm` and :func:`~intengine.lower.fuse_rel_scores`
+    (``self.graph`` is the rewritten one); the residual sums and DeBERTa's score terms they fuse
+    away are then never materialized, so :meth:`trace` lacks them (``fuse=False`` keeps every node).
 
     On the ``cpu`` backend (``plan_buffers``) the first call at each input shape ``(B, T)``
     records every node's output and plans the buffers (:class:`BufferPlan`); later calls at that
@@ -137,7 +139,7 @@ class Executor:
             raise ir.GraphError(f"the runtime executes lowered graphs (stage 'integer' or 'mixed'), got {graph.stage!r}")
         ir.verify_lowered(graph)
         if fuse:
-            graph = fuse_add_layernorm(graph)
+            graph = fuse_rel_scores(fuse_add_layernorm(graph))
         self.graph, self.backend = graph, backend
         self._steps: list[tuple[ir.Node, _Step]] = [(n, self._bind(n)) for n in graph.nodes]
         last: dict[str, int] = {}
@@ -268,6 +270,13 @@ class Executor:
             k = get_kernel("rel_gather", be)
             index_for = _index_per_length(index, node.label, bool(a("extend", False)))
             return _with_out(k, lambda ins, B, T, **o: k(ins[0], index_for(ins[0].shape[-2]), **o))
+        if op == "rel_scores":
+            k = get_kernel("rel_scores", be)
+            ic, ip = (_index_per_length(self.graph.constants[a(f"{t}_index")], node.label, bool(a(f"{t}_extend")))
+                      for t in ("c2p", "p2c"))
+            adds = [[C(a(f"{n}{i}")) for n in ("m_a", "shift_a", "m_b", "shift_b")] + [a(f"bits{i}")] for i in "12"]
+            return _with_out(k, lambda ins, B, T, **o: k(ins[0], ins[1], ic(ins[0].shape[-1]), ins[2],
+                                                          ip(ins[0].shape[-1]), *adds[0], *adds[1], **o))
         if op == "mask_fill":
             # out = x where mask (broadcast) else 0 (x·mask, exact): padded positions become exact zeros
             def mask_fill(ins, B, T, out=None):

@@ -16,13 +16,17 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
 
-from ._util import check_int, is_int_scalar, output_array
+from ._util import check_int, container_for_bits, is_int_scalar, memo_frozen, output_array, qmax_for_bits
 from .errors import KernelInputError
 from .registry import register
+from .requant import _scalar_multiplier, rescale_add_cpu, rescale_add_ref, rshift_round, wide_vectors
 
-__all__ = ["rel_gather_ref", "rel_gather_cpu", "rel_scatter_add_ref", "rel_scatter_add_cpu", "toeplitz_diagonal",
-           "index_for_length"]
+__all__ = ["rel_gather_ref", "rel_gather_cpu", "rel_scatter_add_ref", "rel_scatter_add_cpu", "rel_scores_ref",
+           "rel_scores_cpu", "toeplitz_diagonal", "index_for_length"]
 
 
 def toeplitz_diagonal(index) -> np.ndarray | None:
@@ -183,4 +187,193 @@ def rel_scatter_add_cpu(p: np.ndarray, index: np.ndarray, size: int, out=None) -
     out3 = result.reshape(p3.shape[0], shape[-2], int(size))
     if out3.size:
         _scatter_rows(p3, idx, out3)
+    return result
+
+
+# ----------------------------------------------------------------------------- DeBERTa's score sum
+
+def _check_scores_args(qk, c2p_all, c2p_index, p2c_all, p2c_index) -> None:
+    shape = tuple(qk.shape)
+    if len(shape) < 2 or shape[-1] != shape[-2]:
+        raise KernelInputError(f"rel_scores: qk must be [..., T, T], got {shape}")
+    for name, x, index in (("c2p_all", c2p_all, c2p_index), ("p2c_all", p2c_all, p2c_index)):
+        if tuple(x.shape)[:-1] != shape[:-1] or tuple(index.shape) != shape[-2:]:
+            raise KernelInputError(f"rel_scores: {name} must be [..., T, N] with qk's leading dims and its index "
+                                   f"[T, T] (T = {shape[-1]}), got {name} {tuple(x.shape)}, index "
+                                   f"{tuple(index.shape)}")
+        _check_gather_args(x, index)
+
+
+@register("rel_scores", "ref")
+def rel_scores_ref(qk: np.ndarray, c2p_all: np.ndarray, c2p_index: np.ndarray, p2c_all: np.ndarray,
+                   p2c_index: np.ndarray, m_a1, shift_a1, m_b1, shift_b1, bits1: int, m_a2, shift_a2, m_b2, shift_b2,
+                   bits2: int) -> np.ndarray:
+    """DeBERTa's disentangled attention scores from its three products (numpy specification).
+
+    Formula: exactly the composition of the specifications it fuses::
+
+        c2p     = rel_gather_ref(c2p_all, c2p_index)                     # content → position
+        p2c     = swapaxes(rel_gather_ref(p2c_all, p2c_index), -1, -2)   # position → content
+        partial = rescale_add_ref(qk, m_a1, shift_a1, c2p, m_b1, shift_b1, bits1)
+        out     = rescale_add_ref(partial, m_a2, shift_a2, p2c, m_b2, shift_b2, bits2)
+
+    * ``qk``: ``[..., T, T]``; ``c2p_all``, ``p2c_all``: ``[..., T, N]`` (the products with the
+      relative tables, over every distance); integer dtypes as :func:`rel_gather_ref` (int32 in
+      DeBERTa); indices int32/int64 ``[T, T]``, in range (checked).
+    * Multipliers, ``bits1``/``bits2``, output (``bits2`` container, int16 in DeBERTa), rounding
+      (half up in each branch, saturation of ``partial`` and ``out``) and overflow bound: those
+      of :func:`~intengine.kernels.requant.rescale_add_ref`.
+
+    Backends fuse it (no ``[..., T, T]`` intermediate goes through memory); the runtime rewrites
+    the two gathers, the transpose and the two ``rescale_add`` of each DeBERTa layer into it.
+    """
+    _check_scores_args(qk, c2p_all, c2p_index, p2c_all, p2c_index)
+    c2p = rel_gather_ref(c2p_all, c2p_index)
+    p2c = np.swapaxes(rel_gather_ref(p2c_all, p2c_index), -1, -2)
+    partial = rescale_add_ref(qk, m_a1, shift_a1, c2p, m_b1, shift_b1, bits1)
+    return rescale_add_ref(partial, m_a2, shift_a2, p2c, m_b2, shift_b2, bits2)
+
+
+@intrinsic
+def _transpose16(typingctx, src_addr, src_stride, dst_addr, dst_stride):
+    """``dst[c][r] = src[r][c]`` for a 16×16 int32 tile (row strides in bytes; integer addresses).
+
+    16 row loads, four butterfly stages of two-input shuffles (distance 8, 4, 2, 1: rows ``r``
+    and ``r + d`` exchange their ``d``-element blocks; ``vpermt2d`` on AVX-512), 16 row stores.
+    """
+    args = (src_addr, src_stride, dst_addr, dst_stride)
+    if not all(isinstance(t, types.Integer) for t in args):
+        return None
+
+    def codegen(context, builder, signature, llargs):
+        src, sst, dst, dstr = [context.cast(builder, v, t, types.int64) for v, t in zip(llargs, signature.args)]
+        i32, i64 = ir.IntType(32), ir.IntType(64)
+        v16 = ir.VectorType(i32, 16)
+        rows = []
+        for r in range(16):
+            ptr = builder.inttoptr(builder.add(src, builder.mul(sst, ir.Constant(i64, r))), v16.as_pointer())
+            ld = builder.load(ptr)
+            ld.align = 4
+            rows.append(ld)
+        for d in (8, 4, 2, 1):
+            lo = ir.Constant(v16, [e if e & d == 0 else 16 + e - d for e in range(16)])
+            hi = ir.Constant(v16, [e + d if e & d == 0 else 16 + e for e in range(16)])
+            for r in range(16):
+                if r & d == 0:
+                    x, y = rows[r], rows[r + d]
+                    rows[r], rows[r + d] = builder.shuffle_vector(x, y, lo), builder.shuffle_vector(x, y, hi)
+        for r in range(16):
+            ptr = builder.inttoptr(builder.add(dst, builder.mul(dstr, ir.Constant(i64, r))), v16.as_pointer())
+            builder.store(rows[r], ptr).align = 4
+        return context.get_dummy_value()
+
+    return types.void(*args), codegen
+
+
+@numba.njit(inline="always")
+def _gather_row(src, index_row, base, step, dst):
+    """``dst[j] = src[index_row[j]]``; a run (``index_row[j] = base + step·j``, ``step = ±1``)
+    is a contiguous or reversed copy, without index loads."""
+    n = dst.shape[0]
+    if step == 1:
+        for j in range(n):
+            dst[j] = src[base + j]
+    elif step == -1:
+        for j in range(n):
+            dst[j] = src[base - j]
+    else:
+        for j in range(n):
+            dst[j] = src[index_row[j]]
+
+
+def _index_runs(index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of an index table: ``(base, step)`` with ``index[r, j] = base + step·j`` for every
+    ``j`` and ``step = ±1``, else ``step = 0`` (a clamped row: indexed gather)."""
+    idx = np.asarray(index, dtype=np.int64)
+    base = np.ascontiguousarray(idx[:, 0])
+    step = np.zeros(idx.shape[0], np.int64)
+    j = np.arange(idx.shape[1], dtype=np.int64)
+    for s in (1, -1):
+        step[np.all(idx == base[:, None] + s * j[None, :], axis=1)] = s
+    if idx.shape[1] == 1:
+        step[:] = 1
+    return base, step
+
+
+_index_runs_cached = memo_frozen(maxsize=64)(_index_runs)
+
+
+@numba.njit(parallel=True, cache=True, error_model="numpy")
+def _scores_heads(qk3, c3, ic, cbase, cstep, p3, ip, pbase, pstep, ma1, ha1, sa1, mb1, hb1, sb1, q1, ma2, ha2, sa2,
+                  mb2, hb2, sb2, q2, out3):
+    """One parallel task per ``[T, T]`` head.  The p2c term is gathered 16 rows at a time into an
+    L1 block and transposed into an L2-resident ``[T, T]`` scratch by 16×16 register tiles
+    (:func:`_transpose16`); then per row the c2p row is gathered into an L1 buffer and both
+    rescaled adds run on contiguous rows (int32 multipliers: ``vpmuldq``; ``|v·m| < 2^62`` so
+    each branch is the one-add :func:`~intengine.kernels.requant.rshift_round`).  Index rows that
+    are runs (:func:`_index_runs`) are copied without index loads."""
+    heads, t = out3.shape[0], out3.shape[1]
+    ma1, mb1 = np.int64(np.int32(ma1)), np.int64(np.int32(mb1))
+    ma2, mb2 = np.int64(np.int32(ma2)), np.int64(np.int32(mb2))
+    full = t - t % 16
+    for h in numba.prange(heads):
+        wide_vectors()
+        scratch = np.empty((t, t), np.int32)
+        block = np.empty((16, t), np.int32)
+        for jb in range(0, t, 16):
+            nj = min(16, t - jb)
+            for r in range(nj):
+                _gather_row(p3[h, jb + r], ip[jb + r], pbase[jb + r], pstep[jb + r], block[r])
+            if nj == 16:
+                for ib in range(0, full, 16):
+                    _transpose16(block.ctypes.data + 4 * ib, 4 * t, scratch.ctypes.data + 4 * (ib * t + jb), 4 * t)
+                for i in range(full, t):
+                    for r in range(16):
+                        scratch[i, jb + r] = block[r, i]
+            else:
+                for i in range(t):
+                    for r in range(nj):
+                        scratch[i, jb + r] = block[r, i]
+        crow = np.empty(t, np.int32)
+        for i in range(t):
+            _gather_row(c3[h, i], ic[i], cbase[i], cstep[i], crow)
+            qrow, srow, orow = qk3[h, i], scratch[i], out3[h, i]
+            for j in range(t):
+                v1 = (rshift_round(np.int64(qrow[j]) * ma1, ha1, sa1)
+                      + rshift_round(np.int64(crow[j]) * mb1, hb1, sb1))
+                v1 = min(max(v1, -q1), q1)
+                v2 = rshift_round(v1 * ma2, ha2, sa2) + rshift_round(np.int64(srow[j]) * mb2, hb2, sb2)
+                orow[j] = min(max(v2, -q2), q2)
+
+
+@register("rel_scores", "cpu")
+def rel_scores_cpu(qk: np.ndarray, c2p_all: np.ndarray, c2p_index: np.ndarray, p2c_all: np.ndarray,
+                   p2c_index: np.ndarray, m_a1, shift_a1, m_b1, shift_b1, bits1: int, m_a2, shift_a2, m_b2, shift_b2,
+                   bits2: int, out=None) -> np.ndarray:
+    """numba :func:`rel_scores_ref` (bit-exact): one pass per head for int32 products and
+    per-tensor multipliers (DeBERTa's case), otherwise the cpu kernels it composes, in turn.
+    ``out``: optional preallocated result."""
+    _check_scores_args(qk, c2p_all, c2p_index, p2c_all, p2c_index)
+    sc = [_scalar_multiplier(n, m, s) for n, m, s in (("a1", m_a1, shift_a1), ("b1", m_b1, shift_b1),
+                                                     ("a2", m_a2, shift_a2), ("b2", m_b2, shift_b2))]
+    arrays = (qk, c2p_all, p2c_all)
+    if not (all(sc) and all(isinstance(a, np.ndarray) and a.dtype == np.int32 for a in arrays)
+            and is_int_scalar(bits1) and 2 <= bits1 <= 32):
+        c2p = rel_gather_cpu(c2p_all, c2p_index)
+        p2c = np.ascontiguousarray(np.swapaxes(rel_gather_cpu(p2c_all, p2c_index), -1, -2))
+        partial = rescale_add_cpu(qk, m_a1, shift_a1, c2p, m_b1, shift_b1, bits1)
+        return rescale_add_cpu(partial, m_a2, shift_a2, p2c, m_b2, shift_b2, bits2, out=out)
+    result = output_array(out, qk.shape, container_for_bits(bits2))
+    t = qk.shape[-1]
+    if result.size:
+        (ma1, sa1), (mb1, sb1), (ma2, sa2), (mb2, sb2) = sc
+        c3 = np.ascontiguousarray(c2p_all).reshape(-1, t, c2p_all.shape[-1])
+        p3 = np.ascontiguousarray(p2c_all).reshape(-1, t, p2c_all.shape[-1])
+        i64 = np.int64
+        ic, ip = (np.ascontiguousarray(i, dtype=i64) for i in (c2p_index, p2c_index))
+        _scores_heads(np.ascontiguousarray(qk).reshape(-1, t, t), c3, ic, *_index_runs_cached(c2p_index), p3, ip,
+                      *_index_runs_cached(p2c_index), i64(ma1), i64(1 << (sa1 - 1)), i64(sa1), i64(mb1),
+                      i64(1 << (sb1 - 1)), i64(sb1), i64(qmax_for_bits(bits1)), i64(ma2), i64(1 << (sa2 - 1)),
+                      i64(sa2), i64(mb2), i64(1 << (sb2 - 1)), i64(sb2), i64(qmax_for_bits(bits2)),
+                      result.reshape(-1, t, t))
     return result

@@ -44,6 +44,7 @@ OPS: tuple[str, ...] = (
     # gather.py
     "rel_gather",
     "rel_scatter_add",
+    "rel_scores",
     # lut.py
     "lut",
 )

@@ -3,6 +3,7 @@ buffers alive, results never alias a later call's buffers; every call stays bit-
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import numpy as np
@@ -164,3 +165,32 @@ def test_residual_add_and_layernorm_fuse_bit_identically():
     g2 = ir.Graph(qm.graph.stage, qm.graph.inputs, qm.graph.outputs + (add.outputs[0],), qm.graph.nodes,
                   qm.graph.values, qm.graph.constants)
     assert sum(n.op == "add_layernorm" for n in fuse_add_layernorm(g2).nodes) == n_pairs - 1
+
+
+@pytest.mark.parametrize("preset", ["deberta-base-tiny", "deberta-v3-base-tiny"])
+def test_deberta_score_terms_fuse_bit_identically(preset):
+    """Each layer's two gathers, transpose and two rescale_adds become one ``rel_scores``; the
+    fused program equals the unfused one bit for bit (ref and cpu), also past the captured
+    relative tables (extended indices); a term with a second reader is left unfused."""
+    from intengine.lower import fuse_rel_scores
+
+    model = ie.load_fp32(preset, task="token-classification")
+    qm = ie.quantize(model, random_batches(model, 1, 2, 16))
+    fused = fuse_rel_scores(qm.graph)
+    layers = model.config.num_hidden_layers
+    assert sum(n.op == "rel_scores" for n in fused.nodes) == layers
+    assert not any(n.op in ("gather", "rescale_add") and ".attn.scores" in n.outputs[0] for n in fused.nodes)
+    assert len(fused.nodes) == len(qm.graph.nodes) - 4 * layers
+    assert [n for n in Executor(qm.graph, "cpu").graph.nodes if n.op == "rel_scores"] == \
+        [n for n in fused.nodes if n.op == "rel_scores"]
+    for t in (16, model.config.max_position_embeddings + 5):
+        longer = dataclasses.replace(model.config, max_position_embeddings=t)
+        x = random_batches(longer, 1, 3, t, seed=4)[0]
+        args = (x["input_ids"], x["attention_mask"], x["token_type_ids"])
+        want = Executor(qm.graph, "ref", fuse=False).run(*args)
+        for backend in ("ref", "cpu"):
+            np.testing.assert_array_equal(Executor(qm.graph, backend).run(*args), want)
+    c2p = next(n for n in qm.graph.nodes if n.op == "gather")
+    g2 = ir.Graph(qm.graph.stage, qm.graph.inputs, qm.graph.outputs + (c2p.outputs[0],), qm.graph.nodes,
+                  qm.graph.values, qm.graph.constants)
+    assert sum(n.op == "rel_scores" for n in fuse_rel_scores(g2).nodes) == layers - 1
