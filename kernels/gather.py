@@ -313,11 +313,13 @@ def _scores_heads(qk3, c3, ic, cbase, cstep, p3, ip, pbase, pstep, ma1, ha1, sa1
     each branch is the one-add :func:`~intengine.kernels.requant.rshift_round`).  Index rows that
     are runs (:func:`_index_runs`) are copied without index loads."""
     heads, t = out3.shape[0], out3.shape[1]
-    ma1, mb1 = np.int64(np.int32(ma1)), np.int64(np.int32(mb1))
-    ma2, mb2 = np.int64(np.int32(ma2)), np.int64(np.int32(mb2))
     full = t - t % 16
     for h in numba.prange(heads):
         wide_vectors()
+        # int32 multipliers, sign-extended inside the outlined loop body so that LLVM sees 32-bit
+        # operands (vpmuldq); an i64 argument of the parfor function would give vpmullq
+        m_a1, m_b1 = np.int64(np.int32(ma1)), np.int64(np.int32(mb1))
+        m_a2, m_b2 = np.int64(np.int32(ma2)), np.int64(np.int32(mb2))
         scratch = np.empty((t, t), np.int32)
         block = np.empty((16, t), np.int32)
         for jb in range(0, t, 16):
@@ -339,10 +341,10 @@ def _scores_heads(qk3, c3, ic, cbase, cstep, p3, ip, pbase, pstep, ma1, ha1, sa1
             _gather_row(c3[h, i], ic[i], cbase[i], cstep[i], crow)
             qrow, srow, orow = qk3[h, i], scratch[i], out3[h, i]
             for j in range(t):
-                v1 = (rshift_round(np.int64(qrow[j]) * ma1, ha1, sa1)
-                      + rshift_round(np.int64(crow[j]) * mb1, hb1, sb1))
-                v1 = min(max(v1, -q1), q1)
-                v2 = rshift_round(v1 * ma2, ha2, sa2) + rshift_round(np.int64(srow[j]) * mb2, hb2, sb2)
+                v1 = (rshift_round(np.int64(qrow[j]) * m_a1, ha1, sa1)
+                      + rshift_round(np.int64(crow[j]) * m_b1, hb1, sb1))
+                v1 = np.int64(np.int32(min(max(v1, -q1), q1)))  # |v1| ≤ q1 < 2^31: 32×32→64 products
+                v2 = rshift_round(v1 * m_a2, ha2, sa2) + rshift_round(np.int64(srow[j]) * m_b2, hb2, sb2)
                 orow[j] = min(max(v2, -q2), q2)
 
 

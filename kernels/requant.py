@@ -370,10 +370,11 @@ def _rescale_add_flat(a1, ma_i64, ha_i64, sa_i64, b1, mb_i64, hb_i64, sb_i64, q,
     shifts uniform, so the loop vectorizes on 8 int64 lanes.
     """
     n = a1.size
-    ma = np.int64(np.int32(ma_i64))
-    mb = np.int64(np.int32(mb_i64))
     for k in numba.prange((n + FLAT_CHUNK - 1) // FLAT_CHUNK):
         wide_vectors()
+        # sign-extended inside the outlined parfor body: LLVM then sees 32-bit operands (vpmuldq)
+        ma = np.int64(np.int32(ma_i64))
+        mb = np.int64(np.int32(mb_i64))
         for i in range(k * FLAT_CHUNK, min(n, (k + 1) * FLAT_CHUNK)):
             v = (rshift_round(np.int64(a1[i]) * ma, ha_i64, sa_i64)
                  + rshift_round(np.int64(b1[i]) * mb, hb_i64, sb_i64))
