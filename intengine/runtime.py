@@ -485,6 +485,9 @@ def max_sequence_length(graph: ir.Graph) -> int | None:
             limits.append(graph.constants[n.attr("table")].shape[0] - offset[n.inputs[0]])
         elif n.op in ("gather", "scatter_add") and not n.attr("extend", False):
             limits.append(graph.constants[n.attr("index")].shape[0])
+        elif n.op == "rel_scores":
+            limits += [graph.constants[n.attr(f"{t}_index")].shape[0] for t in ("c2p", "p2c")
+                       if not n.attr(f"{t}_extend")]
     return min(limits) if limits else None
 
 
