@@ -84,6 +84,30 @@ def _index_per_length(index: np.ndarray, label: str, extend: bool) -> Callable[[
     return index_for
 
 
+class _RelWindow:
+    """The columns a relative-position index reads at length ``t``: ``(lo, hi, index - lo)``.
+
+    DeBERTa's products with the relative tables span every distance (``2S`` columns), but length
+    ``t < S`` reads only ``2t - 1`` of them; the runtime computes just ``[lo, hi]`` (a window of
+    the constant table, packed once per window) and shifts the index to match: the same integers,
+    less work.  Cached per length (the 16 latest)."""
+
+    def __init__(self, index_for: Callable[[int], np.ndarray]):
+        self.index_for = index_for
+        self.built: OrderedDict[int, tuple[int, int, np.ndarray]] = OrderedDict()
+
+    def __call__(self, t: int) -> tuple[int, int, np.ndarray]:
+        if t not in self.built:
+            idx = self.index_for(t)
+            lo, hi = (int(idx.min()), int(idx.max())) if idx.size else (0, -1)
+            shifted = np.array(idx - lo, order="C", copy=True)
+            shifted.setflags(write=False)
+            self.built[t] = (lo, hi, shifted)
+            if len(self.built) > 16:
+                self.built.popitem(last=False)
+        return self.built[t]
+
+
 def _copy_into(out, view) -> np.ndarray:
     if out is None:
         return np.ascontiguousarray(view)
@@ -141,6 +165,7 @@ class Executor:
         if fuse:
             graph = fuse_rel_scores(fuse_add_layernorm(graph))
         self.graph, self.backend = graph, backend
+        self._windows = self._relative_windows(graph)
         self._steps: list[tuple[ir.Node, _Step]] = [(n, self._bind(n)) for n in graph.nodes]
         last: dict[str, int] = {}
         for k, n in enumerate(graph.nodes):
@@ -157,6 +182,29 @@ class Executor:
         self._lock = threading.Lock()
 
     # ---------------------------------------------------------------- binding
+    @staticmethod
+    def _relative_windows(graph: ir.Graph) -> dict[str, _RelWindow]:
+        """``{product: window}`` for each input of a ``rel_scores`` made by a ``matmul`` with a
+        constant table and no per-column epilogue, read by that ``rel_scores`` alone: the matmul
+        computes only the window's columns and ``rel_scores`` reads them with the shifted index."""
+        producer = {n.outputs[0]: n for n in graph.nodes}
+        readers: dict[str, int] = {}
+        for n in graph.nodes:
+            for i in n.inputs:
+                readers[i] = readers.get(i, 0) + 1
+        windows = {}
+        for n in graph.nodes:
+            if n.op != "rel_scores":
+                continue
+            for name, term in zip(n.inputs[1:], ("c2p", "p2c")):
+                mm = producer.get(name)
+                if (mm is None or mm.op != "matmul" or mm.inputs[1] not in graph.constants or readers[name] != 1
+                        or name in graph.outputs or isinstance(mm.attr("m_i32"), str)):
+                    continue
+                index = graph.constants[n.attr(f"{term}_index")]
+                windows[name] = _RelWindow(_index_per_length(index, n.label, bool(n.attr(f"{term}_extend"))))
+        return windows
+
     def _c(self, name):
         """A constant by name as a read-only C-contiguous copy (kernels validate such arrays once
         and cache what they derive from them), an int attr as is, None as None."""
@@ -180,7 +228,21 @@ class Executor:
             m, s, bits = C(a("m_i32")), C(a("shift")), a("out_bits", 8)
             if node.inputs[1] in self.graph.constants and be in available_backends("pack_matmul_b"):
                 # a constant right operand (DeBERTa's relative tables) is packed once, here
-                b_packed = get_kernel("pack_matmul_b", be)(self.graph.constants[node.inputs[1]])
+                pack, table = get_kernel("pack_matmul_b", be), self.graph.constants[node.inputs[1]]
+                window = self._windows.get(node.outputs[0])
+                if window is not None:  # only the columns rel_scores reads (_RelWindow), packed once each
+                    packs: OrderedDict[tuple[int, int], object] = OrderedDict()
+
+                    def windowed(ins, B, T, **o):
+                        lo, hi, _ = window(ins[0].shape[-2])
+                        if (lo, hi) not in packs:
+                            packs[(lo, hi)] = pack(np.ascontiguousarray(table[..., lo:hi + 1, :]))
+                            if len(packs) > 16:
+                                packs.popitem(last=False)
+                        return k(ins[0], packs[(lo, hi)], m, s, bits, **o)
+
+                    return _with_out(k, windowed)
+                b_packed = pack(table)
                 return _with_out(k, lambda ins, B, T, **o: k(ins[0], b_packed, m, s, bits, **o))
             return _with_out(k, lambda ins, B, T, **o: k(ins[0], ins[1], m, s, bits, **o))
         if op == "requantize":
@@ -272,8 +334,10 @@ class Executor:
             return _with_out(k, lambda ins, B, T, **o: k(ins[0], index_for(ins[0].shape[-2]), **o))
         if op == "rel_scores":
             k = get_kernel("rel_scores", be)
-            ic, ip = (_index_per_length(self.graph.constants[a(f"{t}_index")], node.label, bool(a(f"{t}_extend")))
-                      for t in ("c2p", "p2c"))
+            ic, ip = (
+                (lambda t, w=self._windows[name]: w(t)[2]) if name in self._windows else
+                _index_per_length(self.graph.constants[a(f"{term}_index")], node.label, bool(a(f"{term}_extend")))
+                for name, term in zip(node.inputs[1:], ("c2p", "p2c")))
             adds = [[C(a(f"{n}{i}")) for n in ("m_a", "shift_a", "m_b", "shift_b")] + [a(f"bits{i}")] for i in "12"]
             return _with_out(k, lambda ins, B, T, **o: k(ins[0], ins[1], ic(ins[0].shape[-1]), ins[2],
                                                           ip(ins[0].shape[-1]), *adds[0], *adds[1], **o))

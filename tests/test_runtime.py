@@ -181,8 +181,17 @@ def test_deberta_score_terms_fuse_bit_identically(preset):
     assert sum(n.op == "rel_scores" for n in fused.nodes) == layers
     assert not any(n.op in ("gather", "rescale_add") and ".attn.scores" in n.outputs[0] for n in fused.nodes)
     assert len(fused.nodes) == len(qm.graph.nodes) - 4 * layers
-    assert [n for n in Executor(qm.graph, "cpu").graph.nodes if n.op == "rel_scores"] == \
-        [n for n in fused.nodes if n.op == "rel_scores"]
+    ex = Executor(qm.graph, "cpu")
+    assert [n for n in ex.graph.nodes if n.op == "rel_scores"] == [n for n in fused.nodes if n.op == "rel_scores"]
+    # the products with the relative tables are computed only over the distances a length reads
+    assert len(ex._windows) == 2 * layers
+    x = random_batches(model, 1, 2, 16, seed=4)[0]
+    env = ex.trace(x["input_ids"], x["attention_mask"], x["token_type_ids"])
+    full = qm.graph.constants[next(n for n in qm.graph.nodes if n.outputs[0] == "layer0.attn.c2p_all").inputs[1]]
+    lo, hi, _ = ex._windows["layer0.attn.c2p_all"](16)
+    assert env["layer0.attn.c2p_all"].shape[-1] == hi - lo + 1 <= full.shape[-2]
+    if preset == "deberta-base-tiny":  # clamped distances: 2·16 - 1 of the 2·64 columns
+        assert (hi - lo + 1, full.shape[-2]) == (31, 128)
     for t in (16, model.config.max_position_embeddings + 5):
         longer = dataclasses.replace(model.config, max_position_embeddings=t)
         x = random_batches(longer, 1, 3, t, seed=4)[0]
