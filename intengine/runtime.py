@@ -108,6 +108,24 @@ class _RelWindow:
         return self.built[t]
 
 
+def _mask_fill(x: np.ndarray, mask: np.ndarray, out=None) -> np.ndarray:
+    """``x`` where ``mask`` (broadcast) else 0, i.e. ``x·mask`` (exact): padded positions become
+    exact zeros.  A mask constant over trailing axes (DeBERTa's padded query rows ``[B, 1, T, 1]``)
+    selects whole rows: a copy and the masked rows zeroed, rather than a broadcast multiply."""
+    k = 0
+    while k < min(x.ndim, mask.ndim) and mask.shape[mask.ndim - 1 - k] == 1:
+        k += 1
+    if mask.ndim != x.ndim or k == 0 or k == x.ndim:
+        return np.multiply(x, mask, out=out, dtype=x.dtype)
+    lead = x.shape[:x.ndim - k]
+    rows = np.broadcast_to(mask.reshape(mask.shape[:x.ndim - k]) != 0, lead).reshape(-1)
+    res = np.empty(x.shape, x.dtype) if out is None else out
+    x2, r2 = np.ascontiguousarray(x).reshape(rows.size, -1), res.reshape(rows.size, -1)
+    np.copyto(r2, x2)
+    r2[~rows] = 0
+    return res
+
+
 def _copy_into(out, view) -> np.ndarray:
     if out is None:
         return np.ascontiguousarray(view)
@@ -342,12 +360,7 @@ class Executor:
             return _with_out(k, lambda ins, B, T, **o: k(ins[0], ins[1], ic(ins[0].shape[-1]), ins[2],
                                                           ip(ins[0].shape[-1]), *adds[0], *adds[1], **o))
         if op == "mask_fill":
-            # out = x where mask (broadcast) else 0 (x·mask, exact): padded positions become exact zeros
-            def mask_fill(ins, B, T, out=None):
-                x, mask = _host(ins[0]), _host(ins[1])
-                return np.multiply(x, mask, out=out, dtype=x.dtype)
-
-            return _Step(mask_fill, True)
+            return _Step(lambda ins, B, T, out=None: _mask_fill(_host(ins[0]), _host(ins[1]), out), True)
         if op == "unfold":
             size, pad = a("size"), a("padding")
 

@@ -203,3 +203,24 @@ def test_deberta_score_terms_fuse_bit_identically(preset):
     g2 = ir.Graph(qm.graph.stage, qm.graph.inputs, qm.graph.outputs + (c2p.outputs[0],), qm.graph.nodes,
                   qm.graph.values, qm.graph.constants)
     assert sum(n.op == "rel_scores" for n in fuse_rel_scores(g2).nodes) == layers - 1
+
+
+def test_mask_fill_rows_equal_the_broadcast_product():
+    """The row path of ``mask_fill`` (masks constant over trailing axes) is ``x·mask`` exactly,
+    for bool and u8 masks, with and without ``out``; other patterns take the product."""
+    from intengine.runtime import _mask_fill
+
+    rng = np.random.default_rng(0)
+    cases = [((3, 4, 6, 6), (3, 1, 6, 1), np.uint8), ((3, 6, 8), (3, 6, 1), np.int8), ((2, 3, 4, 5), (2, 1, 1, 5), np.int32),
+             ((5,), (5,), np.int8), ((2, 3), (1, 1), np.int16), ((2, 1, 4, 1), (2, 1, 4, 1), np.uint8)]
+    for xs, ms, dt in cases:
+        x = rng.integers(-100, 100, xs).astype(dt)
+        m = rng.integers(0, 2, ms).astype(bool)
+        want = np.multiply(x, m, dtype=x.dtype)
+        for mask in (m, m.astype(np.uint8)):
+            got = _mask_fill(x, mask)
+            assert got.dtype == want.dtype
+            np.testing.assert_array_equal(got, want, err_msg=str(xs))
+            out = np.full(xs, 7, dt)
+            assert _mask_fill(x, mask, out) is out
+            np.testing.assert_array_equal(out, want)
