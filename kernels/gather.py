@@ -318,34 +318,36 @@ def _scores_heads(qk3, c3, ic, cbase, cstep, p3, ip, pbase, pstep, ma1, ha1, sa1
         wide_vectors()
         # int32 multipliers, sign-extended inside the outlined loop body so that LLVM sees 32-bit
         # operands (vpmuldq); an i64 argument of the parfor function would give vpmullq
-        m_a1, m_b1 = np.int64(np.int32(ma1)), np.int64(np.int32(mb1))
-        m_a2, m_b2 = np.int64(np.int32(ma2)), np.int64(np.int32(mb2))
-        scratch = np.empty((t, t), np.int32)
-        block = np.empty((16, t), np.int32)
+        ma1_i64, mb1_i64 = np.int64(np.int32(ma1)), np.int64(np.int32(mb1))
+        ma2_i64, mb2_i64 = np.int64(np.int32(ma2)), np.int64(np.int32(mb2))
+        scratch_i32 = np.empty((t, t), np.int32)
+        block_i32 = np.empty((16, t), np.int32)
         for jb in range(0, t, 16):
             nj = min(16, t - jb)
             for r in range(nj):
-                _gather_row(p3[h, jb + r], ip[jb + r], pbase[jb + r], pstep[jb + r], block[r])
+                _gather_row(p3[h, jb + r], ip[jb + r], pbase[jb + r], pstep[jb + r], block_i32[r])
             if nj == 16:
                 for ib in range(0, full, 16):
-                    _transpose16(block.ctypes.data + 4 * ib, 4 * t, scratch.ctypes.data + 4 * (ib * t + jb), 4 * t)
+                    _transpose16(block_i32.ctypes.data + 4 * ib, 4 * t,
+                                 scratch_i32.ctypes.data + 4 * (ib * t + jb), 4 * t)
                 for i in range(full, t):
                     for r in range(16):
-                        scratch[i, jb + r] = block[r, i]
+                        scratch_i32[i, jb + r] = block_i32[r, i]
             else:
                 for i in range(t):
                     for r in range(nj):
-                        scratch[i, jb + r] = block[r, i]
-        crow = np.empty(t, np.int32)
+                        scratch_i32[i, jb + r] = block_i32[r, i]
+        c2p_i32 = np.empty(t, np.int32)
         for i in range(t):
-            _gather_row(c3[h, i], ic[i], cbase[i], cstep[i], crow)
-            qrow, srow, orow = qk3[h, i], scratch[i], out3[h, i]
+            _gather_row(c3[h, i], ic[i], cbase[i], cstep[i], c2p_i32)
+            qk_row, p2c_row, out_row = qk3[h, i], scratch_i32[i], out3[h, i]
             for j in range(t):
-                v1 = (rshift_round(np.int64(qrow[j]) * m_a1, ha1, sa1)
-                      + rshift_round(np.int64(crow[j]) * m_b1, hb1, sb1))
-                v1 = np.int64(np.int32(min(max(v1, -q1), q1)))  # |v1| ≤ q1 < 2^31: 32×32→64 products
-                v2 = rshift_round(v1 * m_a2, ha2, sa2) + rshift_round(np.int64(srow[j]) * m_b2, hb2, sb2)
-                orow[j] = min(max(v2, -q2), q2)
+                v1_i64 = (rshift_round(np.int64(qk_row[j]) * ma1_i64, ha1, sa1)
+                          + rshift_round(np.int64(c2p_i32[j]) * mb1_i64, hb1, sb1))
+                v1_i64 = np.int64(np.int32(min(max(v1_i64, -q1), q1)))  # |v1| ≤ q1 < 2^31: 32×32→64 products
+                v2_i64 = (rshift_round(v1_i64 * ma2_i64, ha2, sa2)
+                          + rshift_round(np.int64(p2c_row[j]) * mb2_i64, hb2, sb2))
+                out_row[j] = min(max(v2_i64, -q2), q2)
 
 
 @register("rel_scores", "cpu")
