@@ -221,6 +221,16 @@ def test_random_config_pipeline(family, data):
     t = data.draw(st.integers(1, min(MAX_SEQ, integer_max_length(cfg))), label="seq")
     fp, y_ref, y_cpu, x, qm, m = run_pipeline(hf, task, seed, std, b, t)
     check_outputs(fp, y_ref, y_cpu, x)  # ref == cpu on the drawn batch
+    gathers = [n for n in qm.graph.nodes if n.op == "gather"]
+    if gathers and all(n.attr("extend", False) for n in gathers):
+        # relative positions only: past the captured index tables too (ref == cpu; no cosine bound:
+        # such lengths are outside the calibration data)
+        t_long = qm.graph.constants[gathers[0].attr("index")].shape[0] + 3
+        longer = dataclasses.replace(cfg, max_position_embeddings=t_long)
+        xl = random_batches(longer, 1, b, t_long, seed=seed + 3)[0]
+        assert np.isfinite(torch_out(m, xl)).all()
+        np.testing.assert_array_equal(qm.run(**xl, backend="ref"), qm.run(**xl, backend="cpu"))
+        event("relative positions only: checked past the captured tables")
     # Accuracy on ACC_ROWS rows of the same length: with b = t = 1 a token-classification output
     # can be one number, whose cosine is only its sign (-1 for a near-zero logit).
     fp, y_ref, y_cpu, x = evaluate(m, qm, ACC_ROWS, t, seed + 2)
