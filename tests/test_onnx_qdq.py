@@ -403,3 +403,22 @@ def test_relative_gather_fallback_for_non_toeplitz_index():
                                      family="deberta_v2", task=m.task)
     got = ort_run(ort_session(build_qdq_model(stand_in), threads=1), **x)
     assert cosine_valid(ref, got, x["attention_mask"]) >= MIN_COSINE
+
+
+def test_extended_gather_without_the_skewed_product(monkeypatch):
+    """The Gather translation of an ``extend`` gather (used where the skewed relative product does
+    not apply) rebuilds the index from its Toeplitz diagonal, so it too takes inputs longer than
+    the captured tables and follows the interpreter."""
+    import intengine.onnx_qdq as qdq
+
+    monkeypatch.setattr(qdq, "_rel_product", lambda *a, **k: False)
+    m = _load("deberta-v3-base-tiny", "token-classification")
+    g = capture(m)
+    n = g.constants["rel.c2p_index"].shape[0]
+    model = build_float_model(g, m.task)
+    assert any(nd.op_type == "Gather" and nd.output[0].endswith("attn.c2p") for nd in model.graph.node)
+    longer = dataclasses.replace(m.config, max_position_embeddings=n + 7)
+    x = random_batches(longer, 1, 2, n + 7, seed=9)[0]
+    ref = run_fp32(g, **x)
+    got = ort_run(ort_session(model, threads=1), **x)
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * float(np.abs(ref).max()))
