@@ -121,6 +121,16 @@ class Graph:
         return [n for n in self.nodes if name in n.inputs]
 
 
+def sole_producers(g: Graph) -> dict[str, Node]:
+    """``{value: the node producing it}`` for the values read exactly once and not graph outputs:
+    the intermediates a rewrite may fold into their one reader."""
+    reads: dict[str, int] = {}
+    for n in g.nodes:
+        for i in n.inputs:
+            reads[i] = reads.get(i, 0) + 1
+    return {o: n for n in g.nodes for o in n.outputs if reads.get(o) == 1 and o not in g.outputs}
+
+
 # ----------------------------------------------------------------------------- printer
 
 

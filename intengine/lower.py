@@ -670,16 +670,11 @@ def fuse_add_layernorm(g: ir.Graph) -> ir.Graph:
     LayerNorm that close each sub-layer become one kernel call, and the 22-bit sum never goes
     through memory.  Bit-identical by definition (``add_layernorm_ref`` is the composition).
     The runtime applies it when it binds a graph; saved graphs and ONNX exports keep both ops."""
-    by_output = {n.outputs[0]: n for n in g.nodes if n.op == "rescale_add"}
-    readers: dict[str, int] = {}
-    for n in g.nodes:
-        for i in n.inputs:
-            readers[i] = readers.get(i, 0) + 1
+    sole = ir.sole_producers(g)
     fused: dict[str, ir.Node] = {}  # the rescale_add output → the add_layernorm replacing its reader
     for n in g.nodes:
-        add = by_output.get(n.inputs[0]) if n.op == "layernorm" else None
-        if add is None or readers[add.outputs[0]] != 1 or add.outputs[0] in g.outputs \
-                or g.value(add.outputs[0]).dtype != "i32":
+        add = sole.get(n.inputs[0]) if n.op == "layernorm" else None
+        if add is None or add.op != "rescale_add" or g.value(add.outputs[0]).dtype != "i32":
             continue
         attrs = tuple((k, v) for k, v in add.attrs if k != "out_bits") + (("add_bits", add.attr("out_bits")),) + n.attrs
         fused[add.outputs[0]] = ir.Node("add_layernorm", add.inputs, n.outputs, attrs, name=n.name)
@@ -703,15 +698,11 @@ def fuse_rel_scores(g: ir.Graph) -> ir.Graph:
     each intermediate has that one reader and is no graph output: the two gathered terms, the
     transposed one and the partial sum never go through memory.  Bit-identical by definition
     (``rel_scores_ref`` is the composition).  Applied by the runtime, like :func:`fuse_add_layernorm`."""
-    producer = {n.outputs[0]: n for n in g.nodes}
-    readers: dict[str, int] = {}
-    for n in g.nodes:
-        for i in n.inputs:
-            readers[i] = readers.get(i, 0) + 1
+    producers = ir.sole_producers(g)
 
     def sole(name: str, op: str) -> ir.Node | None:
-        n = producer.get(name)
-        return n if n is not None and n.op == op and readers.get(name) == 1 and name not in g.outputs else None
+        n = producers.get(name)
+        return n if n is not None and n.op == op else None
 
     fused: dict[str, ir.Node] = {}  # outer rescale_add output → its rel_scores
     gone: set[str] = set()  # outputs of the nodes folded in

@@ -17,6 +17,7 @@ arrays.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import threading
 import time
@@ -63,49 +64,40 @@ def _with_out(kernel, fn: _Fn) -> _Step:
 
 
 def _index_per_length(index: np.ndarray, label: str, extend: bool) -> Callable[[int], np.ndarray]:
-    """``t → [t, t]`` relative-position index (contiguous, built once per length, the 16 latest
+    """``t → [t, t]`` relative-position index (read-only, built once per length, the 16 latest
     lengths kept): the table's leading block, or its saturating extension past the table for an
     ``extend`` gather (:func:`~intengine.kernels.gather.index_for_length`); a length beyond a
     fixed table is an :class:`InputError` naming the node."""
-    built: OrderedDict[int, np.ndarray] = OrderedDict()
 
+    @functools.lru_cache(maxsize=16)
     def index_for(t: int) -> np.ndarray:
-        if t not in built:
-            try:
-                arr = np.array(index_for_length(index, t, extend), order="C", copy=True)
-            except KernelInputError as e:
-                raise InputError(f"{label}: {e}") from None
-            arr.setflags(write=False)  # kernels cache what they derive from it (memo_frozen)
-            built[t] = arr
-            if len(built) > 16:
-                built.popitem(last=False)
-        return built[t]
+        try:
+            arr = np.array(index_for_length(index, t, extend), order="C", copy=True)
+        except KernelInputError as e:
+            raise InputError(f"{label}: {e}") from None
+        arr.setflags(write=False)  # kernels cache what they derive from it (memo_frozen)
+        return arr
 
     return index_for
 
 
-class _RelWindow:
-    """The columns a relative-position index reads at length ``t``: ``(lo, hi, index - lo)``.
+def _rel_window(index_for: Callable[[int], np.ndarray]) -> Callable[[int], tuple[int, int, np.ndarray]]:
+    """``t → (lo, hi, index - lo)``: the columns a relative-position index reads at length ``t``.
 
     DeBERTa's products with the relative tables span every distance (``2S`` columns), but length
     ``t < S`` reads only ``2t - 1`` of them; the runtime computes just ``[lo, hi]`` (a window of
     the constant table, packed once per window) and shifts the index to match: the same integers,
     less work.  Cached per length (the 16 latest)."""
 
-    def __init__(self, index_for: Callable[[int], np.ndarray]):
-        self.index_for = index_for
-        self.built: OrderedDict[int, tuple[int, int, np.ndarray]] = OrderedDict()
+    @functools.lru_cache(maxsize=16)
+    def window(t: int) -> tuple[int, int, np.ndarray]:
+        idx = index_for(t)
+        lo, hi = (int(idx.min()), int(idx.max())) if idx.size else (0, -1)
+        shifted = np.array(idx - lo, order="C", copy=True)
+        shifted.setflags(write=False)
+        return lo, hi, shifted
 
-    def __call__(self, t: int) -> tuple[int, int, np.ndarray]:
-        if t not in self.built:
-            idx = self.index_for(t)
-            lo, hi = (int(idx.min()), int(idx.max())) if idx.size else (0, -1)
-            shifted = np.array(idx - lo, order="C", copy=True)
-            shifted.setflags(write=False)
-            self.built[t] = (lo, hi, shifted)
-            if len(self.built) > 16:
-                self.built.popitem(last=False)
-        return self.built[t]
+    return window
 
 
 def _mask_fill(x: np.ndarray, mask: np.ndarray, out=None) -> np.ndarray:
@@ -201,26 +193,22 @@ class Executor:
 
     # ---------------------------------------------------------------- binding
     @staticmethod
-    def _relative_windows(graph: ir.Graph) -> dict[str, _RelWindow]:
+    def _relative_windows(graph: ir.Graph) -> dict[str, Callable[[int], tuple[int, int, np.ndarray]]]:
         """``{product: window}`` for each input of a ``rel_scores`` made by a ``matmul`` with a
         constant table and no per-column epilogue, read by that ``rel_scores`` alone: the matmul
         computes only the window's columns and ``rel_scores`` reads them with the shifted index."""
-        producer = {n.outputs[0]: n for n in graph.nodes}
-        readers: dict[str, int] = {}
-        for n in graph.nodes:
-            for i in n.inputs:
-                readers[i] = readers.get(i, 0) + 1
+        sole = ir.sole_producers(graph)
         windows = {}
         for n in graph.nodes:
             if n.op != "rel_scores":
                 continue
             for name, term in zip(n.inputs[1:], ("c2p", "p2c")):
-                mm = producer.get(name)
-                if (mm is None or mm.op != "matmul" or mm.inputs[1] not in graph.constants or readers[name] != 1
-                        or name in graph.outputs or isinstance(mm.attr("m_i32"), str)):
+                mm = sole.get(name)
+                if (mm is None or mm.op != "matmul" or mm.inputs[1] not in graph.constants
+                        or isinstance(mm.attr("m_i32"), str)):
                     continue
                 index = graph.constants[n.attr(f"{term}_index")]
-                windows[name] = _RelWindow(_index_per_length(index, n.label, bool(n.attr(f"{term}_extend"))))
+                windows[name] = _rel_window(_index_per_length(index, n.label, bool(n.attr(f"{term}_extend"))))
         return windows
 
     def _c(self, name):
@@ -248,16 +236,13 @@ class Executor:
                 # a constant right operand (DeBERTa's relative tables) is packed once, here
                 pack, table = get_kernel("pack_matmul_b", be), self.graph.constants[node.inputs[1]]
                 window = self._windows.get(node.outputs[0])
-                if window is not None:  # only the columns rel_scores reads (_RelWindow), packed once each
-                    packs: OrderedDict[tuple[int, int], object] = OrderedDict()
+                if window is not None:  # only the columns rel_scores reads (_rel_window), packed once each
+                    packed = functools.lru_cache(maxsize=16)(
+                        lambda lo, hi: pack(np.ascontiguousarray(table[..., lo:hi + 1, :])))
 
                     def windowed(ins, B, T, **o):
                         lo, hi, _ = window(ins[0].shape[-2])
-                        if (lo, hi) not in packs:
-                            packs[(lo, hi)] = pack(np.ascontiguousarray(table[..., lo:hi + 1, :]))
-                            if len(packs) > 16:
-                                packs.popitem(last=False)
-                        return k(ins[0], packs[(lo, hi)], m, s, bits, **o)
+                        return k(ins[0], packed(lo, hi), m, s, bits, **o)
 
                     return _with_out(k, windowed)
                 b_packed = pack(table)

@@ -10,6 +10,9 @@ current length, so the output is the ``[T, T]`` score term.
 every row ``i``, the u8 probabilities ``p[..., i, j]`` of the keys ``j`` at the same relative
 distance bucket ``index[i, j]``, so that ``Σ_j p_ij·table[δ(i, j)] = Σ_d out[i, d]·table[d]``
 becomes one small matmul.
+
+``rel_scores`` (DeBERTa's score sum) fuses both gathers, the p2c transpose and the two rescaled
+adds of a layer; its ``ref`` is that composition.
 """
 
 from __future__ import annotations
