@@ -54,7 +54,7 @@ from .onnx_export import prune_unused
 from .kernels.gather import toeplitz_diagonal
 from .kernels.gelu import ERF_FRAC_BITS, I32_MAX, gelu_ref
 from .kernels.layernorm import (
-    BIAS_FRAC, FACTOR_BITS, ISQRT_UPDATES, NORM_BITS, _eps_min_shift,
+    ISQRT_UPDATES, NARROW_BITS, NARROW_Z_BITS, WIDE_BITS, _eps_min_shift, y_bits, z_bits,
 )
 from .kernels.softmax import (
     ALPHA_I64, BETA_I64, EXP_HALF, EXP_ONE, POLY_SHIFT, SOFTMAX_NORM_BITS, SOFTMAX_OUT_LEVELS,
@@ -563,54 +563,116 @@ def tr_softmax(b: _Builder, node: ir.Node) -> str:
 
 
 def tr_layernorm(b: _Builder, node: ir.Node) -> str:
-    """``layernorm_ref``: exact centring, per-row shift, eps, isqrt, folded affine.
+    """``layernorm_ref``: exact centring, per-row shift, eps, isqrt, output profile, folded affine.
 
-    Row quantities (``Σx``, ``max|y|``, the shift, ``V``, ``std``, ``factor``) are ``[..., 1]``
-    tensors.  Full-size work is in uint64 two's complement (module docstring):
-    ``max|y| = max(C·max x - Σx, Σx - C·min x)`` (as ``layernorm_cpu``);
-    ``ys = ((C·x - Σx)·2^lsh + 2^63) >> rsh - 2^63 >> rsh`` with ``C·2^lsh`` and
-    ``2^63 - Σx·2^lsh`` folded into one row multiplier and one row constant (``|y·2^lsh| < 2^52``);
-    then the three rounding shifts ``R(ys·factor, 1, 32)``, ``R(·, m, s) + bias``, ``R(·, 1, 16)``
-    chain through their biased uint64 outputs, each offset folded into the next constant."""
+    Per row of length ``C`` (``h(s) = ⌊2^(s-1)⌋``, ``>>`` a floor; ``FB``, ``ZB``, ``YB`` as the ref)::
+
+        q = ⌊Σx/C⌋,  r = Σx - q·C,  D = max(max x - q, q - min x)
+        sh = max(bit_length(D) - YB, sh_eps),  L = max(-sh, 0),  R = min(max(sh, 0), 62)
+        ρ = ⌊(r·2^(L+1) + C) / 2C⌋,  y = ((x - q)·2^L - ρ + h(R)) >> R
+        V = Σy² + ⌊eps_m·2^(-eps_e-2·sh)⌋,  std = isqrt(V),  b = bit_length(std),  F = ⌊(2^(b+FB) - 1)/std⌋
+        narrow: y ← (y + h(k)) >> k with k = YB - 14, zs = max(b - k - 1, 0);  wide: zs = b
+        z = (y·F + h(zs)) >> zs  (narrow: clipped to ±(2^ZB - 1)),  out = clip((z·m + bias) >> shift, ±Q)
+
+    Row quantities are ``[..., 1]`` tensors (int64; uint64 for shift amounts and powers of two).
+    ``q``: ``Div`` truncates, so the dividend is made non-negative, ``⌊Σx/C⌋ = (Σx + C·N) div C - N``
+    with ``C·N ≥ 2^51 ≥ |Σx|``.  onnxruntime's int64 ``ReduceSum`` goes through double, exact
+    only below 2^53: fine for ``Σx``; ``Σy² ≤ 2^62`` is summed as two halves of ``y²``.  Its int64
+    ``Max``/``Min``/``Clip`` are wrong on some values outside the int32 range (bit 31 of the low
+    word), so large values are compared in uint64.  Full-size work is uint64 two's complement (module
+    docstring): a signed floor shift adds ``2^63`` (folded into a row or channel constant),
+    shifts, and removes ``2^63 >> s``.  ``z`` is carried as ``z + 2^63`` (the narrow clip is then
+    one uint64 ``Clip``); that offset times ``m`` folds into the channel constant.
+    """
     x = b.get(node.inputs[0])
     c = int(b.g.value(node.inputs[0]).shape[-1])
-    m_vec, s_vec = _attr_const(b, node.attr("m_i32")), _attr_const(b, node.attr("shift"))
-    bias = _attr_const(b, node.attr("bias_i64"))
-    eps_m, eps_e, bits = int(node.attr("eps_m")), int(node.attr("eps_e")), node.attr("out_bits")
+    m_vec, s_vec = _ints(_attr_const(b, node.attr("m_i32"))), _ints(_attr_const(b, node.attr("shift")))
+    bias = _ints(_attr_const(b, node.attr("bias_i64")))
+    eps_m, eps_e, bits = int(node.attr("eps_m")), int(node.attr("eps_e")), int(node.attr("out_bits"))
+    narrow = bits <= 8
+    yb, fb = y_bits(c), (NARROW_BITS if narrow else WIDE_BITS)
+    # |z| ≤ 2^ZB + 2 (the ref's overflow bound): |z·m + bias| < 2^63 makes the final shift exact
+    if ((1 << z_bits(bits)) + 2) * int(np.abs(m_vec).max()) + int(np.abs(bias).max()) >= TWO63:
+        raise OnnxTranslationError(f"{b.prefix}: cannot prove |z·m + bias| < 2^63")
+    if np.any(s_vec < 0) or np.any(s_vec > 62):
+        raise OnnxTranslationError(f"{b.prefix}: layernorm shift outside [0, 62]")
+
+    def half(s: str) -> str:  # h(s) = (1 << s) >> 1, uint64
+        return b.op("BitShift", [b.op("BitShift", [b.u64(1), s], direction="LEFT"), b.u64(1)], direction="RIGHT")
+
+    # --- row statistics
     x64 = b.cast(x, I64)
-    total = b.reduce("ReduceSum", x64)  # |Σx| < 2^51
+    total = b.reduce("ReduceSum", x64)  # |Σx| ≤ 2^51: exact
+    n_off = -(-(1 << 51) // c)
+    q = b.op("Sub", [b.op("Div", [b.op("Add", [total, b.i64(c * n_off)]), b.i64(c)]), b.i64(n_off)], hint="ln.q")
+    r = b.op("Sub", [total, b.op("Mul", [q, b.i64(c)])], hint="ln.r")  # 0 ≤ r < C
     hi = b.cast(b.reduce("ReduceMax", x), I64)
     lo = b.cast(b.reduce("ReduceMin", x), I64)
-    mx = b.op("Max", [b.op("Sub", [b.op("Mul", [hi, b.i64(c)]), total]),
-                      b.op("Sub", [total, b.op("Mul", [lo, b.i64(c)])])], hint="ln.max")  # max |C·x - Σx|
-    keep = (62 - (c - 1).bit_length()) // 2
-    sh = b.op("Sub", [b.cast(b.bit_length(mx), I64), b.i64(keep)])
-    sh = b.op("Max", [sh, b.i64(_eps_min_shift(eps_m, eps_e))], hint="ln.sh")  # ≥ -31 (L ≥ 0, keep ≤ 31)
+    # D < 2^33 compared in uint64: onnxruntime's int64 Max/Min/Clip are only trusted on int32-range values
+    dev = b.op("Max", [b.cast(b.op("Sub", [hi, q]), U64), b.cast(b.op("Sub", [q, lo]), U64)], hint="ln.D")
+    sh = b.op("Sub", [b.cast(b.bit_length(dev), I64), b.i64(yb)])
+    sh = b.op("Max", [sh, b.i64(_eps_min_shift(eps_m, eps_e))], hint="ln.sh")  # ≥ -YB: L ≤ 30
     lsh = b.cast(b.op("Max", [b.op("Neg", [sh]), b.i64(0)]), U64)
     rsh = b.cast(b.op("Min", [b.op("Max", [sh, b.i64(0)]), b.i64(62)]), U64)
-    pow_l = b.op("BitShift", [b.u64(1), lsh], direction="LEFT")  # one of lsh, rsh is 0
-    row_mul = b.op("Mul", [pow_l, b.u64(c)], hint="ln.row_mul")
-    row_add = b.op("Sub", [b.u64(TWO63), b.op("Mul", [b.cast(total, U64), pow_l])], hint="ln.row_add")
-    shifted = b.op("BitShift", [b.op("Add", [b.op("Mul", [b.cast(x64, U64), row_mul]), row_add]), rsh],
+    pow_l = b.op("BitShift", [b.u64(1), lsh], direction="LEFT", hint="ln.pow_l")
+    pow_l64 = b.cast(pow_l, I64)
+    rho = b.op("Div", [b.op("Add", [b.op("Mul", [b.op("Mul", [r, pow_l64]), b.i64(2)]), b.i64(c)]),
+                       b.i64(2 * c)], hint="ln.rho")  # non-negative: a floor
+
+    # --- y = (x·2^L + [2^63 + h(R) - q·2^L - ρ]) >> R  -  2^63 >> R      (|y| ≤ 2^YB)
+    row_sub = b.cast(b.op("Add", [b.op("Mul", [q, pow_l64]), rho]), U64)  # |q·2^L + ρ| < 2^62
+    row_add = b.op("Sub", [b.op("Add", [half(rsh), b.u64(TWO63)]), row_sub], hint="ln.row_add")
+    shifted = b.op("BitShift", [b.op("Add", [b.op("Mul", [b.cast(x64, U64), pow_l]), row_add]), rsh],
                    direction="RIGHT")
-    ys = b.op("Sub", [shifted, b.op("BitShift", [b.u64(TWO63), rsh], direction="RIGHT")], hint="ln.ys")
-    var = b.reduce("ReduceSum", b.cast(b.op("Mul", [ys, ys]), I64))  # Σ ys² ≤ 2^62
+    y = b.op("Sub", [shifted, b.op("BitShift", [b.u64(TWO63), rsh], direction="RIGHT")], hint="ln.y")
+
+    # --- V = Σ(y² >> 30)·2^30 + Σ(y² mod 2^30): both sums < 2^53 (exact in ReduceSum), Σy² ≤ 2^62; std, F
+    y2 = b.op("Mul", [y, y], hint="ln.y2")  # ≤ 2^60
+    y2_hi = b.op("BitShift", [y2, b.u64(30)], direction="RIGHT")  # Σ ≤ C·2^(2·YB-30) ≤ 2^32
+    y2_lo = b.op("Sub", [y2, b.op("BitShift", [y2_hi, b.u64(30)], direction="LEFT")])  # Σ < C·2^30 ≤ 2^50
+    var = b.op("Add", [b.op("Mul", [b.reduce("ReduceSum", b.cast(y2_hi, I64)), b.i64(1 << 30)]),
+                       b.reduce("ReduceSum", b.cast(y2_lo, I64))], hint="ln.sumsq")
     if eps_m:
-        e_tot = b.op("Add", [b.op("Mul", [sh, b.i64(2)]), b.i64(eps_e)])
+        e_tot = b.op("Add", [b.op("Mul", [sh, b.i64(2)]), b.i64(eps_e)])  # ≥ -31 (sh ≥ sh_eps)
         right = b.cast(b.op("Min", [b.op("Max", [e_tot, b.i64(0)]), b.i64(62)]), U64)
         left = b.cast(b.op("Min", [b.op("Max", [b.op("Neg", [e_tot]), b.i64(0)]), b.i64(62)]), U64)
         eps_s = b.op("BitShift", [b.op("BitShift", [b.u64(eps_m), left], direction="LEFT"), right],
                      direction="RIGHT", hint="ln.eps")
         var = b.op("Add", [var, b.cast(eps_s, I64)], hint="ln.var")
-    std = b.isqrt(var)
-    # std == 0 only when every ys is 0, and then the factor does not matter (ys·factor = 0)
-    factor = b.op("Div", [b.i64(1 << FACTOR_BITS), b.op("Max", [std, b.i64(1)])], hint="ln.factor")
-    prod = b.op("Mul", [ys, b.cast(factor, U64)], hint="ln.prod")  # |ys| ≤ std → |ys·factor| ≤ 2^62
-    r1, off1 = b.round_shift(prod, 1, FACTOR_BITS - NORM_BITS, 1 << 62)  # y_norm + off1, |y_norm| ≤ 2^30
-    r2, off2 = b.round_shift(r1, m_vec, s_vec, 1 << 30, x_offset=off1)  # R(y_norm·m, s) + off2
-    v_offset = np.asarray(off2, dtype=object) - np.asarray(bias, dtype=object)
-    r3, off3 = b.round_shift(r2, 1, BIAS_FRAC, (1 << 62) + (1 << 60), x_offset=v_offset)  # v = R(·) + bias
-    return b.finish(r3, off3, bits)
+    std = b.cast(b.isqrt(var), U64)
+    bl = b.bit_length(std)  # ≤ 32
+    num = b.op("Sub", [b.op("BitShift", [b.u64(1), b.op("Add", [bl, b.u64(fb)])], direction="LEFT"), b.u64(1)])
+    # std == 0 only when every y is 0 (and b = zs = 0), so z = 0 whatever F is
+    f = b.op("Div", [num, b.op("Max", [std, b.u64(1)])], hint="ln.F")
+
+    # --- z + 2^63 = (y·F + [2^63 + h(zs)]) >> zs  +  (2^63 - 2^63 >> zs)
+    if narrow:
+        k = yb - NARROW_BITS  # ≥ 7
+        yz, off_y = b.round_shift(y, 1, k, 1 << yb)  # ⌊(y + h(k)) / 2^k⌋ + off_y
+        zs = b.op("Sub", [b.op("Max", [bl, b.u64(k + 1)]), b.u64(k + 1)], hint="ln.zs")
+    else:
+        yz, off_y, zs = y, 0, bl
+    z_add = b.op("Add", [half(zs), b.u64(TWO63)])
+    if off_y:  # yz·F carries off_y·F
+        z_add = b.op("Sub", [z_add, b.op("Mul", [f, b.u64(off_y)])])
+    zsh = b.op("BitShift", [b.op("Add", [b.op("Mul", [yz, f]), z_add], hint="ln.yF"), zs], direction="RIGHT")
+    z_fix = b.op("Sub", [b.u64(TWO63), b.op("BitShift", [b.u64(TWO63), zs], direction="RIGHT")])
+    z = b.op("Add", [zsh, z_fix], hint="ln.z")  # z + 2^63
+    if narrow:
+        zq = (1 << NARROW_Z_BITS) - 1
+        z = b.op("Clip", [z, b.u64(TWO63 - zq), b.u64(TWO63 + zq)], hint="ln.zclip")
+
+    # --- out = clip((z·m + bias) >> shift, ±Q): (z+2^63)·m + [bias + 2^63 - 2^63·m] = z·m + bias + 2^63
+    cst = _map(lambda t: t + TWO63, bias) - _map(lambda t: TWO63 * t, m_vec)
+    v = b.op("Add", [b.op("Mul", [z, b.u64(m_vec)], hint="ln.zm"), b.u64(cst)], hint="ln.bias")
+    out = b.op("BitShift", [v, b.u64(s_vec)], direction="RIGHT", hint="ln.shr")
+    off = _map(lambda t: 1 << (63 - t), s_vec)
+    width, q_out = 8 * _container(bits).itemsize, (1 << (bits - 1)) - 1
+    if not all(o % (1 << width) == 0 and o >= q_out for o in off.ravel()):
+        # offsets to 2^63 so that finish saturates in uint64 (its int64 Clip path is not exact in onnxruntime)
+        out = b.op("Add", [out, b.u64(_map(lambda o: TWO63 - o, off))], hint="ln.off")
+        off = _map(lambda o: TWO63, off)
+    return b.finish(out, off, bits)
 
 
 def tr_embedding_lookup(b: _Builder, node: ir.Node) -> str:

@@ -13,7 +13,7 @@ Folder layout (format ``intengine-quantized``, version :data:`FORMAT_VERSION`):
   name, dtype and shape kept exactly.
 * ``graph.json``: one JSON object::
 
-      {"format": "intengine-quantized", "format_version": 1, "intengine_version": "0.1.0",
+      {"format": "intengine-quantized", "format_version": 2, "intengine_version": "0.1.0",
        "family": "roberta", "task": "base", "method": "minmax" | null,
        "graph": {"stage": "integer", "inputs": [...], "outputs": [...],
                  "constants": [names, in graph order],
@@ -58,7 +58,7 @@ __all__ = ["save_quantized", "load_quantized", "FORMAT", "FORMAT_VERSION", "GRAP
            "WEIGHTS_NAME"]
 
 FORMAT = "intengine-quantized"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: i-LayerNorm constants of the two-profile spec (kernels/layernorm.py)
 GRAPH_NAME = "graph.json"
 WEIGHTS_NAME = "model.safetensors"
 

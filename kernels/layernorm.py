@@ -20,6 +20,7 @@ Differences from I-BERT's ``IntLayerNorm`` (all deliberate):
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -32,14 +33,10 @@ from numba.extending import intrinsic
 from ._util import check_int, container_for_bits, cpu_has, is_int_scalar, memo_frozen, output_array, qmax_for_bits
 from .errors import KernelInputError
 from .registry import register
-from .requant import (MAX_SHIFT, MIN_SHIFT, MULT_BITS, _requant_vectors_checked, quantize_multipliers, requant_vectors,
-                      rescale_add_cpu, rescale_add_ref, wide_vectors)
+from .requant import MULT_BITS, _requant_vectors_checked, requant_vectors, rescale_add_cpu, rescale_add_ref
 
 ISQRT_UPDATES = 6  # Newton updates that suffice for every n < 2^63 (see isqrt_ref)
 MAX_C = 1 << 20  # longest supported normalized axis
-NORM_BITS = 30  # |y_norm| ≤ 2^30; y_norm · 2^-30 · √C = (x - μ) / σ
-FACTOR_BITS = 62  # factor = ⌊2^62 / std⌋
-BIAS_FRAC = 16  # biases carry 16 fractional bits of the output step
 EPS_NONE = -(1 << 10)  # row-shift floor when eps == 0 (no constraint)
 
 
@@ -146,15 +143,31 @@ def isqrt_cpu(n: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- i-LayerNorm
 
+NARROW_BITS = 14  # int8 outputs: |y| ≤ 2^14 and F ∈ [2^14 - 1, 2^15) before their product (int32)
+NARROW_Z_BITS = 15  # int8 outputs: |z| ≤ 2^15 - 1 (clamped), |m| < 2^15: z·m + bias in int32
+WIDE_BITS = 30  # wider outputs: |z| ≤ 2^30, F ∈ [2^30 - 1, 2^31), |m| < 2^31: int64 products
+NARROW_M_MAX, NARROW_K_MAX = (1 << 15) - 1, 1 << 30
+WIDE_M_MAX, WIDE_K_MAX = (1 << 31) - 1, (1 << 62) - 1
+
+
+def y_bits(c: int) -> int:
+    """``YB``: the centred row is scaled to ``|y| ≤ 2^YB`` with ``C·2^(2·YB) ≤ 2^62`` (≤ 30: int32 lanes)."""
+    return min(30, (62 - (int(c) - 1).bit_length()) // 2)
+
+
+def z_bits(out_bits: int) -> int:
+    """``ZB`` of the output profile: narrow (int32 arithmetic) for int8 outputs, wide (int64) above."""
+    return NARROW_Z_BITS if out_bits <= 8 else WIDE_BITS
+
 
 @dataclass(frozen=True, eq=False)
 class LayerNormParams:
     """Integers of one i-LayerNorm instance (from :func:`layernorm_params`)."""
 
-    m_i32: np.ndarray  # [C] int32, m·2^-shift ≈ γ_c·√C·2^(16-30) / S_out (sign allowed)
-    shift: np.ndarray  # [C] int32 in [1, 62]
-    bias_i64: np.ndarray  # [C] int64, round(β_c / S_out · 2^16)
-    eps_m: int  # eps folded: C^3·eps/S_in^2 ≈ eps_m · 2^-eps_e  (0 when eps == 0)
+    m_i32: np.ndarray  # [C] int32, m·2^-shift ≈ γ_c·√C·2^-ZB / S_out (sign allowed; |m| < 2^15 for int8 out)
+    shift: np.ndarray  # [C] int32 in [0, 62]
+    bias_i64: np.ndarray  # [C] int64, round(β_c/S_out · 2^shift) + ⌊2^(shift-1)⌋ (the rounding folded in)
+    eps_m: int  # eps folded: C·eps/S_in^2 ≈ eps_m · 2^-eps_e  (0 when eps == 0)
     eps_e: int
     out_bits: int
     out_scale: float
@@ -166,6 +179,30 @@ class LayerNormParams:
                     eps_e=self.eps_e, out_bits=self.out_bits)
 
 
+def _affine_ints(a: np.ndarray, bb: np.ndarray, out_bits: int):
+    """Per-channel ``(m, shift, K)`` with ``(z·m + K) >> shift ≈ a·z + bb + 1/2`` (see :func:`layernorm_params`)."""
+    zb = z_bits(out_bits)
+    m_max, k_max, s_max = (NARROW_M_MAX, NARROW_K_MAX, 31) if out_bits <= 8 else (WIDE_M_MAX, WIDE_K_MAX, 62)
+    q = qmax_for_bits(out_bits)
+    sat = np.abs(bb) >= q + 1 + np.abs(a) * ((1 << zb) + 2)  # saturated whatever z is
+    s = np.full(a.shape, s_max, dtype=np.int64)
+    for _ in range(s_max + 2):  # lower each channel's shift until m and K fit (exact in float64: 2^s scaling)
+        mf = np.floor(np.abs(a) * np.exp2(s) + 0.5)
+        kr = np.floor(bb * np.exp2(s) + 0.5)
+        bad = ((mf > m_max) | (np.abs(kr) + np.floor(np.exp2(s - 1)) > k_max)) & ~sat
+        if not bad.any():
+            break
+        s = np.where(bad, s - 1, s)
+    if np.any(s[~sat] < 0):
+        raise KernelInputError("layernorm_params: |gamma|·sqrt(C)/out_scale or |beta|/out_scale is too large")
+    s = np.where(sat, 0, s)
+    mf, kr = np.where(sat, 0.0, mf), np.where(sat, 0.0, kr)
+    m = np.where(a < 0, -mf, mf).astype(np.int64)
+    k = kr.astype(np.int64) + np.where(s > 0, np.left_shift(np.int64(1), np.maximum(s - 1, 0)), 0)
+    k = np.where(sat, np.where(bb < 0, -(q + 1), q + 1), k)
+    return m.astype(np.int32), s.astype(np.int32), k.astype(np.int64)
+
+
 def layernorm_params(gamma, beta, eps: float, out_scale: float, out_bits: int = 8,
                      in_scale: float | None = None) -> LayerNormParams:
     """Integer constants of i-LayerNorm (lowering time).
@@ -174,18 +211,18 @@ def layernorm_params(gamma, beta, eps: float, out_scale: float, out_bits: int = 
       ``γ`` may be negative or zero.
     * ``eps``: LayerNorm's epsilon (≥ 0), in the units of the real input.
     * ``out_scale``: the output step ``S_out`` (> 0); ``out_bits``: 2..32
-      (int8 container for 8).
+      (int8 container up to 8: the narrow profile, ``ZB = 14``; wider: ``ZB = 30``).
     * ``in_scale``: the input step ``S_in``.  The normalized values do not
       depend on it (``(x-μ)/σ`` is scale-invariant); it only converts eps to
       integer units, ``eps_q = eps / S_in^2``.  Required when ``eps > 0``.
 
-    Folding (``ŷ = y_norm·√C·2^-30`` is the normalized value):
-
-    * ``m_c·2^-shift_c = γ_c·√C·2^(16-30) / S_out`` (``quantize_multiplier``;
-      needs ``|γ_c|·√C / S_out < 2^44``), ``bias_c = round(β_c/S_out·2^16)``
-      (needs ``|β_c/S_out| < 2^46``);
-    * ``eps_m·2^-eps_e = C^3·eps/S_in^2`` with ``eps_m ∈ [2^30, 2^31)`` (the
-      eps of ``Σ(Cx - Σx)^2``, which is ``C^3·`` the per-element variance).
+    Folding (``z·√C·2^-ZB`` is the normalized value, ``a_c = γ_c·√C·2^-ZB / S_out``,
+    ``b_c = β_c / S_out``): per channel the largest ``shift ≤ 31`` (narrow) / ``62`` (wide)
+    with ``m = round(a_c·2^shift)``, ``|m| ≤ 2^15 - 1`` / ``2^31 - 1`` and ``K =
+    round(b_c·2^shift) + ⌊2^(shift-1)⌋``, ``|K| ≤ 2^30`` / ``2^62 - 1``; a channel saturated
+    for every ``z`` (``|b_c| ≥ Q + 1 + |a_c|·(2^ZB + 2)``) gets ``m = 0, shift = 0, K =
+    ±(Q+1)``.  Needs ``|a_c| < 2^15 - 1`` / ``2^31 - 1``, i.e. ``|γ|·√C/S_out < 2^29``
+    (int8 out) or ``< 2^61``.  ``eps_m·2^-eps_e = C·eps/S_in^2`` with ``eps_m ∈ [2^30, 2^31)``.
     """
     g = np.asarray(gamma, dtype=np.float64).ravel()
     b = np.asarray(beta, dtype=np.float64).ravel()
@@ -203,21 +240,19 @@ def layernorm_params(gamma, beta, eps: float, out_scale: float, out_bits: int = 
     eps = float(eps)
     if not (math.isfinite(eps) and eps >= 0):
         raise KernelInputError(f"layernorm_params: eps must be finite and >= 0, got {eps!r}")
-    mult = g * math.sqrt(c) * 2.0 ** (BIAS_FRAC - NORM_BITS) / s_out
-    if np.any(np.abs(mult) >= 2.0**30):
-        raise KernelInputError("layernorm_params: |gamma|·sqrt(C)/out_scale must be < 2^44")
-    m_i32, shift_i32 = quantize_multipliers(mult)
-    bias = b / s_out * 2.0**BIAS_FRAC
-    if np.any(np.abs(bias) >= 2.0**62):
-        raise KernelInputError("layernorm_params: |beta|/out_scale must be < 2^46")
-    bias_i64 = np.floor(bias + 0.5).astype(np.int64)
+    a = g * math.sqrt(c) * 2.0 ** -z_bits(out_bits) / s_out
+    m_max = NARROW_M_MAX if out_bits <= 8 else WIDE_M_MAX
+    if np.any(np.abs(a) >= m_max) or not np.all(np.isfinite(b / s_out)):
+        raise KernelInputError(f"layernorm_params: |gamma|·sqrt(C)/out_scale must be < "
+                               f"2^{29 if out_bits <= 8 else 61} for {out_bits}-bit outputs")
+    m_i32, shift_i32, bias_i64 = _affine_ints(a, b / s_out, int(out_bits))
     if eps > 0:
         if in_scale is None:
             raise KernelInputError("layernorm_params: in_scale is required to fold eps > 0 into integer units")
         s_in = float(in_scale)
         if not (math.isfinite(s_in) and s_in > 0):
             raise KernelInputError(f"layernorm_params: in_scale must be finite and > 0, got {in_scale!r}")
-        eps_sum = float(c) ** 3 * eps / (s_in * s_in)
+        eps_sum = float(c) * eps / (s_in * s_in)
         if not math.isfinite(eps_sum) or eps_sum == 0.0:
             raise KernelInputError(f"layernorm_params: eps / in_scale^2 is out of range ({eps_sum!r})")
         mant, ex = math.frexp(eps_sum)
@@ -230,8 +265,8 @@ def layernorm_params(gamma, beta, eps: float, out_scale: float, out_bits: int = 
             raise KernelInputError("layernorm_params: eps / in_scale^2 is out of range")
     else:
         eps_m, eps_e = 0, 0
-    for a in (m_i32, shift_i32, bias_i64):
-        a.flags.writeable = False
+    for arr in (m_i32, shift_i32, bias_i64):
+        arr.flags.writeable = False
     return LayerNormParams(m_i32=m_i32, shift=shift_i32, bias_i64=bias_i64, eps_m=eps_m, eps_e=eps_e,
                            out_bits=int(out_bits), out_scale=s_out)
 
@@ -263,8 +298,9 @@ def _check_x_scalars(x, eps_m, eps_e, out_bits, name="x", dtypes=(np.int32,)):
     return out_dtype
 
 
-def _check_vectors(c, m_i32, shift, bias_i64):
-    """Checks of the per-channel vectors (length ``c``); returns them as contiguous int64."""
+def _check_vectors(c, m_i32, shift, bias_i64, out_bits):
+    """Checks of the per-channel vectors (length ``c``, the bounds of the ``out_bits`` profile);
+    returns them as contiguous int64."""
     vecs = []
     for name, v in (("m_i32", m_i32), ("shift", shift), ("bias_i64", bias_i64)):
         a = np.asarray(v)
@@ -274,86 +310,113 @@ def _check_vectors(c, m_i32, shift, bias_i64):
             raise KernelInputError(f"{name} must be a vector of length C={c} (last axis of x), got shape {a.shape}")
         vecs.append(np.ascontiguousarray(a, dtype=np.int64))
     m_vec, s_vec, b_vec = vecs
-    if np.any(np.abs(m_vec) >= (1 << MULT_BITS)):
-        raise KernelInputError("m_i32 must satisfy |m_i32| < 2^31")
-    if np.any((s_vec < MIN_SHIFT) | (s_vec > MAX_SHIFT)):
-        raise KernelInputError(f"shift must lie in [{MIN_SHIFT}, {MAX_SHIFT}]")
-    if np.any(np.abs(b_vec) >= (1 << 62)):
-        raise KernelInputError("bias_i64 must satisfy |bias| < 2^62")
+    narrow = out_bits <= 8
+    m_max, k_max, s_max = (NARROW_M_MAX, NARROW_K_MAX, 31) if narrow else (WIDE_M_MAX, WIDE_K_MAX, 62)
+    if np.any(np.abs(m_vec) > m_max):
+        raise KernelInputError(f"m_i32 must satisfy |m_i32| <= {m_max} for {out_bits}-bit outputs")
+    if np.any((s_vec < 0) | (s_vec > s_max)):
+        raise KernelInputError(f"shift must lie in [0, {s_max}] for {out_bits}-bit outputs")
+    if np.any(np.abs(b_vec) > k_max):
+        raise KernelInputError(f"bias_i64 must satisfy |bias| <= {k_max} for {out_bits}-bit outputs")
     return m_vec, s_vec, b_vec
 
 
 def _check_layernorm_args(x, m_i32, shift, bias_i64, eps_m, eps_e, out_bits):
     out_dtype = _check_x_scalars(x, eps_m, eps_e, out_bits)
-    return (out_dtype, *_check_vectors(tuple(x.shape)[-1], m_i32, shift, bias_i64))
+    return (out_dtype, *_check_vectors(tuple(x.shape)[-1], m_i32, shift, bias_i64, out_bits))
+
+
+def _half(v):
+    """``⌊2^(v-1)⌋`` for non-negative shift amounts (0 for 0), numpy int64."""
+    return np.left_shift(np.int64(1), v) >> np.int64(1)
+
+
+def _normalized_ref(x2: np.ndarray, eps_m: int, eps_e: int, out_bits: int) -> np.ndarray:
+    """``z`` of :func:`layernorm_ref` for int64 rows ``x2 [R, C]`` (the normalized rows, int64)."""
+    c = x2.shape[1]
+    yb, zb = y_bits(c), z_bits(out_bits)
+    total = x2.sum(axis=1, keepdims=True)
+    q_row = total // np.int64(c)
+    r_row = total - q_row * np.int64(c)
+    dev = np.maximum(x2.max(axis=1, keepdims=True) - q_row, q_row - x2.min(axis=1, keepdims=True))
+    sh = np.maximum(_bit_length_np(dev) - yb, _eps_min_shift(eps_m, eps_e))
+    lsh, rsh = np.maximum(-sh, 0), np.minimum(np.maximum(sh, 0), 62)
+    rho = (np.left_shift(r_row, lsh + 1) + np.int64(c)) // np.int64(2 * c)
+    y = (np.left_shift(x2 - q_row, lsh) - rho + _half(rsh)) >> rsh
+    var = (y * y).sum(axis=1, keepdims=True)
+    if eps_m:
+        e_tot = eps_e + 2 * sh
+        var = var + np.where(e_tot >= 0, np.int64(eps_m) >> np.minimum(np.maximum(e_tot, 0), 62),
+                             np.int64(eps_m) << np.minimum(np.maximum(-e_tot, 0), 62))
+    std = isqrt_ref(var)
+    bl = _bit_length_np(std)
+    fb = NARROW_BITS if out_bits <= 8 else WIDE_BITS
+    f = np.where(std > 0, (np.left_shift(np.int64(1), bl + fb) - 1) // np.maximum(std, 1), 0)
+    if out_bits <= 8:
+        k = yb - NARROW_BITS
+        y = (y + np.int64(1 << (k - 1))) >> np.int64(k)
+        zs = np.maximum(bl - k - 1, 0)
+        zq = np.int64((1 << NARROW_Z_BITS) - 1)
+        return np.clip((y * f + _half(zs)) >> zs, -zq, zq)
+    return (y * f + _half(bl)) >> bl
 
 
 @register("layernorm", "ref")
 def layernorm_ref(x: np.ndarray, m_i32, shift, bias_i64, eps_m: int, eps_e: int, out_bits: int = 8) -> np.ndarray:
     """Integer LayerNorm over the last axis with a folded per-channel affine.
 
-    Formula, per row of length ``C`` (``R(v, m, s) = floor((v·m + 2^(s-1)) / 2^s)``;
-    integers from :func:`layernorm_params`)::
+    Formula, per row of length ``C`` (integers from :func:`layernorm_params`;
+    ``h(s) = ⌊2^(s-1)⌋``, every ``>>`` an arithmetic shift, i.e. a floor)::
 
-        y_i    = C·x_i - Σ_j x_j                                  # exact C·(x_i - μ), int64
-        M      = max_i |y_i|;  if M == 0: y_norm = 0              # constant row → out = β
-        sh     = max(bit_length(M) - ⌊(62 - ⌈log2 C⌉)/2⌋, sh_eps)   # per-row shift
-        ys_i   = y_i >> sh  if sh ≥ 0  else  y_i << -sh            # (shift capped at 62)
-        V      = Σ ys_i^2 + eps_s,   eps_s = ⌊eps_m · 2^(-eps_e - 2·sh)⌋   # eps folded
-        std    = isqrt(V);  factor = ⌊2^62 / std⌋
-        y_norm = R(ys_i · factor, 1, 32)                  # (x-μ)/√(σ²+eps) ≈ y_norm·√C·2^-30
-        v_c    = R(y_norm · m[c], shift[c]) + bias[c]      # output step · 2^-16
-        out    = clip(R(v_c, 1, 16), -Q, Q),  Q = 2^(out_bits-1) - 1
+        q  = ⌊Σx / C⌋,  r = Σx - q·C                      # exact mean μ = q + r/C
+        D  = max(max x - q, q - min x)                       # ≥ max|x - q|
+        sh = max(bit_length(D) - YB, sh_eps),  L = max(-sh, 0),  R = min(max(sh, 0), 62)
+        ρ  = ⌊(r·2^(L+1) + C) / 2C⌋                          # r·2^L/C rounded half up
+        y_i = ((x_i - q)·2^L - ρ + h(R)) >> R                # ≈ (x_i - μ)·2^-sh,  |y| ≤ 2^YB
+        V  = Σ y_i² + ⌊eps_m·2^(-eps_e - 2·sh)⌋              # eps folded (C·eps/S_in² units)
+        std = isqrt(V);  b = bit_length(std);  F = ⌊(2^(b+FB) - 1) / std⌋  (0 when std = 0)
+        narrow: k = YB - 14,  y_i ← (y_i + h(k)) >> k,  zs = max(b - k - 1, 0);   wide: zs = b
+        z_i = (y_i·F + h(zs)) >> zs  (narrow: clipped to ±(2^15-1))   # (x-μ)/√(σ²+eps) ≈ z·√C·2^-ZB
+        out_c = clip((z_c·m[c] + bias[c]) >> shift[c], -Q, Q),  Q = 2^(out_bits-1) - 1
 
-    with ``sh_eps = -⌊(31 + eps_e)/2⌋`` when ``eps_m > 0`` (keeps ``eps_s <
-    2^62``) and no constraint otherwise.
+    with ``YB = min(30, ⌊(62 - ⌈log2 C⌉)/2⌋)``, ``sh_eps = -⌊(31 + eps_e)/2⌋`` when
+    ``eps_m > 0`` (keeps the eps term below 2^62), no constraint otherwise, and the
+    profile from ``out_bits``: **narrow** (``out_bits ≤ 8``, ``FB = 14``, ``ZB = 15``:
+    every per-element product fits int32, the AVX-512 kernel's 16-bit multiplies) or
+    **wide** (``FB = ZB = 30``, int64).
 
-    * ``x``: int32 ``[..., C]``, **any** int32 value (``-2^31 ≤ x < 2^31``; the
-      22-bit residual sums of I-BERT are well inside), ``1 ≤ C ≤ 2^20``.
-    * ``m_i32``, ``shift``, ``bias_i64``: length-``C`` integer vectors;
-      ``eps_m``, ``eps_e``: Python ints.  Output: ``out_bits`` container
-      (int8 by default), at scale ``S_out``, symmetric saturation.
-    * Rounding: every ``R`` rounds half up; ``std`` and ``factor`` are floors.
-    * Overflow bound (int64): ``|Σx| < 2^51``, ``|y| < 2^52``; after the shift
-      ``|ys| ≤ 2^⌊(62-⌈log2 C⌉)/2⌋`` so ``Σys² ≤ 2^62`` and ``eps_s < 2^62``,
-      ``V < 2^63``; ``|ys| ≤ std`` so ``|ys·factor| ≤ 2^62``;
-      ``|y_norm| ≤ 2^30`` so ``|y_norm·m| < 2^61``; ``|v| < 2^62``.
-    * A constant row (``M == 0``) never divides: ``out = R(bias, 1, 16)``,
-      i.e. β requantized (float LayerNorm gives β too when eps > 0, NaN when
-      eps = 0).  Otherwise ``std ≥ max|ys| ≥ 2^(keep-1)`` with ``keep =
-      ⌊(62-⌈log2 C⌉)/2⌋`` (≥ 2^25 for C ≤ 1024; ``≥ 2^30`` when eps sets the
-      shift), so ``std`` never vanishes.
-    * Error bound vs exact LayerNorm (float64; ``x̂ = (x-μ)/√(σ²+eps)``,
-      before saturation): the normalized value is within ``ε_C = 2^(3 +
-      ⌈log2 C⌉/2 - keep)`` of ``x̂`` (ε_C ≤ 2^-18 for C ≤ 1024, 2^-16 for
-      C ≤ 4096: the right shift of ``y``, the floors of isqrt and of the
-      factor, the 2^-30 rounding of ``y_norm``), hence
-      ``|out - LN(x)/S_out| ≤ 0.5 + 2^-15 + ε_C·|γ_c|/S_out`` output steps
-      (0.5 for the final rounding, 2·2^-17 for the two 2^-16 roundings).
-      Against torch's float32 ``layer_norm`` rounded to the same grid:
-      at most 1 step apart (tests/test_layernorm.py).
+    * ``x``: int32 ``[..., C]``, **any** int32 value, ``1 ≤ C ≤ 2^20``.
+    * ``m_i32``, ``shift``, ``bias_i64``: length-``C`` integer vectors within the
+      profile's bounds (narrow: ``|m| < 2^15``, ``shift ≤ 31``, ``|bias| ≤ 2^30``;
+      wide: ``|m| < 2^31``, ``shift ≤ 62``, ``|bias| < 2^62``); ``eps_m``, ``eps_e``:
+      Python ints.  Output: ``out_bits`` container, scale ``S_out``, symmetric saturation.
+    * Rounding: ``ρ``, the ``R``/``k``/``zs`` shifts and the output round half up
+      (``bias`` carries ``h(shift)``); ``q``, ``std`` and ``F`` are floors.
+    * Overflow bound (int64 here; what the narrow profile keeps in int32 is marked):
+      ``|Σx| < 2^51``, ``|x - q| ≤ D < 2^33``; ``|y| ≤ 2^YB`` (int32) so ``Σy² ≤ 2^62``
+      and the eps term ``< 2^62``: ``V < 2^63``; ``|y| ≤ std``; narrow: ``|y| ≤ 2^14``,
+      ``F < 2^15``, ``|y·F| < 2^29``, ``|z| < 2^15``, ``|z·m + bias| < 2^31`` (int32);
+      wide: ``F < 2^31``, ``|y·F| < 2^61``, ``|z| ≤ 2^30``, ``|z·m + bias| < 2^63``.
+    * A constant row gives ``y = 0``, ``z = 0`` and ``out = clip(bias >> shift)``: β
+      requantized, never a division by zero (float LayerNorm gives β too when eps > 0).
+    * Error bound vs exact LayerNorm (float64, before saturation), in output steps::
+
+          |out - (γ·(x-μ)/√(σ²+eps) + β)/S_out| ≤ 1/2 + (2^ZB + 3)·2^-(shift+1) + |a_c|·Δz
+          Δz = 5 + 2^(ZB+2)·(√C + 3)·2^-YB  (narrow),  2 + 2^(ZB+2)·(√C + 3)·2^-YB  (wide)
+
+      with ``a_c = |γ_c|·√C·2^-ZB/S_out`` (the multiplier of ``z``): the rounding of
+      ``m`` and ``bias``, and ``z`` within ``Δz`` of ``2^ZB·(x-μ)/√(C(σ²+eps))``
+      (``|y - y*| ≤ 1``, ``std`` within ``√C + 2`` of the exact norm, ``F`` within
+      ``2^-FB`` relative, the roundings of ``y`` (narrow) and ``z``, the narrow clamp).  For
+      C = 768 and int8 outputs ``Δz < 5.06``: a normalized-value error ``≤ 2^-15·√C·5.06``.
+      Against torch's float32 ``layer_norm`` rounded to the same grid: at most 1 step
+      apart (tests/test_layernorm.py).
     """
     out_dtype, m_vec, s_vec, b_vec = _check_layernorm_args(x, m_i32, shift, bias_i64, eps_m, eps_e, out_bits)
     q = qmax_for_bits(out_bits)
     c = x.shape[-1]
-    x2 = x.reshape(-1, c).astype(np.int64)
-    y2 = np.int64(c) * x2 - x2.sum(axis=1, keepdims=True)
-    mx = np.abs(y2).max(axis=1, keepdims=True)
-    keep = (62 - _bit_length_np(np.array([c - 1], dtype=np.int64))[0]) // 2
-    sh = np.maximum(_bit_length_np(mx) - keep, _eps_min_shift(eps_m, eps_e))
-    ys = np.where(sh >= 0, y2 >> np.minimum(np.maximum(sh, 0), 62), y2 << np.maximum(-sh, 0))
-    var = (ys * ys).sum(axis=1, keepdims=True)
-    if eps_m:
-        e_tot = eps_e + 2 * sh
-        eps_s = np.where(e_tot >= 0, np.int64(eps_m) >> np.minimum(np.maximum(e_tot, 0), 62),
-                         np.int64(eps_m) << np.minimum(np.maximum(-e_tot, 0), 62))
-        var = var + eps_s
-    std = isqrt_ref(var)
-    factor = np.where(std > 0, (np.int64(1) << np.int64(FACTOR_BITS)) // np.maximum(std, 1), 0)
-    factor = np.where(mx > 0, factor, 0)
-    y_norm = ((ys * factor >> np.int64(FACTOR_BITS - NORM_BITS - 1)) + 1) >> 1
-    v = ((((y_norm * m_vec) >> (s_vec - 1)) + 1) >> 1) + b_vec
-    out = ((v >> np.int64(BIAS_FRAC - 1)) + 1) >> 1
+    z = _normalized_ref(x.reshape(-1, c).astype(np.int64), int(eps_m), int(eps_e), int(out_bits))
+    out = (z * m_vec + b_vec) >> s_vec
     return np.clip(out, -q, q).astype(out_dtype).reshape(x.shape)
 
 
@@ -361,120 +424,233 @@ def layernorm_ref(x: np.ndarray, m_i32, shift, bias_i64, eps_m: int, eps_e: int,
 
 
 def _detect_avx512() -> bool:
-    """True when numba compiles for a CPU with AVX-512F/BW (the 16-lane output pass).
+    """True when numba compiles for a CPU with AVX-512F/BW (the 16-lane row passes).
 
     Honours numba's ``NUMBA_CPU_NAME``/``NUMBA_CPU_FEATURES`` overrides, else asks
-    LLVM about the host; ``INTENGINE_DISABLE_AVX512=1`` forces the portable loop.
+    LLVM about the host; ``INTENGINE_DISABLE_AVX512=1`` forces the portable loops.
     """
     return cpu_has(("avx512f", "avx512bw"), "INTENGINE_DISABLE_AVX512")
 
 
 HAVE_AVX512: bool = _detect_avx512()
-BLOCK = 16  # channels per vector block of the AVX-512 output pass
-_BLOCK_I64 = 5 * BLOCK // 2  # int64 words of one block's constants (see _output_blocks)
+BLOCK = 16  # int32 lanes per step of the AVX-512 row passes
 
 
-def _make_out_block16(out_width: int):
-    """Intrinsic ``blk(ys_addr, cst_addr, fl_i64, fh_i64, q_i64, out_addr)``: 16 channels of the fused output pass.
+def _vec_helpers(builder):
+    i32, i64 = ir.IntType(32), ir.IntType(64)
+    v16, v8 = ir.VectorType(i32, 16), ir.VectorType(i64, 8)
 
-    Computes, for 16 consecutive channels ``j`` (``ys`` int32 at ``ys_addr``, the
-    block's constants at ``cst_addr``, see :func:`_output_blocks`)::
+    def load(addr, ty=v16):
+        ld = builder.load(builder.inttoptr(addr, ty.as_pointer()))
+        ld.align = 4
+        return ld
 
-        y_norm = ys·fh + ((ys·fl + 2^31) >> 32)      # = (ys·factor + 2^31) >> 32, factor = fh·2^32 + fl
-        V      = y_norm·m_j + K_j                      # |V| < 2^63 (fused constants)
-        out    = clip((V >> 32) >> (S_j - 32), -q, q)  # = V >> S_j, 32 ≤ S_j ≤ 63
+    def splat(val, ty=v16):
+        val = builder.trunc(val, ty.element) if val.type != ty.element else val
+        vec = builder.insert_element(ir.Constant(ty, ir.Undefined), val, ir.Constant(i32, 0))
+        return builder.shuffle_vector(vec, ir.Constant(ty, ir.Undefined), ir.Constant(ir.VectorType(i32, ty.count),
+                                                                                        [0] * ty.count))
 
-    and stores it as ``out_width``-bit integers at ``out_addr``.  ``fl``, ``fh``
-    are int32 values (``fl ∈ [-2^31, 2^31)``), ``|ys| ≤ 2^30``: every product is
-    a 32×32→64 ``vpmuldq`` (even and odd lanes separately; ``factor`` itself is
-    up to 2^42 and would need the 3-uop ``vpmullq``).  ``|ys·fl| < 2^61`` and
-    ``|y_norm| ≤ 2^30``, so the split is exact.  ``V >> 32`` is the high dword
-    of each lane, re-interleaved into 16 int32 lanes by one ``vpermt2d``; the
-    remaining shift and the clamp run on 16 lanes.  The ``ys·fh`` product
-    passes an empty inline-asm barrier: without it LLVM folds the two products
-    back into one ``vpmullq``.
-    """
+    def at(base, i, step):
+        return builder.add(base, builder.mul(i, ir.Constant(i64, step)))
+
+    return i32, i64, v16, v8, load, splat, at
+
+
+def _counted_loop(builder, n, inits, body):
+    """``for i in range(n): vals = body(i, vals)`` in LLVM IR (phi nodes); returns the final values."""
+    i64 = ir.IntType(64)
+    pre = builder.block
+    loop = builder.append_basic_block("ln.loop")
+    done = builder.append_basic_block("ln.done")
+    builder.cbranch(builder.icmp_signed(">", n, ir.Constant(i64, 0)), loop, done)
+    builder.position_at_end(loop)
+    i = builder.phi(i64)
+    i.add_incoming(ir.Constant(i64, 0), pre)
+    phis = []
+    for v in inits:
+        p = builder.phi(v.type)
+        p.add_incoming(v, pre)
+        phis.append(p)
+    new = body(i, phis)
+    i1 = builder.add(i, ir.Constant(i64, 1))
+    end = builder.block
+    i.add_incoming(i1, end)
+    for p, v in zip(phis, new):
+        p.add_incoming(v, end)
+    builder.cbranch(builder.icmp_signed("<", i1, n), loop, done)
+    builder.position_at_end(done)
+    outs = []
+    for v0, v in zip(inits, new):
+        p = builder.phi(v0.type)
+        p.add_incoming(v0, pre)
+        p.add_incoming(v, end)
+        outs.append(p)
+    return outs
+
+
+def _reduce(builder, kind, vec):
+    """``llvm.vector.reduce.<kind>`` (add, smin, smax) of an integer vector: a log-step shuffle tree."""
+    ty = vec.type
+    name = f"llvm.vector.reduce.{kind}.v{ty.count}i{ty.element.width}"
+    fn = builder.module.globals.get(name) or ir.Function(builder.module, ir.FunctionType(ty.element, [ty]), name)
+    return builder.call(fn, [vec])
+
+
+@intrinsic
+def _ln_stats16(typingctx, x_addr, nvec, res_addr):
+    """Row statistics over ``nvec`` blocks of 16 int32 at ``x_addr``: writes int64 ``[Σx, min, max]``
+    to ``res_addr``.  The sum runs in int32 lanes exactly: ``Σ(x & 0xFFFF)`` (≤ 2^16·65535 per lane,
+    read as unsigned) and ``Σ(x >> 16)`` (``|·| ≤ 2^31`` for ``nvec ≤ 2^16``, i.e. C ≤ 2^20)."""
+    if not all(isinstance(t, types.Integer) for t in (x_addr, nvec, res_addr)):
+        return None
+
+    def codegen(context, builder, signature, llargs):
+        xa, n, ra = [context.cast(builder, v, t, types.int64) for v, t in zip(llargs, signature.args)]
+        i32, i64, v16, v8, load, splat, at = _vec_helpers(builder)
+        big, small = ir.Constant(v16, [(1 << 31) - 1] * 16), ir.Constant(v16, [-(1 << 31)] * 16)
+        zero = ir.Constant(v16, [0] * 16)
+
+        def body(i, vals):
+            mn, mx, lo, hi = vals
+            x = load(at(xa, i, 64))
+            mn = builder.select(builder.icmp_signed("<", x, mn), x, mn)
+            mx = builder.select(builder.icmp_signed(">", x, mx), x, mx)
+            lo = builder.add(lo, builder.and_(x, ir.Constant(v16, [0xFFFF] * 16)))
+            hi = builder.add(hi, builder.ashr(x, ir.Constant(v16, [16] * 16)))
+            return [mn, mx, lo, hi]
+
+        mn, mx, lo, hi = _counted_loop(builder, n, [big, small, zero, zero], body)
+        v16x64 = ir.VectorType(i64, 16)
+        total = builder.add(_reduce(builder, "add", builder.zext(lo, v16x64)),
+                            builder.shl(_reduce(builder, "add", builder.sext(hi, v16x64)), ir.Constant(i64, 16)))
+        res = [total, builder.sext(_reduce(builder, "smin", mn), i64), builder.sext(_reduce(builder, "smax", mx), i64)]
+        for j, v in enumerate(res):
+            builder.store(v, builder.inttoptr(builder.add(ra, ir.Constant(i64, 8 * j)), i64.as_pointer()))
+        return context.get_dummy_value()
+
+    return types.void(x_addr, nvec, res_addr), codegen
+
+
+def _make_center16(left: bool):
+    """Intrinsic ``center(x_addr, nvec, sh, c0, y_addr, pf_addr) -> Σy²`` on ``nvec`` blocks of
+    16 int32: ``y = (x << sh) + c0`` (``left``) or ``y = (x + c0) >> sh``, stored at
+    ``y_addr`` (two's complement wrap: exact whenever the true value fits int32; the caller
+    passes ``c0`` as int64 and the low 32 bits are used).  ``Σy²`` is int64, 32×32→64
+    ``vpmuldq`` on the even and odd lanes (the odd ones moved down by ``vpshufd``, port 5).
+    Each block also prefetches the 64 bytes at ``pf_addr + 64·i`` (the next row: its first
+    pass is otherwise bound by memory latency)."""
 
     @intrinsic
-    def blk(typingctx, ys_addr, cst_addr, fl_i64, fh_i64, q_i64, out_addr):
-        args = (ys_addr, cst_addr, fl_i64, fh_i64, q_i64, out_addr)
+    def center(typingctx, x_addr, nvec, sh, c0, y_addr, pf_addr):
+        args = (x_addr, nvec, sh, c0, y_addr, pf_addr)
         if not all(isinstance(t, types.Integer) for t in args):
             return None
-        sig = types.void(*args)
 
         def codegen(context, builder, signature, llargs):
-            ys_i, cst_i, fl_v, fh_v, q_v, o_i = [
-                context.cast(builder, v, t, types.int64) for v, t in zip(llargs, signature.args)
-            ]
-            i32, i64 = ir.IntType(32), ir.IntType(64)
-            v16x32, v8x64 = ir.VectorType(i32, 16), ir.VectorType(i64, 8)
-            oty = ir.VectorType(ir.IntType(out_width), 16)
-            und = ir.Constant(v8x64, ir.Undefined)
-            zero8 = ir.Constant(ir.VectorType(i32, 8), [0] * 8)
+            xa, n, shv, cc, ya, pa = [context.cast(builder, v, t, types.int64)
+                                      for v, t in zip(llargs, signature.args)]
+            i32, i64, v16, v8, load, splat, at = _vec_helpers(builder)
+            i8p = ir.IntType(8).as_pointer()
+            pf_fn = builder.module.globals.get("llvm.prefetch.p0") or ir.Function(
+                builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0")
+            sv, cv = splat(shv), splat(cc)
+            c32 = ir.Constant(v8, [32] * 8)
+            zero8 = ir.Constant(v8, [0] * 8)
+            odd_idx = ir.Constant(v16, [j | 1 for j in range(16)])
 
-            def load(addr, ty, align):
-                ld = builder.load(builder.inttoptr(addr, ty.as_pointer()))
-                ld.align = align
-                return ld
+            def sq(v):  # int32 values in the low dword of each int64 lane, squared (vpmuldq)
+                e = builder.ashr(builder.shl(builder.bitcast(v, v8), c32), c32)
+                return builder.mul(e, e)
 
-            def splat64(v):
-                return builder.shuffle_vector(builder.insert_element(und, v, ir.Constant(i32, 0)), und, zero8)
+            def body(i, vals):
+                ev, od = vals
+                builder.call(pf_fn, [builder.inttoptr(at(pa, i, 64), i8p), ir.Constant(i32, 0), ir.Constant(i32, 3),
+                                     ir.Constant(i32, 1)])
+                x = load(at(xa, i, 64))
+                y = builder.add(builder.shl(x, sv), cv) if left else builder.ashr(builder.add(x, cv), sv)
+                st = builder.store(y, builder.inttoptr(at(ya, i, 64), v16.as_pointer()))
+                st.align = 4
+                return [builder.add(ev, sq(y)), builder.add(od, sq(builder.shuffle_vector(y, y, odd_idx)))]
 
-            def splat32(v):
-                u16 = ir.Constant(v16x32, ir.Undefined)
-                return builder.shuffle_vector(builder.insert_element(u16, v, ir.Constant(i32, 0)), u16,
-                                              ir.Constant(v16x32, [0] * 16))
+            ev, od = _counted_loop(builder, n, [zero8, zero8], body)
+            return _reduce(builder, "add", builder.add(ev, od))
 
-            c32 = ir.Constant(v8x64, [32] * 8)
+        return types.int64(*args), codegen
 
-            def sext32(v):  # sign-extend the low dword of each lane (pmuldq operand)
-                return builder.ashr(builder.shl(v, c32), c32)
+    return center
 
-            ys16 = load(ys_i, v16x32, 4)
-            idx = ir.Constant(v16x32, [v for j in range(8) for v in (2 * j + 1, 16 + 2 * j + 1)])
 
-            def high_dwords(even, odd):  # lane >> 32 of <8 x i64> even/odd channels → 16 int32 in channel order
-                return builder.shuffle_vector(builder.bitcast(even, v16x32), builder.bitcast(odd, v16x32), idx)
+_ln_center16_left, _ln_center16_right = _make_center16(True), _make_center16(False)
 
-            def halves(v16):  # sign-extended even and odd int32 lanes as <8 x i64>
-                v64 = builder.bitcast(v16, v8x64)
-                return sext32(v64), builder.ashr(v64, c32)
 
-            fl8 = sext32(splat64(fl_v))
-            rnd = ir.Constant(v8x64, [1 << 31] * 8)
-            a_e, a_o = [builder.add(builder.mul(h, fl8), rnd) for h in halves(ys16)]
-            fh16 = splat32(builder.trunc(fh_v, i32))
-            y16 = builder.add(high_dwords(a_e, a_o), builder.mul(ys16, fh16))  # y_norm, |y_norm| ≤ 2^30
-            vv = []
-            for k, h in enumerate(halves(y16)):
-                m = sext32(load(builder.add(cst_i, ir.Constant(i64, 64 * k)), v8x64, 8))
-                kk = load(builder.add(cst_i, ir.Constant(i64, 128 + 64 * k)), v8x64, 8)
-                vv.append(builder.add(builder.mul(h, m), kk))
-            hi = builder.ashr(high_dwords(*vv), load(builder.add(cst_i, ir.Constant(i64, 256)), v16x32, 8))
-            qv = splat32(builder.trunc(q_v, i32))
-            nqv = builder.neg(qv)
-            hi = builder.select(builder.icmp_signed(">", hi, qv), qv, hi)
-            hi = builder.select(builder.icmp_signed("<", hi, nqv), nqv, hi)
-            if out_width < 32:
-                hi = builder.trunc(hi, oty)
-            st = builder.store(hi, builder.inttoptr(o_i, oty.as_pointer()))
+@intrinsic
+def _ln_out16(typingctx, y_addr, nvec, k, f, zs, cst_addr, q, out_addr):
+    """Narrow output pass on ``nvec`` blocks of 16 channels (int32 lanes throughout)::
+
+        y14 = (y + h(k)) >> k;  z = clip((y14·F + h(zs)) >> zs, ±(2^15-1));  out = clip((z·m + K) >> s, ±q)
+
+    ``y14·F`` and ``z·m`` are ``vpmaddwd`` (16×16→32: ``|y14|, |z| < 2^15`` sit in the low
+    half of each lane, ``F`` and ``m`` are stored with a zero high half).  ``cst_addr``: per
+    block ``m & 0xFFFF``, ``K``, ``s`` as 16 int32 each (:func:`_out_blocks`)."""
+    if not all(isinstance(t, types.Integer) for t in (y_addr, nvec, k, f, zs, cst_addr, q, out_addr)):
+        return None
+
+    def codegen(context, builder, signature, llargs):
+        ya, n, kk, ff, zz, ca, qq, oa = [context.cast(builder, v, t, types.int64)
+                                        for v, t in zip(llargs, signature.args)]
+        i32, i64, v16, v8, load, splat, at = _vec_helpers(builder)
+        v32x16 = ir.VectorType(ir.IntType(16), 32)
+        fnty = ir.FunctionType(v16, [v32x16, v32x16])
+        madd = builder.module.globals.get("llvm.x86.avx512.pmaddw.d.512") or ir.Function(
+            builder.module, fnty, "llvm.x86.avx512.pmaddw.d.512")
+
+        def pmaddwd(a, b):
+            return builder.call(madd, [builder.bitcast(a, v32x16), builder.bitcast(b, v32x16)])
+
+        one = ir.Constant(i64, 1)
+        kv, fv, zv = splat(kk), splat(ff), splat(zz)
+        hk = splat(builder.ashr(builder.shl(one, kk), one))
+        hz = splat(builder.ashr(builder.shl(one, zz), one))
+        qv = splat(qq)
+        nq = builder.neg(qv)
+        zmax = ir.Constant(v16, [(1 << NARROW_Z_BITS) - 1] * 16)
+        zmin = ir.Constant(v16, [1 - (1 << NARROW_Z_BITS)] * 16)
+        v16i8 = ir.VectorType(ir.IntType(8), 16)
+
+        def body(i, vals):
+            y = load(at(ya, i, 64))
+            y14 = builder.ashr(builder.add(y, hk), kv)
+            z = builder.ashr(builder.add(pmaddwd(y14, fv), hz), zv)
+            z = builder.select(builder.icmp_signed(">", z, zmax), zmax, z)
+            z = builder.select(builder.icmp_signed("<", z, zmin), zmin, z)
+            cb = at(ca, i, 192)
+            m = load(cb)
+            kb = load(builder.add(cb, ir.Constant(i64, 64)))
+            sb = load(builder.add(cb, ir.Constant(i64, 128)))
+            o = builder.ashr(builder.add(pmaddwd(z, m), kb), sb)
+            o = builder.select(builder.icmp_signed(">", o, qv), qv, o)
+            o = builder.select(builder.icmp_signed("<", o, nq), nq, o)
+            st = builder.store(builder.trunc(o, v16i8), builder.inttoptr(at(oa, i, 16), v16i8.as_pointer()))
             st.align = 1
-            return context.get_dummy_value()
+            return []
 
-        return sig, codegen
+        _counted_loop(builder, n, [], body)
+        return context.get_dummy_value()
 
-    return blk
-
-
-_out_block16_i8 = _make_out_block16(8)
-_out_block16_i16 = _make_out_block16(16)
-_out_block16_i32 = _make_out_block16(32)
+    return types.void(y_addr, nvec, k, f, zs, cst_addr, q, out_addr), codegen
 
 
-@numba.njit(inline="always")
-def _sx32(v_i64):
-    """Identity on int32-range values; tells LLVM the operand is 32-bit (``vpmuldq``, not ``vpmullq``)."""
-    return np.int64(np.int32(v_i64))
+def _out_blocks(m_vec, s_vec, b_vec):
+    """Constants of :func:`_ln_out16`: int32 ``[C // 16, 48]``, per block of 16 channels
+    ``m & 0xFFFF`` (zero high half for ``vpmaddwd``), ``K``, ``shift``."""
+    nblk = m_vec.shape[0] // BLOCK
+    n = nblk * BLOCK
+    cst = np.empty((max(nblk, 1), 3 * BLOCK), np.int32)
+    cst[:nblk, 0:16] = (m_vec[:n] & 0xFFFF).astype(np.int32).reshape(nblk, BLOCK)
+    cst[:nblk, 16:32] = b_vec[:n].astype(np.int32).reshape(nblk, BLOCK)
+    cst[:nblk, 32:48] = s_vec[:n].astype(np.int32).reshape(nblk, BLOCK)
+    return cst
 
 
 @numba.njit(inline="always")
@@ -488,179 +664,103 @@ def eps_scaled(eps_m, eps_e, sh):
 
 
 @numba.njit(inline="always")
-def _centered_var(xr, c_i64, total, lsh, rsh, ys_buf):
-    """``ys = ((C·x - Σx) << lsh) >> rsh`` into ``ys_buf`` (int32: ``|ys| ≤ 2^keep ≤ 2^30``), returns ``Σ ys²``.
+def _ln_row(xr, ybuf, cst_addr, res, m_i64, s_i64, k_i64, narrow, fast, eps_m, eps_e, yb, sh_eps, q, orow, pf_addr):
+    """One row of :func:`layernorm_ref` (``xr`` int32 ``[C]``; ``ybuf`` int32 scratch of ``C``;
+    ``pf_addr``: ``C·4`` bytes to prefetch, the next row's input).
 
-    One pass: each ``ys`` is stored and squared from the register (32×32→64
-    products, LLVM sees the int32 range through :func:`_sx32`); one shift
-    direction per row.  ``Σys² ≤ 2^62`` (see :func:`layernorm_ref`).
-    """
-    n = xr.shape[0]
-    var_i64 = np.int64(0)
-    if lsh > 0:
-        for i in range(n):
-            ys_i64 = _sx32((np.int64(xr[i]) * c_i64 - total) << lsh)
-            ys_buf[i] = np.int32(ys_i64)
-            var_i64 += ys_i64 * ys_i64
-    else:
-        for i in range(n):
-            ys_i64 = _sx32((np.int64(xr[i]) * c_i64 - total) >> rsh)
-            ys_buf[i] = np.int32(ys_i64)
-            var_i64 += ys_i64 * ys_i64
-    return var_i64
-
-
-@numba.njit(inline="always")
-def _row_factor(xr, eps_m, eps_e, keep, sh_eps, ys_buf):
-    """Passes 1-2 of a row: ``Σx``, min, max → shift; ``ys`` into ``ys_buf``.
-
-    Returns ``factor = ⌊2^62/std⌋`` (int64, ``< 2^(63-keep)``; 0 for a constant row).
+    ``fast`` (AVX-512 and the narrow profile): the statistics, the centring with ``Σy²`` and
+    the output pass run on 16-lane blocks (:func:`_ln_stats16`, :func:`_make_center16`,
+    :func:`_ln_out16`) and the last ``C mod 16`` channels on the scalar formula; the centring
+    runs in int32 lanes only when ``D + 1 + h(R) < 2^31`` (every intermediate fits; rows
+    of a wider range take the scalar int64 loop).  Everything else is the scalar formula.
     """
     c = xr.shape[0]
-    c_i64 = np.int64(np.int32(c))  # C ≤ 2^20: 32×32→64 products (LLVM sees the sext)
-    total_i64 = np.int64(0)
-    lo_i32 = np.int32(xr[0])
-    hi_i32 = lo_i32
-    for i in range(c):
-        v_i32 = np.int32(xr[i])
-        total_i64 += np.int64(v_i32)
-        lo_i32 = min(lo_i32, v_i32)
-        hi_i32 = max(hi_i32, v_i32)
-    mx_i64 = max(c_i64 * np.int64(hi_i32) - total_i64, total_i64 - c_i64 * np.int64(lo_i32))  # max |C·x - Σx|
-    factor_i64 = np.int64(0)
-    if mx_i64 > 0:
-        sh = max(bit_length(mx_i64) - keep, sh_eps)
-        lsh = max(-sh, 0)
-        rsh = min(max(sh, 0), 62)
-        var_i64 = _centered_var(xr, c_i64, total_i64, lsh, rsh, ys_buf) + eps_scaled(eps_m, eps_e, sh)
-        std_i64 = isqrt_scalar(var_i64)
-        if std_i64 > 0:
-            factor_i64 = (np.int64(1) << FACTOR_BITS) // std_i64
-    return factor_i64
-
-
-@numba.njit(inline="always")
-def _out_tail(ys_buf, factor_i64, m_i32, h_i64, s_i64, k_i64, fused, q, orow, start):
-    """Output pass over channels ``start..C-1`` (scalar formula, see :func:`_layernorm_rows`)."""
-    c = ys_buf.shape[0]
-    if fused:
-        for i in range(start, c):
-            y_norm = (np.int64(ys_buf[i]) * factor_i64 + (np.int64(1) << 31)) >> 32
-            orow[i] = min(max((y_norm * np.int64(m_i32[i]) + k_i64[i]) >> s_i64[i], -q), q)
-    else:
-        for i in range(start, c):
-            y_norm = (np.int64(ys_buf[i]) * factor_i64 + (np.int64(1) << 31)) >> 32
-            v = ((y_norm * np.int64(m_i32[i]) + h_i64[i]) >> s_i64[i]) + k_i64[i]
-            orow[i] = min(max(v >> BIAS_FRAC, -q), q)
-
-
-@numba.njit(parallel=True, cache=True, error_model="numpy")
-def _layernorm_rows(x2, m_i32, h_i64, s_i64, k_i64, fused, eps_m, eps_e, keep, sh_eps, q, nchunks, out2):
-    """Rows in parallel: sum/min/max, centred+shifted ``ys`` (int32 buffer) with ``Σys²``, isqrt, output.
-
-    Output pass, with ``y_norm = (ys·factor + 2^31) >> 32`` (``|ys·factor| ≤ 2^62``,
-    ``|y_norm| ≤ 2^30``, ``P = y_norm·m``, ``|P| < 2^61``):
-
-    * ``fused``: ``out = clip((P + K_c) >> (s_c + 16))`` with ``K_c = 2^(s_c-1) + (bias_c + 2^15)·2^s_c``
-      (``|K_c| < 2^62``), which is ``R(R(P, s_c) + bias_c, 16)`` since
-      ``⌊(⌊a/2^s⌋ + b)/2^16⌋ = ⌊(a + b·2^s)/2^(s+16)⌋``;
-    * otherwise ``out = clip((((P + 2^(s_c-1)) >> s_c) + K_c) >> 16)`` with ``K_c = bias_c + 2^15``.
-    """
-    rows, c = x2.shape
-    for ch in numba.prange(nchunks):
-        wide_vectors()
-        ys_buf = np.empty(c, np.int32)
-        for r in range(ch * rows // nchunks, (ch + 1) * rows // nchunks):
-            factor_i64 = _row_factor(x2[r], eps_m, eps_e, keep, sh_eps, ys_buf)
-            _out_tail(ys_buf, factor_i64, m_i32, h_i64, s_i64, k_i64, fused, q, out2[r], 0)
-
-
-@numba.njit(inline="always")
-def _out_row_avx512(ys_buf, cst_addr, factor_i64, m_i32, h_i64, s_i64, k_i64, q, orow):
-    """Output pass of one row: 16-channel AVX-512 blocks (:func:`_make_out_block16`), scalar tail.
-
-    ``factor = fh·2^32 + fl`` with ``fh = (factor + 2^31) >> 32`` (``factor < 2^43``:
-    ``|fh| < 2^11``) and ``fl ∈ [-2^31, 2^31)``.
-    """
-    c = ys_buf.shape[0]
-    nblk = c // BLOCK
-    isz = orow.itemsize
-    ys_addr = ys_buf.ctypes.data
-    fh_i64 = (factor_i64 + (np.int64(1) << 31)) >> 32
-    fl_i64 = factor_i64 - (fh_i64 << 32)
-    o_addr = orow.ctypes.data
-    if isz == 1:
-        for b in range(nblk):
-            _out_block16_i8(ys_addr + 4 * BLOCK * b, cst_addr + 8 * _BLOCK_I64 * b, fl_i64, fh_i64, q,
-                            o_addr + BLOCK * b)
-    elif isz == 2:
-        for b in range(nblk):
-            _out_block16_i16(ys_addr + 4 * BLOCK * b, cst_addr + 8 * _BLOCK_I64 * b, fl_i64, fh_i64, q,
-                             o_addr + 2 * BLOCK * b)
-    else:
-        for b in range(nblk):
-            _out_block16_i32(ys_addr + 4 * BLOCK * b, cst_addr + 8 * _BLOCK_I64 * b, fl_i64, fh_i64, q,
-                             o_addr + 4 * BLOCK * b)
-    _out_tail(ys_buf, factor_i64, m_i32, h_i64, s_i64, k_i64, True, q, orow, nblk * BLOCK)
+    nvec = c // BLOCK if fast else 0
+    tail = nvec * BLOCK
+    total = np.int64(0)
+    lo = np.int64(xr[0])
+    hi = lo
+    if nvec > 0:
+        _ln_stats16(xr.ctypes.data, nvec, res.ctypes.data)
+        total, lo, hi = res[0], res[1], res[2]
+    for i in range(tail, c):
+        v = np.int64(xr[i])
+        total += v
+        lo = min(lo, v)
+        hi = max(hi, v)
+    c64 = np.int64(c)
+    q_row = total // c64
+    r_row = total - q_row * c64
+    dev = max(hi - q_row, q_row - lo)
+    sh = max(np.int64(bit_length(dev)) - yb, sh_eps)
+    lsh = max(-sh, 0)
+    rsh = min(max(sh, 0), 62)
+    rho = ((r_row << (lsh + 1)) + c64) // (2 * c64)
+    h_r = (np.int64(1) << rsh) >> 1
+    var = np.int64(0)
+    start = 0
+    if nvec > 0 and dev + 1 + h_r < (np.int64(1) << 31):
+        # (the intrinsic keeps the low 32 bits of c0: the sum wraps to the exact int32 value)
+        if lsh > 0 or rsh == 0:
+            var = _ln_center16_left(xr.ctypes.data, nvec, lsh, -rho - (q_row << lsh), ybuf.ctypes.data, pf_addr)
+        else:
+            var = _ln_center16_right(xr.ctypes.data, nvec, rsh, h_r - rho - q_row, ybuf.ctypes.data, pf_addr)
+        start = tail
+    for i in range(start, c):
+        y = (((np.int64(xr[i]) - q_row) << lsh) - rho + h_r) >> rsh
+        ybuf[i] = y
+        var += y * y
+    std = isqrt_scalar(var + eps_scaled(eps_m, eps_e, sh))
+    bl = np.int64(bit_length(std))
+    fb = np.int64(NARROW_BITS) if narrow else np.int64(WIDE_BITS)
+    f = ((np.int64(1) << (bl + fb)) - 1) // std if std > 0 else np.int64(0)
+    k = yb - NARROW_BITS if narrow else np.int64(0)
+    zs = max(bl - k - 1, 0) if narrow else bl
+    zq = np.int64((1 << NARROW_Z_BITS) - 1) if narrow else np.int64(1) << 62
+    start = 0
+    if nvec > 0:
+        _ln_out16(ybuf.ctypes.data, nvec, k, f, zs, cst_addr, q, orow.ctypes.data)
+        start = tail
+    hk = (np.int64(1) << k) >> 1
+    hz = (np.int64(1) << zs) >> 1
+    for i in range(start, c):
+        y = (np.int64(ybuf[i]) + hk) >> k
+        z = min(max((y * f + hz) >> zs, -zq), zq)
+        orow[i] = min(max((z * m_i64[i] + k_i64[i]) >> s_i64[i], -q), q)
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy")
-def _layernorm_rows_avx512(x2, cst_i64, m_i32, h_i64, s_i64, k_i64, eps_m, eps_e, keep, sh_eps, q, nchunks, out2):
-    """:func:`_layernorm_rows` (fused constants) with the output pass in 16-channel AVX-512 blocks.
-
-    ``cst_i64``: the blocks' constants (:func:`_output_blocks`); the last
-    ``C mod 16`` channels take the scalar loop.  Only compiled and called on AVX-512 hosts.
-    """
+def _layernorm_rows(x2, cst, m_i64, s_i64, k_i64, narrow, fast, eps_m, eps_e, yb, sh_eps, q, nchunks, out2):
+    """Rows in parallel (chunks of rows per task), :func:`_ln_row` each."""
     rows, c = x2.shape
-    cst_addr = cst_i64.ctypes.data
+    cst_addr = cst.ctypes.data
     for ch in numba.prange(nchunks):
-        wide_vectors()
-        ys_buf = np.empty(c, np.int32)
+        ybuf = np.empty(c, np.int32)
+        res = np.empty(3, np.int64)
         for r in range(ch * rows // nchunks, (ch + 1) * rows // nchunks):
-            factor_i64 = _row_factor(x2[r], eps_m, eps_e, keep, sh_eps, ys_buf)
-            _out_row_avx512(ys_buf, cst_addr, factor_i64, m_i32, h_i64, s_i64, k_i64, q, out2[r])
-
-
-def _output_constants(m_vec, s_vec, b_vec):
-    """``(m_i32, h_i64, shift_i64, K_i64, fused)`` of the output pass (see :func:`_layernorm_rows`)."""
-    m_i32, h_i64, s_i64 = requant_vectors(m_vec, s_vec)
-    bq = b_vec + np.int64(1 << (BIAS_FRAC - 1))  # |bias| < 2^62: no overflow
-    # (bias + 2^15)·2^s + 2^(s-1) stays below 2^62 when |bq| < 2^(61-s) (s ≤ 61; s = 62 needs bq = 0)
-    lim = np.left_shift(np.int64(1), np.maximum(61 - s_i64, 0))
-    if bool(np.all(np.where(s_i64 <= 61, np.abs(bq) < lim, bq == 0))):
-        return m_i32, h_i64, s_i64 + BIAS_FRAC, h_i64 + np.left_shift(bq, s_i64), True
-    return m_i32, h_i64, s_i64, bq, False
-
-
-def _output_blocks(m_i32, s_i64, k_i64):
-    """Constants of the AVX-512 output pass, ``None`` unless every fused shift ``S_c`` lies in [32, 63].
-
-    int64 ``[C // 16, 40]``: per block of 16 channels ``m`` of the even
-    channels, ``m`` of the odd ones (sign-extended int32), ``K`` even, ``K``
-    odd, then the 16 int32 ``S_c - 32`` in channel order (8 int64 words).
-    """
-    nblk = m_i32.shape[0] // BLOCK
-    if not (bool(np.all(s_i64 >= 32)) and bool(np.all(s_i64 <= 63))):
-        return None
-    cst = np.zeros((nblk, _BLOCK_I64), np.int64)
-    n = nblk * BLOCK
-    m = m_i32[:n].astype(np.int64).reshape(nblk, BLOCK)
-    k = k_i64[:n].reshape(nblk, BLOCK)
-    cst[:, 0:8], cst[:, 8:16] = m[:, 0::2], m[:, 1::2]
-    cst[:, 16:24], cst[:, 24:32] = k[:, 0::2], k[:, 1::2]
-    cst[:, 32:40] = (s_i64[:n] - 32).astype(np.int32).reshape(nblk, BLOCK).view(np.int64)
-    return cst
+            _ln_row(x2[r], ybuf, cst_addr, res, m_i64, s_i64, k_i64, narrow, fast, eps_m, eps_e, yb, sh_eps, q,
+                    out2[r], x2[min(r + 1, rows - 1)].ctypes.data)
 
 
 @memo_frozen(maxsize=256)
-def _plan(c, m_i32, shift, bias_i64, avx512):
-    """Validated output-pass constants for ``C = c`` (``avx512``: 1 to also build the 16-channel
-    blocks); cached per read-only parameter arrays (:func:`memo_frozen`), so the runtime checks
-    each LayerNorm once.  Returns ``(m_i32, h_i64, s_i64, K_i64, fused, blocks)``."""
-    m_vec, s_vec, b_vec = _check_vectors(c, m_i32, shift, bias_i64)
-    consts = _output_constants(m_vec, s_vec, b_vec)
-    blocks = _output_blocks(consts[0], consts[2], consts[3]) if avx512 and consts[4] and c >= BLOCK else None
-    return (*consts, blocks)
+def _plan(c, m_i32, shift, bias_i64, out_bits):
+    """Validated per-channel constants for ``C = c`` (``(m, s, K)`` int64 and the AVX-512 blocks),
+    cached per read-only parameter arrays (:func:`memo_frozen`): the runtime checks each LayerNorm once."""
+    m_vec, s_vec, b_vec = _check_vectors(c, m_i32, shift, bias_i64, out_bits)
+    return m_vec, s_vec, b_vec, _out_blocks(m_vec, s_vec, b_vec)
+
+
+@functools.lru_cache(maxsize=256)
+def _row_consts(c: int, eps_m: int, eps_e: int, out_bits: int, avx512: bool) -> tuple:
+    narrow = out_bits <= 8
+    return (narrow, narrow and avx512, np.int64(eps_m), np.int64(eps_e), np.int64(y_bits(c)),
+            np.int64(_eps_min_shift(eps_m, eps_e)), np.int64(qmax_for_bits(out_bits)))
+
+
+def _row_args(c: int, eps_m: int, eps_e: int, out_bits: int, rows: int) -> tuple:
+    """Scalar arguments of :func:`_layernorm_rows` after its per-channel ones."""
+    return (*_row_consts(c, int(eps_m), int(eps_e), int(out_bits), HAVE_AVX512),
+            min(rows, 8 * numba.get_num_threads()))
 
 
 @register("layernorm", "cpu")
@@ -670,26 +770,18 @@ def layernorm_cpu(x: np.ndarray, m_i32, shift, bias_i64, eps_m: int, eps_e: int,
 
     Same formula, dtypes, rounding and overflow bound as :func:`layernorm_ref`.
     ``out``: optional C-contiguous numpy array of ``x.shape`` and the output
-    dtype (int8 for ``out_bits ≤ 8``), written and returned.  On AVX-512 hosts
-    the output pass runs on 16-channel blocks (:func:`_make_out_block16`) when
-    every fused shift lies in [32, 63] (always for ``|γ|·√C/S_out`` within
-    ``[2^-17, 2^14)``); the derived constants are cached per parameter arrays.
+    dtype (int8 for ``out_bits ≤ 8``), written and returned.  On AVX-512 hosts the
+    narrow profile (int8 outputs) runs its three row passes on 16 int32 lanes
+    (:func:`_ln_row`); the derived constants are cached per parameter arrays.
     """
     out_dtype = _check_x_scalars(x, eps_m, eps_e, out_bits)
     c = x.shape[-1]
-    m_i32, h_i64, s_i64, k_i64, fused, blocks = _plan(c, m_i32, shift, bias_i64, int(HAVE_AVX512))
+    m_vec, s_vec, b_vec, blocks = _plan(c, m_i32, shift, bias_i64, int(out_bits))
     result = output_array(out, x.shape, out_dtype)
     x2 = np.ascontiguousarray(x).reshape(-1, c)
     if x2.size:
-        keep = np.int64((62 - int(c - 1).bit_length()) // 2)
-        nchunks = min(x2.shape[0], 8 * numba.get_num_threads())
-        em, ee = np.int64(eps_m), np.int64(eps_e)
-        sh_eps, q = np.int64(_eps_min_shift(eps_m, eps_e)), np.int64(qmax_for_bits(out_bits))
-        out2 = result.reshape(-1, c)
-        if blocks is not None:
-            _layernorm_rows_avx512(x2, blocks, m_i32, h_i64, s_i64, k_i64, em, ee, keep, sh_eps, q, nchunks, out2)
-        else:
-            _layernorm_rows(x2, m_i32, h_i64, s_i64, k_i64, fused, em, ee, keep, sh_eps, q, nchunks, out2)
+        _layernorm_rows(x2, blocks, m_vec, s_vec, b_vec, *_row_args(c, eps_m, eps_e, out_bits, x2.shape[0]),
+                        result.reshape(-1, c))
     return result
 
 
@@ -744,24 +836,20 @@ def _residual_row(ar, ma_i32, ha_i64, sa_i64, br, mb_i32, hb_i64, sb_i64, qa, x_
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy")
-def _add_layernorm_rows(a2, ma, ha, sa, b2, mb, hb, sb, qa, cst_i64, m_i32, h_i64, s_i64, k_i64, fused, avx512, eps_m,
-                        eps_e, keep, sh_eps, q, nchunks, out2):
-    """Rows in parallel: the residual sum into a row buffer (:func:`_residual_row`), then the
-    passes of :func:`_layernorm_rows` on it; ``avx512``: the output pass of
-    :func:`_layernorm_rows_avx512` (``cst_i64`` its block constants; only set on AVX-512 hosts)."""
+def _add_layernorm_rows(a2, ma, ha, sa, b2, mb, hb, sb, qa, cst, m_i64, s_i64, k_i64, narrow, fast, eps_m, eps_e, yb,
+                        sh_eps, q, nchunks, out2):
+    """Rows in parallel: the residual sum into a row buffer (:func:`_residual_row`), then
+    :func:`_ln_row` on it (the arguments after ``cst`` are those of :func:`_layernorm_rows`)."""
     rows, c = a2.shape
-    cst_addr = cst_i64.ctypes.data
+    cst_addr = cst.ctypes.data
     for ch in numba.prange(nchunks):
-        wide_vectors()
         x_buf = np.empty(c, np.int32)
-        ys_buf = np.empty(c, np.int32)
+        ybuf = np.empty(c, np.int32)
+        res = np.empty(3, np.int64)
         for r in range(ch * rows // nchunks, (ch + 1) * rows // nchunks):
             _residual_row(a2[r], ma, ha, sa, b2[r], mb, hb, sb, qa, x_buf)
-            factor_i64 = _row_factor(x_buf, eps_m, eps_e, keep, sh_eps, ys_buf)
-            if avx512:
-                _out_row_avx512(ys_buf, cst_addr, factor_i64, m_i32, h_i64, s_i64, k_i64, q, out2[r])
-            else:
-                _out_tail(ys_buf, factor_i64, m_i32, h_i64, s_i64, k_i64, fused, q, out2[r], 0)
+            _ln_row(x_buf, ybuf, cst_addr, res, m_i64, s_i64, k_i64, narrow, fast, eps_m, eps_e, yb, sh_eps, q,
+                    out2[r], a2[min(r + 1, rows - 1)].ctypes.data)
 
 
 @memo_frozen()
@@ -774,7 +862,6 @@ def _residual_consts(m_a, shift_a, m_b, shift_b, add_bits, c):
     return tuple(out)
 
 
-_NO_BLOCKS = np.zeros((1, _BLOCK_I64), np.int64)
 # operand dtypes of the fused kernel: the encoders' residual adds (int32 linear output or int8, plus an
 # int8 LayerNorm output); each pair is one numba compilation, other pairs run the two kernels in turn
 _FUSED_DTYPES = ((np.dtype(np.int32), np.dtype(np.int8)), (np.dtype(np.int8), np.dtype(np.int8)))
@@ -796,15 +883,10 @@ def add_layernorm_cpu(a: np.ndarray, m_a, shift_a, b: np.ndarray, m_b, shift_b, 
     out_dtype = _check_x_scalars(a, eps_m, eps_e, out_bits, "a", (np.int8, np.int32))
     c = a.shape[-1]
     res = _residual_consts(m_a, shift_a, m_b, shift_b, add_bits, c)
-    lm_i32, h_i64, s_i64, k_i64, fused, blocks = _plan(c, m_i32, shift, bias_i64, int(HAVE_AVX512))
+    m_vec, s_vec, b_vec, blocks = _plan(c, m_i32, shift, bias_i64, int(out_bits))
     result = output_array(out, a.shape, out_dtype)
     a2, b2 = np.ascontiguousarray(a).reshape(-1, c), np.ascontiguousarray(b).reshape(-1, c)
     if a2.size:
-        keep = np.int64((62 - int(c - 1).bit_length()) // 2)
-        nchunks = min(a2.shape[0], 8 * numba.get_num_threads())
-        _add_layernorm_rows(a2, *res[:3], b2, *res[3:], np.int64(qmax_for_bits(add_bits)),
-                            _NO_BLOCKS if blocks is None else blocks, lm_i32, h_i64, s_i64, k_i64, fused,
-                            blocks is not None, np.int64(eps_m), np.int64(eps_e), keep,
-                            np.int64(_eps_min_shift(eps_m, eps_e)), np.int64(qmax_for_bits(out_bits)), nchunks,
-                            result.reshape(-1, c))
+        _add_layernorm_rows(a2, *res[:3], b2, *res[3:], np.int64(qmax_for_bits(add_bits)), blocks, m_vec, s_vec,
+                            b_vec, *_row_args(c, eps_m, eps_e, out_bits, a2.shape[0]), result.reshape(-1, c))
     return result
