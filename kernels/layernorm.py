@@ -155,6 +155,11 @@ def y_bits(c: int) -> int:
     return min(30, (62 - (int(c) - 1).bit_length()) // 2)
 
 
+def profile_limits(out_bits: int) -> tuple[int, int, int]:
+    """``(max |m|, max |bias|, max shift)`` of the output profile (narrow: int32 output stage)."""
+    return (NARROW_M_MAX, NARROW_K_MAX, 31) if out_bits <= 8 else (WIDE_M_MAX, WIDE_K_MAX, 62)
+
+
 def z_bits(out_bits: int) -> int:
     """``ZB`` of the output profile: narrow (int32 arithmetic) for int8 outputs, wide (int64) above."""
     return NARROW_Z_BITS if out_bits <= 8 else WIDE_BITS
@@ -182,7 +187,7 @@ class LayerNormParams:
 def _affine_ints(a: np.ndarray, bb: np.ndarray, out_bits: int):
     """Per-channel ``(m, shift, K)`` with ``(z·m + K) >> shift ≈ a·z + bb + 1/2`` (see :func:`layernorm_params`)."""
     zb = z_bits(out_bits)
-    m_max, k_max, s_max = (NARROW_M_MAX, NARROW_K_MAX, 31) if out_bits <= 8 else (WIDE_M_MAX, WIDE_K_MAX, 62)
+    m_max, k_max, s_max = profile_limits(out_bits)
     q = qmax_for_bits(out_bits)
     sat = np.abs(bb) >= q + 1 + np.abs(a) * ((1 << zb) + 2)  # saturated whatever z is
     s = np.full(a.shape, s_max, dtype=np.int64)
@@ -241,7 +246,7 @@ def layernorm_params(gamma, beta, eps: float, out_scale: float, out_bits: int = 
     if not (math.isfinite(eps) and eps >= 0):
         raise KernelInputError(f"layernorm_params: eps must be finite and >= 0, got {eps!r}")
     a = g * math.sqrt(c) * 2.0 ** -z_bits(out_bits) / s_out
-    m_max = NARROW_M_MAX if out_bits <= 8 else WIDE_M_MAX
+    m_max = profile_limits(out_bits)[0]
     if np.any(np.abs(a) >= m_max) or not np.all(np.isfinite(b / s_out)):
         raise KernelInputError(f"layernorm_params: |gamma|·sqrt(C)/out_scale must be < "
                                f"2^{29 if out_bits <= 8 else 61} for {out_bits}-bit outputs")
@@ -310,8 +315,7 @@ def _check_vectors(c, m_i32, shift, bias_i64, out_bits):
             raise KernelInputError(f"{name} must be a vector of length C={c} (last axis of x), got shape {a.shape}")
         vecs.append(np.ascontiguousarray(a, dtype=np.int64))
     m_vec, s_vec, b_vec = vecs
-    narrow = out_bits <= 8
-    m_max, k_max, s_max = (NARROW_M_MAX, NARROW_K_MAX, 31) if narrow else (WIDE_M_MAX, WIDE_K_MAX, 62)
+    m_max, k_max, s_max = profile_limits(out_bits)
     if np.any(np.abs(m_vec) > m_max):
         raise KernelInputError(f"m_i32 must satisfy |m_i32| <= {m_max} for {out_bits}-bit outputs")
     if np.any((s_vec < 0) | (s_vec > s_max)):
@@ -334,7 +338,7 @@ def _half(v):
 def _normalized_ref(x2: np.ndarray, eps_m: int, eps_e: int, out_bits: int) -> np.ndarray:
     """``z`` of :func:`layernorm_ref` for int64 rows ``x2 [R, C]`` (the normalized rows, int64)."""
     c = x2.shape[1]
-    yb, zb = y_bits(c), z_bits(out_bits)
+    yb = y_bits(c)
     total = x2.sum(axis=1, keepdims=True)
     q_row = total // np.int64(c)
     r_row = total - q_row * np.int64(c)

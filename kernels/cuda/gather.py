@@ -13,15 +13,21 @@ from ._util import THREADS_1D, any_device, blocks_for, finish, to_device
 from .requant import round_shift_dev, saturate_dev
 
 
+@cuda.jit(device=True, inline=True)
+def _unflatten3(k, t, tp):
+    """``(n, i, j)`` of the flat index ``k`` into a C-ordered ``[*, t, tp]`` array."""
+    n = k // (t * tp)
+    r = k - n * t * tp
+    i = r // tp
+    return n, i, r - i * tp
+
+
 @cuda.jit
 def _gather_kernel(x3, idx, out3):
     lead, t, tp = out3.shape
     start = cuda.grid(1)
     for k in range(start, lead * t * tp, cuda.gridsize(1)):
-        n = k // (t * tp)
-        r = k - n * t * tp
-        i = r // tp
-        j = r - i * tp
+        n, i, j = _unflatten3(k, t, tp)
         out3[n, i, j] = x3[n, i, idx[i, j]]
 
 
@@ -45,10 +51,7 @@ def _scatter_kernel(p3, idx, out3):
     tp = p3.shape[2]
     start = cuda.grid(1)
     for k in range(start, lead * t * size, cuda.gridsize(1)):
-        n = k // (t * size)
-        r = k - n * t * size
-        i = r // size
-        d = r - i * size
+        n, i, d = _unflatten3(k, t, size)
         acc_i32 = np.int32(0)
         for j in range(tp):
             if idx[i, j] == d:
@@ -75,10 +78,7 @@ def _scores_kernel(qk3, c3, ic, p3, ip, ma1, sa1, mb1, sb1, q1, ma2, sa2, mb2, s
     heads, t = out3.shape[0], out3.shape[1]
     start = cuda.grid(1)
     for k in range(start, heads * t * t, cuda.gridsize(1)):
-        h = k // (t * t)
-        r = k - h * t * t
-        i = r // t
-        j = r - i * t
+        h, i, j = _unflatten3(k, t, t)
         v1 = (round_shift_dev(np.int64(qk3[h, i, j]), ma1[j], sa1[j])
               + round_shift_dev(np.int64(c3[h, i, ic[i, j]]), mb1[j], sb1[j]))
         v1 = saturate_dev(v1, q1)
