@@ -482,17 +482,13 @@ def lower_gelu(L: _Lowerer, node: ir.Node) -> None:
         table = gelu_table(s_in, s_out, node.attr("approximate", "none"))
         L.emit("lut", [vx.name], "", "i8", shape, s_out, fp=out, table=L.const(f"{out}.table", table, "i8"))
         return
-    p = gelu_params(s_in, in_bits)
-    kw = dict(in_shift=p.in_shift, b_int=p.b_int, c_int=p.c_int, m_erf=p.m_erf, shift_erf=p.shift_erf,
-              out_shift=p.out_shift)
-    kw = {k: int(v) for k, v in kw.items()}
     if wide:
-        L.emit("gelu", [vx.name], "", "i32", shape, p.out_scale, fp=out, **kw)
+        p = gelu_params(s_in, in_bits)
+        L.emit("gelu", [vx.name], "", "i32", shape, p.out_scale, fp=out, **p.kernel_args)
         return
-    bits = 8
-    s_out = L.act_scale(out, bits)
-    m, s = quantize_multiplier(p.out_scale / s_out)
-    L.emit("gelu", [vx.name], "", "i8", shape, s_out, fp=out, **kw, m_i32=m, shift=s, out_bits=bits)
+    s_out = L.act_scale(out, 8)
+    p = gelu_params(s_in, in_bits, out_scale=s_out, out_bits=8)
+    L.emit("gelu", [vx.name], "", "i8", shape, s_out, fp=out, **p.kernel_args)
 
 
 def lower_tanh(L: _Lowerer, node: ir.Node) -> None:

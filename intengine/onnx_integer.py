@@ -28,7 +28,7 @@ Conventions (the specification of every op is its ``*_ref`` kernel in ``intengin
   on x86 with AVX-512 VNNI / AMX.  onnxruntime documents that its u8×s8 kernels for x86 without
   VNNI (AVX2 ``vpmaddubsw``) can saturate int16 pair sums; for such hosts ``weights="u8"`` stores
   uint8 weights ``w + 128`` with ``b_zero_point = 128`` (the u8×u8 kernels widen to int16 first).
-* **Tables.** Elementwise ops of one int8 input (i-GELU with its epilogue, i-tanh, i-exp) become
+* **Tables.** Elementwise ops of one int8 input (i-GELU, i-tanh, i-exp) become
   a 256-entry ``Gather``, and softmax's i-exp of ``u = max - x`` for int8/int16 scores a
   ``2·2^(bits-1)``-entry one (65536 for int16); the entries are the ``*_ref`` kernels evaluated on
   every possible input, so the lookups are exact by construction (``tables=False`` emits the
@@ -52,7 +52,7 @@ from . import ir
 from .errors import LoweringError
 from .onnx_export import prune_unused
 from .kernels.gather import toeplitz_diagonal
-from .kernels.gelu import ERF_FRAC_BITS, I32_MAX, gelu_ref
+from .kernels.gelu import CONST_NAMES as GELU_CONSTS, gelu_ref
 from .kernels.layernorm import (
     ISQRT_UPDATES, NARROW_BITS, NARROW_Z_BITS, WIDE_BITS, _eps_min_shift, y_bits, z_bits,
 )
@@ -453,45 +453,51 @@ def tr_rescale_add(b: _Builder, node: ir.Node) -> str:
 
 
 def _gelu_arith(b: _Builder, x: str, p: dict) -> str:
-    """``gelu_ref`` up to the saturated int32 ``y`` (int64), arithmetic form."""
+    """``gelu_ref`` in int64/uint64 arithmetic, returned in the ``out_bits`` container.
+
+    ``a_t``, ``w`` and the output are clipped in uint64 (onnxruntime's int64 ``Min``/``Max``/
+    ``Clip`` are wrong on values outside the int32 range, and ``|x| << -t`` reaches 2^55,
+    ``R(x·w, out_shift)`` 2^60): ``a_t ≥ 0`` is compared as is, ``w`` and the output through
+    :meth:`_Builder.round_shift`'s biased uint64 results ``R + o``, true non-negative integers
+    below 2^64, as ``clip(R, -h, h) + o = Clip(R + o, o - h, o + h)``; the offset ``o`` is moved to
+    ``2^63`` (``|R| < 2^62``) where ``o < h``, or, for the output, where the container's modular
+    cast would not drop it (:meth:`_Builder.finish`'s uint64 path)."""
+    t, b_int, c_int, w0 = p["in_shift"], p["b_int"], p["c_int"], p["w0"]
     x64 = b.cast(x, I64)
-    a = b.op("Abs", [x64])
-    t = p["in_shift"]
-    if t <= 0:
-        a = b.op("Mul", [a, b.i64(1 << -t)], hint="gelu.lsh")  # |x|·2^24 < 2^55
-    else:  # non-negative: Div is a floor
-        a = b.op("Div", [b.op("Add", [a, b.i64(1 << (t - 1))]), b.i64(1 << t)], hint="gelu.rsh")
-    a = b.op("Min", [a, b.i64(-p["b_int"])])
-    d = b.op("Add", [a, b.i64(p["b_int"])])
-    poly = b.op("Add", [b.op("Mul", [d, d]), b.i64(p["c_int"])])
-    poly = b.op("Mul", [poly, b.op("Sign", [x64])], hint="gelu.poly")  # |poly| < 2^31
-    one = 1 << ERF_FRAC_BITS
-    r, off = b.round_shift(poly, p["m_erf"], p["shift_erf"], 1 << 31)
-    erf = b.op("Clip", [b.cast(b.signed(r, off), I64), b.i64(-one), b.i64(one)], hint="gelu.erf")
-    wide = b.op("Mul", [x64, b.op("Add", [erf, b.i64(one)])], hint="gelu.wide")  # |wide| < 2^61
-    r, off = b.round_shift(wide, 1, p["out_shift"], 1 << 61)
-    return b.op("Clip", [b.cast(b.signed(r, off), I64), b.i64(-I32_MAX), b.i64(I32_MAX)], hint="gelu.y")
+    a = b.cast(b.op("Abs", [x64]), U64)  # |x| ≤ 2^31
+    if t < 0:
+        a = b.op("BitShift", [a, b.u64(-t)], direction="LEFT", hint="gelu.lsh")  # |x|·2^24 < 2^55
+    elif t > 0:
+        a = b.op("BitShift", [b.op("Add", [a, b.u64(1 << (t - 1))]), b.u64(t)], direction="RIGHT", hint="gelu.rsh")
+    a = b.op("Min", [a, b.u64(-b_int)], hint="gelu.a")  # a_t ≤ -b_int < 2^16
+    d = b.op("Add", [b.cast(a, I64), b.i64(b_int)])  # in [b_int, 0]
+    poly = b.op("Add", [b.op("Mul", [d, d]), b.i64(c_int)])
+    poly = b.op("Mul", [poly, b.op("Sign", [x64])], hint="gelu.poly")  # L, |L| < 2^31
+    # w = clip(w0 + R(L·m_erf, shift_erf), 0, 2·w0) = clip(R, -w0, w0) + w0, as uint64 in [0, 2^30]
+    r, off = b.round_shift(poly, p["m_erf"], p["shift_erf"], max(abs(b_int * b_int + c_int), -c_int))
+    off = int(off)
+    if off < w0:  # |R| < 2^62: R + 2^63 stays in (0, 2^64)
+        r, off = b.signed(r, off, TWO63), TWO63
+    w = b.op("Clip", [r, b.u64(off - w0), b.u64(off + w0)], hint="gelu.wclip")
+    w = b.op("Sub", [w, b.u64(off - w0)], hint="gelu.w")
+    # out = clip(R(x·w, out_shift), -Q, Q); x·w (|x·w| ≤ 2^61) as uint64 two's complement
+    xw = b.op("Mul", [b.cast(x64, U64), w], hint="gelu.xw")
+    r, off = b.round_shift(xw, 1, p["out_shift"], b.bound(x) * 2 * w0)
+    off, bits = int(off), p["out_bits"]
+    width, q = 8 * _container(bits).itemsize, (1 << (bits - 1)) - 1
+    if off % (1 << width) or off < q:  # so that finish clips in uint64 (|R| < 2^61)
+        r, off = b.signed(r, off, TWO63), TWO63
+    return b.finish(r, off, bits)
 
 
 def tr_gelu(b: _Builder, node: ir.Node) -> str:
-    """``gelu_ref`` (i-GELU), int32 wide output or fused requantize."""
+    """``gelu_ref`` (i-GELU): the wide int32 output or a requantized one (``out_bits``
+    container), one rounding.  int8 inputs (``tables``): one 256-entry table of ``gelu_ref``."""
     x = b.get(node.inputs[0])
-    keys = ("in_shift", "b_int", "c_int", "m_erf", "shift_erf", "out_shift")
-    p = {k: int(node.attr(k)) for k in keys}
-    m, s, bits = node.attr("m_i32"), node.attr("shift"), node.attr("out_bits", 8)
-    m, s = _attr_const(b, m), _attr_const(b, s)
-    scalar_epilogue = m is None or (np.ndim(m) == 0 and np.ndim(s) == 0)
+    p = {k: int(node.attr(k)) for k in GELU_CONSTS}
     if b.tables and b.dtypes[x] == np.int8:
-        inputs = np.arange(-128, 128, dtype=np.int8)
-        if scalar_epilogue:  # the whole op, epilogue included, is one table
-            kw = {} if m is None else dict(m_i32=int(m), shift=int(s), out_bits=bits)
-            return b.table(x, gelu_ref(inputs, **p, **kw), "gelu.table")
-        y = b.table(x, gelu_ref(inputs, **p), "gelu.table")
-        return b.requant(y, m, s, bits, 1 << 31)
-    y = _gelu_arith(b, x, p)
-    if m is None:
-        return b.cast(y, np.int32)
-    return b.requant(y, m, s, bits, I32_MAX)
+        return b.table(x, gelu_ref(np.arange(-128, 128, dtype=np.int8), **p), "gelu.table")
+    return _gelu_arith(b, x, p)
 
 
 def tr_lut(b: _Builder, node: ir.Node) -> str:

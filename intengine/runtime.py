@@ -33,6 +33,7 @@ from .interp import prepare_inputs
 from .lower import fuse_add_layernorm, fuse_rel_scores
 from .kernels.errors import KernelInputError
 from .kernels.gather import index_for_length
+from .kernels.gelu import CONST_NAMES as GELU_CONSTS
 from .kernels.registry import available_backends, get_kernel
 
 __all__ = ["BufferPlan", "Executor", "OutputRecord", "plan_buffers", "run_integer"]
@@ -259,9 +260,8 @@ class Executor:
             return _with_out(k, lambda ins, B, T, **o: k(ins[0], ma, sa, ins[1], mb, sb, bits, **o))
         if op == "gelu":
             k = get_kernel("gelu", be)
-            kw = {n: a(n) for n in ("in_shift", "b_int", "c_int", "m_erf", "shift_erf", "out_shift")}
-            m, s, bits = C(a("m_i32")), C(a("shift")), a("out_bits", 8)
-            return _with_out(k, lambda ins, B, T, **o: k(ins[0], **kw, m_i32=m, shift=s, out_bits=bits, **o))
+            kw = {n: a(n) for n in GELU_CONSTS}
+            return _with_out(k, lambda ins, B, T, **o: k(ins[0], **kw, **o))
         if op == "lut":
             k = get_kernel("lut", be)
             table = C(a("table"))

@@ -58,7 +58,7 @@ __all__ = ["save_quantized", "load_quantized", "FORMAT", "FORMAT_VERSION", "GRAP
            "WEIGHTS_NAME"]
 
 FORMAT = "intengine-quantized"
-FORMAT_VERSION = 2  # 2: i-LayerNorm constants of the two-profile spec (kernels/layernorm.py)
+FORMAT_VERSION = 3  # 2: i-LayerNorm constants of the two-profile spec; 3: i-GELU with the output scale folded in
 GRAPH_NAME = "graph.json"
 WEIGHTS_NAME = "model.safetensors"
 

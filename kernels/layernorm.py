@@ -30,6 +30,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
+from ._llvm import counted_loop, vec_helpers, vector_reduce
 from ._util import check_int, container_for_bits, cpu_has, is_int_scalar, memo_frozen, output_array, qmax_for_bits
 from .errors import KernelInputError
 from .registry import register
@@ -440,67 +441,6 @@ HAVE_AVX512: bool = _detect_avx512()
 BLOCK = 16  # int32 lanes per step of the AVX-512 row passes
 
 
-def _vec_helpers(builder):
-    i32, i64 = ir.IntType(32), ir.IntType(64)
-    v16, v8 = ir.VectorType(i32, 16), ir.VectorType(i64, 8)
-
-    def load(addr, ty=v16):
-        ld = builder.load(builder.inttoptr(addr, ty.as_pointer()))
-        ld.align = 4
-        return ld
-
-    def splat(val, ty=v16):
-        val = builder.trunc(val, ty.element) if val.type != ty.element else val
-        vec = builder.insert_element(ir.Constant(ty, ir.Undefined), val, ir.Constant(i32, 0))
-        return builder.shuffle_vector(vec, ir.Constant(ty, ir.Undefined), ir.Constant(ir.VectorType(i32, ty.count),
-                                                                                        [0] * ty.count))
-
-    def at(base, i, step):
-        return builder.add(base, builder.mul(i, ir.Constant(i64, step)))
-
-    return i32, i64, v16, v8, load, splat, at
-
-
-def _counted_loop(builder, n, inits, body):
-    """``for i in range(n): vals = body(i, vals)`` in LLVM IR (phi nodes); returns the final values."""
-    i64 = ir.IntType(64)
-    pre = builder.block
-    loop = builder.append_basic_block("ln.loop")
-    done = builder.append_basic_block("ln.done")
-    builder.cbranch(builder.icmp_signed(">", n, ir.Constant(i64, 0)), loop, done)
-    builder.position_at_end(loop)
-    i = builder.phi(i64)
-    i.add_incoming(ir.Constant(i64, 0), pre)
-    phis = []
-    for v in inits:
-        p = builder.phi(v.type)
-        p.add_incoming(v, pre)
-        phis.append(p)
-    new = body(i, phis)
-    i1 = builder.add(i, ir.Constant(i64, 1))
-    end = builder.block
-    i.add_incoming(i1, end)
-    for p, v in zip(phis, new):
-        p.add_incoming(v, end)
-    builder.cbranch(builder.icmp_signed("<", i1, n), loop, done)
-    builder.position_at_end(done)
-    outs = []
-    for v0, v in zip(inits, new):
-        p = builder.phi(v0.type)
-        p.add_incoming(v0, pre)
-        p.add_incoming(v, end)
-        outs.append(p)
-    return outs
-
-
-def _reduce(builder, kind, vec):
-    """``llvm.vector.reduce.<kind>`` (add, smin, smax) of an integer vector: a log-step shuffle tree."""
-    ty = vec.type
-    name = f"llvm.vector.reduce.{kind}.v{ty.count}i{ty.element.width}"
-    fn = builder.module.globals.get(name) or ir.Function(builder.module, ir.FunctionType(ty.element, [ty]), name)
-    return builder.call(fn, [vec])
-
-
 @intrinsic
 def _ln_stats16(typingctx, x_addr, nvec, res_addr):
     """Row statistics over ``nvec`` blocks of 16 int32 at ``x_addr``: writes int64 ``[Σx, min, max]``
@@ -511,7 +451,7 @@ def _ln_stats16(typingctx, x_addr, nvec, res_addr):
 
     def codegen(context, builder, signature, llargs):
         xa, n, ra = [context.cast(builder, v, t, types.int64) for v, t in zip(llargs, signature.args)]
-        i32, i64, v16, v8, load, splat, at = _vec_helpers(builder)
+        i32, i64, v16, v8, load, splat, at = vec_helpers(builder)
         big, small = ir.Constant(v16, [(1 << 31) - 1] * 16), ir.Constant(v16, [-(1 << 31)] * 16)
         zero = ir.Constant(v16, [0] * 16)
 
@@ -524,11 +464,12 @@ def _ln_stats16(typingctx, x_addr, nvec, res_addr):
             hi = builder.add(hi, builder.ashr(x, ir.Constant(v16, [16] * 16)))
             return [mn, mx, lo, hi]
 
-        mn, mx, lo, hi = _counted_loop(builder, n, [big, small, zero, zero], body)
+        mn, mx, lo, hi = counted_loop(builder, n, [big, small, zero, zero], body)
         v16x64 = ir.VectorType(i64, 16)
-        total = builder.add(_reduce(builder, "add", builder.zext(lo, v16x64)),
-                            builder.shl(_reduce(builder, "add", builder.sext(hi, v16x64)), ir.Constant(i64, 16)))
-        res = [total, builder.sext(_reduce(builder, "smin", mn), i64), builder.sext(_reduce(builder, "smax", mx), i64)]
+        total = builder.add(vector_reduce(builder, "add", builder.zext(lo, v16x64)),
+                            builder.shl(vector_reduce(builder, "add", builder.sext(hi, v16x64)), ir.Constant(i64, 16)))
+        res = [total, builder.sext(vector_reduce(builder, "smin", mn), i64),
+               builder.sext(vector_reduce(builder, "smax", mx), i64)]
         for j, v in enumerate(res):
             builder.store(v, builder.inttoptr(builder.add(ra, ir.Constant(i64, 8 * j)), i64.as_pointer()))
         return context.get_dummy_value()
@@ -554,7 +495,7 @@ def _make_center16(left: bool):
         def codegen(context, builder, signature, llargs):
             xa, n, shv, cc, ya, pa = [context.cast(builder, v, t, types.int64)
                                       for v, t in zip(llargs, signature.args)]
-            i32, i64, v16, v8, load, splat, at = _vec_helpers(builder)
+            i32, i64, v16, v8, load, splat, at = vec_helpers(builder)
             i8p = ir.IntType(8).as_pointer()
             pf_fn = builder.module.globals.get("llvm.prefetch.p0") or ir.Function(
                 builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0")
@@ -577,8 +518,8 @@ def _make_center16(left: bool):
                 st.align = 4
                 return [builder.add(ev, sq(y)), builder.add(od, sq(builder.shuffle_vector(y, y, odd_idx)))]
 
-            ev, od = _counted_loop(builder, n, [zero8, zero8], body)
-            return _reduce(builder, "add", builder.add(ev, od))
+            ev, od = counted_loop(builder, n, [zero8, zero8], body)
+            return vector_reduce(builder, "add", builder.add(ev, od))
 
         return types.int64(*args), codegen
 
@@ -603,7 +544,7 @@ def _ln_out16(typingctx, y_addr, nvec, k, f, zs, cst_addr, q, out_addr):
     def codegen(context, builder, signature, llargs):
         ya, n, kk, ff, zz, ca, qq, oa = [context.cast(builder, v, t, types.int64)
                                         for v, t in zip(llargs, signature.args)]
-        i32, i64, v16, v8, load, splat, at = _vec_helpers(builder)
+        i32, i64, v16, v8, load, splat, at = vec_helpers(builder)
         v32x16 = ir.VectorType(ir.IntType(16), 32)
         fnty = ir.FunctionType(v16, [v32x16, v32x16])
         madd = builder.module.globals.get("llvm.x86.avx512.pmaddw.d.512") or ir.Function(
@@ -639,7 +580,7 @@ def _ln_out16(typingctx, y_addr, nvec, k, f, zs, cst_addr, q, out_addr):
             st.align = 1
             return []
 
-        _counted_loop(builder, n, [], body)
+        counted_loop(builder, n, [], body)
         return context.get_dummy_value()
 
     return types.void(y_addr, nvec, k, f, zs, cst_addr, q, out_addr), codegen

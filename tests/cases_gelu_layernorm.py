@@ -16,7 +16,6 @@ from hypothesis import strategies as st
 from intengine.kernels.gelu import SCALE_MAX, SCALE_MIN, gelu_params
 from intengine.kernels.layernorm import layernorm_params
 from intengine.kernels.registry import get_kernel
-from intengine.kernels.requant import quantize_multiplier, quantize_multipliers
 from strategies import INT_RANGES, Case, dims, int_arrays, log_uniform, multiplier_sets, scales, shapes
 
 # ----------------------------------------------------------------------------- gelu
@@ -48,18 +47,15 @@ def gelu_values(draw, dtype, shape, scale):
 
 
 @st.composite
-def gelu_epilogue(draw, n):
-    """No epilogue (int32 out), or requantization per tensor / per channel to 8, 16 or 32 bits."""
-    kind = draw(st.sampled_from(["none", "none", "tensor", "channel"]))
-    if kind == "none":
-        return {}, "int32"
-    out_bits = draw(st.sampled_from([8, 8, 16, 32]))
-    if kind == "tensor":
-        m, s = quantize_multiplier(draw(log_uniform(2**-30, 2**4)))
-        return {"m_i32": m, "shift": s, "out_bits": out_bits}, f"m={m} s={s} {out_bits}b"
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    m, s = quantize_multipliers(2.0 ** rng.uniform(-30, 2, size=n))
-    return {"m_i32": m, "shift": s, "out_bits": out_bits}, f"per-channel {out_bits}b"
+def gelu_output(draw, scale, in_bits):
+    """The wide int32 output, or a requantized one (8, 16 or 32 bits) at a drawn output scale
+    (from a much finer one to a much coarser one than a realistic activation step)."""
+    if draw(st.sampled_from([False, True, True])):
+        out_bits = draw(st.sampled_from([8, 8, 16, 32]))
+        s_out = scale * 2.0 ** (in_bits - 1) / 127 * draw(log_uniform(1e-4, 1e2))
+        s_out = min(max(s_out, scale * 2.0**-28), scale * 2.0**60)  # inside gelu_params' ratio range
+        return gelu_params(scale, in_bits, out_scale=s_out, out_bits=out_bits), f"S_out={s_out:.3g} {out_bits}b"
+    return gelu_params(scale, in_bits), "wide int32"
 
 
 @st.composite
@@ -69,9 +65,8 @@ def _gelu(draw, small):
     s = draw(gelu_scales())
     in_bits = draw(st.sampled_from([8, 16, 22, 32])) if dtype != np.int8 else 8
     x = draw(gelu_values(dtype, shape, s))
-    p = gelu_params(s, in_bits)
-    kw, label = draw(gelu_epilogue(shape[-1] if shape else 1))
-    return Case("gelu", lambda b: get_kernel("gelu", b)(x, **p.kernel_args, **kw),
+    p, label = draw(gelu_output(s, in_bits))
+    return Case("gelu", lambda b: get_kernel("gelu", b)(x, **p.kernel_args),
                 f"{x.dtype}{shape} S={s:.3g} in_bits={in_bits} {label}")
 
 

@@ -15,7 +15,7 @@ import intengine
 from intengine import ir
 from intengine.calibrate import random_batches
 from intengine.errors import IntengineError, LoweringError
-from intengine.kernels.gelu import gelu_params
+from intengine.kernels.gelu import gelu_params, gelu_ref
 from intengine.kernels.layernorm import layernorm_params
 from intengine.kernels.requant import quantize_multiplier, quantize_multipliers
 from intengine.kernels.softmax import exp_params, exp_ref, softmax_params
@@ -200,25 +200,22 @@ def test_rescale_add_extremes():
 
 
 @pytest.mark.parametrize("dtype", [np.int8, np.int16, np.int32])
-@pytest.mark.parametrize("epilogue", ["none", "scalar", "channel"])
-def test_gelu_extremes(dtype, epilogue):
+@pytest.mark.parametrize("out", ["wide", "requant8", "requant16"])
+def test_gelu_extremes(dtype, out):
+    """The wide int32 output (``out_scale=None``) and requantized int8/int16 outputs (the output
+    scale folded into ``w0``/``m_erf``), table and arithmetic forms."""
     bits = {np.int8: 8, np.int16: 16, np.int32: 32}[dtype]
     scale = {np.int8: 0.05, np.int16: 3e-4, np.int32: 2e-8}[dtype]
-    p = gelu_params(scale, bits)
-    attrs = dict(p.kernel_args)
-    consts, out = {}, "i32"
-    if epilogue == "scalar":
-        m, s = quantize_multiplier(p.out_scale / 0.03)
-        attrs.update(m_i32=m, shift=s, out_bits=8)
-        out = "i8"
-    elif epilogue == "channel":
-        m, s = quantize_multipliers(p.out_scale / RNG.uniform(0.01, 0.05, 12))
-        consts = {"m": m, "s": s}
-        attrs.update(m_i32="m", shift="s", out_bits=8)
-        out = "i8"
+    if out == "wide":
+        p, out_dtype = gelu_params(scale, bits), "i32"
+    elif out == "requant8":
+        p, out_dtype = gelu_params(scale, bits, out_scale=0.03, out_bits=8), "i8"
+    else:
+        p, out_dtype = gelu_params(scale, bits, out_scale=2e-4, out_bits=16), "i16"
     x = extreme(dtype, (3, 7, 12))
     for tables in (True, False):
-        single_op("gelu", {"x": x}, out, attrs, consts, tables=tables)
+        single_op("gelu", {"x": x}, out_dtype, p.kernel_args, tables=tables)
+        single_op("gelu", {"x": x}, out_dtype, p.kernel_args, tables=tables, want=gelu_ref(x, **p.kernel_args))
 
 
 @pytest.mark.parametrize("dtype,scale", [(np.int8, 0.04), (np.int16, 2e-4), (np.int32, 2.0**-24), (np.int8, 256.0)])

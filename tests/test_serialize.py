@@ -98,7 +98,7 @@ def test_round_trip_bit_identical(model, tmp_path):
 def test_graph_json_header(saved):
     qm, path = saved
     doc = json.loads((path / GRAPH_NAME).read_text())
-    assert doc["format"] == FORMAT and doc["format_version"] == FORMAT_VERSION == 2
+    assert doc["format"] == FORMAT and doc["format_version"] == FORMAT_VERSION == 3
     assert doc["intengine_version"] == intengine.__version__
     assert doc["family"] == "roberta" and doc["task"] == "sequence-classification"
     assert doc["method"] == "minmax"
@@ -232,8 +232,8 @@ def test_other_format_and_version(saved, tmp_path):
     with pytest.raises(QuantizedFormatError, match=r"graph.json: field 'format' is 'onnx-qdq', expected "):
         load_quantized(p)
     p = _copy(src, tmp_path / "ver")
-    _rewrite(p, lambda d: d.update(format_version=1))  # format 1: the LayerNorm constants of the old spec
-    with pytest.raises(QuantizedFormatError, match="written by intengine format 1, this intengine reads 2"):
+    _rewrite(p, lambda d: d.update(format_version=2))  # format 2: the GELU constants of the old spec
+    with pytest.raises(QuantizedFormatError, match="written by intengine format 2, this intengine reads 3"):
         load_quantized(p)
     p = _copy(src, tmp_path / "nover")
     _rewrite(p, lambda d: d.pop("format_version"))

@@ -5,56 +5,42 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda
 
-from ..gelu import ERF_FRAC_BITS, I32_MAX, _check_gelu_args, gelu_args_scalar
+from ..gelu import _check_gelu_args, _lane_consts
 from ..registry import register
 from ._util import any_device, blocks_for, finish, to_device, THREADS_1D
-from .requant import round_shift_dev, saturate_dev
 
 
 @cuda.jit(device=True, inline=True)
-def gelu_dev(x_i64, lsh, rsh, half, clip, b_int, c_int, m_erf, shift_erf, out_shift):
-    """Device twin of ``kernels.gelu.gelu_scalar`` (saturated int32 value as int64)."""
+def gelu_dev(x_i64, lsh, rsh, half, clip, b_int, c_int, m_erf, h_erf, shift_erf, w0, w_max, h_out, out_shift, q):
+    """Device twin of ``kernels.gelu.gelu_lane`` (same constants: ``kernels.gelu._lane_consts``)."""
     a_i64 = x_i64 if x_i64 >= 0 else -x_i64
     a_i64 = min(((a_i64 << lsh) + half) >> rsh, clip)
     d_i64 = a_i64 + b_int
     poly_i64 = d_i64 * d_i64 + c_int
     if x_i64 < 0:
         poly_i64 = -poly_i64
-    one = np.int64(1) << ERF_FRAC_BITS
-    erf_i64 = min(max(round_shift_dev(poly_i64, m_erf, shift_erf), -one), one)
-    return saturate_dev(round_shift_dev(x_i64 * (one + erf_i64), np.int64(1), out_shift), np.int64(I32_MAX))
+    w_i64 = ((poly_i64 * m_erf + h_erf) >> shift_erf) + w0  # |poly·m_erf| < 2^62
+    w_i64 = min(max(w_i64, np.int64(0)), w_max)
+    y_i64 = (x_i64 * w_i64 + h_out) >> out_shift  # |x·w| ≤ 2^61
+    return min(max(y_i64, -q), q)
 
 
 @cuda.jit
-def _gelu_kernel(x, lsh, rsh, half, clip, b_int, c_int, m_erf, shift_erf, out_shift, out):
+def _gelu_kernel(x, lsh, rsh, half, clip, b_int, c_int, m_erf, h_erf, shift_erf, w0, w_max, h_out, out_shift, q, out):
     for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
-        out[i] = gelu_dev(np.int64(x[i]), lsh, rsh, half, clip, b_int, c_int, m_erf, shift_erf, out_shift)
-
-
-@cuda.jit
-def _gelu_requant_kernel(x, lsh, rsh, half, clip, b_int, c_int, m_erf, shift_erf, out_shift, m_i64, s_i64, q, out):
-    cols = m_i64.size
-    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
-        y = gelu_dev(np.int64(x[i]), lsh, rsh, half, clip, b_int, c_int, m_erf, shift_erf, out_shift)
-        c = i % cols
-        out[i] = saturate_dev(round_shift_dev(y, m_i64[c], s_i64[c]), q)
+        out[i] = gelu_dev(np.int64(x[i]), lsh, rsh, half, clip, b_int, c_int, m_erf, h_erf, shift_erf, w0, w_max,
+                          h_out, out_shift, q)
 
 
 @register("gelu", "cuda")
-def gelu_cuda(x, in_shift: int, b_int: int, c_int: int, m_erf: int, shift_erf: int, out_shift: int,
-              m_i32=None, shift=None, out_bits: int = 8):
+def gelu_cuda(x, in_shift: int, b_int: int, c_int: int, m_erf: int, shift_erf: int, w0: int, out_shift: int,
+              out_bits: int = 32):
     """CUDA version of :func:`~intengine.kernels.gelu.gelu_ref` (bit-exact)."""
-    out_dtype, q, m_vec, s_vec = _check_gelu_args(x, in_shift, b_int, c_int, m_erf, shift_erf, out_shift,
-                                                  m_i32, shift, out_bits)
-    consts = gelu_args_scalar(in_shift, b_int, c_int, m_erf, shift_erf, out_shift)
+    out_dtype, q = _check_gelu_args(x, in_shift, b_int, c_int, m_erf, shift_erf, w0, out_shift, out_bits)
+    consts = _lane_consts(*(int(v) for v in (in_shift, b_int, c_int, m_erf, shift_erf, w0, out_shift)), q)
     x_d = to_device(x)
     out_d = cuda.device_array(x.shape, dtype=out_dtype)
     n = x_d.size
     if n:
-        xf, of = x_d.reshape(n), out_d.reshape(n)
-        grid = min(blocks_for(n), 4096)
-        if m_vec is None:
-            _gelu_kernel[grid, THREADS_1D](xf, *consts, of)
-        else:
-            _gelu_requant_kernel[grid, THREADS_1D](xf, *consts, to_device(m_vec), to_device(s_vec), np.int64(q), of)
+        _gelu_kernel[min(blocks_for(n), 4096), THREADS_1D](x_d.reshape(n), *consts, out_d.reshape(n))
     return finish(out_d, any_device(x))

@@ -1,0 +1,70 @@
+"""Small llvmlite helpers shared by the hand-written vector kernels (``@intrinsic`` codegen):
+16 int32 / 8 int64 lane types with load and splat, a counted loop built from phi nodes, and
+``llvm.vector.reduce``."""
+
+from __future__ import annotations
+
+from llvmlite import ir
+
+
+def vec_helpers(builder):
+    """``(i32, i64, v16, v8, load, splat, at)`` for ``builder``: lane types, an unaligned 16×int32
+    load from an int64 address, a splat of a scalar, and ``base + i·step``."""
+    i32, i64 = ir.IntType(32), ir.IntType(64)
+    v16, v8 = ir.VectorType(i32, 16), ir.VectorType(i64, 8)
+
+    def load(addr, ty=v16):
+        ld = builder.load(builder.inttoptr(addr, ty.as_pointer()))
+        ld.align = 4
+        return ld
+
+    def splat(val, ty=v16):
+        val = builder.trunc(val, ty.element) if val.type != ty.element else val
+        vec = builder.insert_element(ir.Constant(ty, ir.Undefined), val, ir.Constant(i32, 0))
+        return builder.shuffle_vector(vec, ir.Constant(ty, ir.Undefined), ir.Constant(ir.VectorType(i32, ty.count),
+                                                                                        [0] * ty.count))
+
+    def at(base, i, step):
+        return builder.add(base, builder.mul(i, ir.Constant(i64, step)))
+
+    return i32, i64, v16, v8, load, splat, at
+
+
+def counted_loop(builder, n, inits, body):
+    """``for i in range(n): vals = body(i, vals)`` in LLVM IR (phi nodes); returns the final values."""
+    i64 = ir.IntType(64)
+    pre = builder.block
+    loop = builder.append_basic_block("ln.loop")
+    done = builder.append_basic_block("ln.done")
+    builder.cbranch(builder.icmp_signed(">", n, ir.Constant(i64, 0)), loop, done)
+    builder.position_at_end(loop)
+    i = builder.phi(i64)
+    i.add_incoming(ir.Constant(i64, 0), pre)
+    phis = []
+    for v in inits:
+        p = builder.phi(v.type)
+        p.add_incoming(v, pre)
+        phis.append(p)
+    new = body(i, phis)
+    i1 = builder.add(i, ir.Constant(i64, 1))
+    end = builder.block
+    i.add_incoming(i1, end)
+    for p, v in zip(phis, new):
+        p.add_incoming(v, end)
+    builder.cbranch(builder.icmp_signed("<", i1, n), loop, done)
+    builder.position_at_end(done)
+    outs = []
+    for v0, v in zip(inits, new):
+        p = builder.phi(v0.type)
+        p.add_incoming(v0, pre)
+        p.add_incoming(v, end)
+        outs.append(p)
+    return outs
+
+
+def vector_reduce(builder, kind, vec):
+    """``llvm.vector.reduce.<kind>`` (add, smin, smax) of an integer vector: a log-step shuffle tree."""
+    ty = vec.type
+    name = f"llvm.vector.reduce.{kind}.v{ty.count}i{ty.element.width}"
+    fn = builder.module.globals.get(name) or ir.Function(builder.module, ir.FunctionType(ty.element, [ty]), name)
+    return builder.call(fn, [vec])
