@@ -84,37 +84,48 @@ def isqrt_ref(n: np.ndarray) -> np.ndarray:
     return np.where(n_i64 <= 1, n_i64, x_i64)
 
 
+@intrinsic
+def _ctlz64(typingctx, v):
+    """``llvm.ctlz.i64`` (one ``lzcnt``): leading zero bits of an int64, 64 for 0."""
+    if not isinstance(v, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        i64 = ir.IntType(64)
+        fn = builder.module.globals.get("llvm.ctlz.i64") or ir.Function(
+            builder.module, ir.FunctionType(i64, [i64, ir.IntType(1)]), "llvm.ctlz.i64")
+        return builder.call(fn, [context.cast(builder, args[0], signature.args[0], types.int64),
+                                 ir.Constant(ir.IntType(1), 0)])
+
+    return types.int64(v), codegen
+
+
 @numba.njit(inline="always")
 def bit_length(v_i64):
-    """Significant bits of a non-negative int64 (numba)."""
-    n = 0
-    if v_i64 >= (np.int64(1) << 32):
-        v_i64 >>= 32
-        n += 32
-    if v_i64 >= (np.int64(1) << 16):
-        v_i64 >>= 16
-        n += 16
-    if v_i64 >= (np.int64(1) << 8):
-        v_i64 >>= 8
-        n += 8
-    if v_i64 >= (np.int64(1) << 4):
-        v_i64 >>= 4
-        n += 4
-    if v_i64 >= (np.int64(1) << 2):
-        v_i64 >>= 2
-        n += 2
-    if v_i64 >= (np.int64(1) << 1):
-        v_i64 >>= 1
-        n += 1
-    return n + (1 if v_i64 > 0 else 0)
+    """Significant bits of a non-negative int64 (numba CPU)."""
+    return 64 - _ctlz64(v_i64)
+
+
+# ⌈16·√(m + 1)⌉ for the top 8 bits m ∈ [64, 256) of n: a seed within 2^-7 above √n
+_ISQRT_SEED = np.array([math.ceil(16 * math.sqrt(m + 1)) for m in range(256)], np.int64)
+for _m in range(256):  # (guard the float seed table: exact ceilings, checked in integers)
+    assert (_ISQRT_SEED[_m] - 1) ** 2 < 256 * (_m + 1) <= int(_ISQRT_SEED[_m]) ** 2
 
 
 @numba.njit(inline="always")
 def isqrt_scalar(n_i64):
-    """``⌊√n⌋`` for ``0 ≤ n < 2^63`` (numba); at most 7 loop passes."""
+    """``⌊√n⌋`` for ``0 ≤ n < 2^63`` (numba CPU), the integer Newton iteration of
+    :func:`isqrt_ref` from a closer start: with ``n = m·2^(2e-6) + r`` (``m`` the top 8 bits,
+    ``e ≥ 3``), ``x_0 = ⌈(T[m]·2^(e-3)) / 16⌉ ≥ √((m+1)·2^(2e-6)) > √n`` within ~2^-7 of it
+    (``T[m] = ⌈16·√(m+1)⌉``), so 3 updates reach ``⌊√n⌋`` and the loop (which stops when an
+    update no longer decreases, at ``⌊√n⌋`` for any start above it) runs 4 passes."""
     if n_i64 <= 1:
         return n_i64
-    x_i64 = np.int64(1) << ((bit_length(n_i64) + 1) >> 1)
+    e = (bit_length(n_i64) - 1) >> 1  # n ∈ [2^(2e), 2^(2e+2))
+    if e >= 3:
+        x_i64 = ((_ISQRT_SEED[n_i64 >> (2 * e - 6)] << (e - 3)) + 15) >> 4
+    else:
+        x_i64 = np.int64(1) << (e + 1)
     for _ in range(ISQRT_UPDATES + 1):
         y_i64 = (x_i64 + n_i64 // x_i64) >> 1
         if y_i64 >= x_i64:
@@ -529,61 +540,96 @@ def _make_center16(left: bool):
 _ln_center16_left, _ln_center16_right = _make_center16(True), _make_center16(False)
 
 
-@intrinsic
-def _ln_out16(typingctx, y_addr, nvec, k, f, zs, cst_addr, q, out_addr):
-    """Narrow output pass on ``nvec`` blocks of 16 channels (int32 lanes throughout)::
+def _make_out16(group: int):
+    """Narrow output pass ``out(y_addr, nvec, k, f, zs, cst_addr, q, out_addr)`` on ``nvec``
+    steps of ``group`` blocks of 16 channels (int32 lanes throughout)::
 
         y14 = (y + h(k)) >> k;  z = clip((y14·F + h(zs)) >> zs, ±(2^15-1));  out = clip((z·m + K) >> s, ±q)
 
     ``y14·F`` and ``z·m`` are ``vpmaddwd`` (16×16→32: ``|y14|, |z| < 2^15`` sit in the low
     half of each lane, ``F`` and ``m`` are stored with a zero high half).  ``cst_addr``: per
-    block ``m & 0xFFFF``, ``K``, ``s`` as 16 int32 each (:func:`_out_blocks`)."""
-    if not all(isinstance(t, types.Integer) for t in (y_addr, nvec, k, f, zs, cst_addr, q, out_addr)):
-        return None
+    block ``m & 0xFFFF``, ``K``, ``s`` as 16 int32 each (:func:`_out_blocks`).  ``group=1``
+    clamps to ``±q`` and stores 16 bytes; ``group=4`` (``q = 127`` only) packs 64 results with
+    ``vpackssdw``/``vpacksswb`` (saturating to [-128, 127]), ``max(·, -127)`` and one ``vpermd``
+    back to channel order."""
 
-    def codegen(context, builder, signature, llargs):
-        ya, n, kk, ff, zz, ca, qq, oa = [context.cast(builder, v, t, types.int64)
-                                        for v, t in zip(llargs, signature.args)]
-        i32, i64, v16, v8, load, splat, at = vec_helpers(builder)
-        v32x16 = ir.VectorType(ir.IntType(16), 32)
-        fnty = ir.FunctionType(v16, [v32x16, v32x16])
-        madd = builder.module.globals.get("llvm.x86.avx512.pmaddw.d.512") or ir.Function(
-            builder.module, fnty, "llvm.x86.avx512.pmaddw.d.512")
+    @intrinsic
+    def out(typingctx, y_addr, nvec, k, f, zs, cst_addr, q, out_addr):
+        if not all(isinstance(t, types.Integer) for t in (y_addr, nvec, k, f, zs, cst_addr, q, out_addr)):
+            return None
 
-        def pmaddwd(a, b):
-            return builder.call(madd, [builder.bitcast(a, v32x16), builder.bitcast(b, v32x16)])
+        def codegen(context, builder, signature, llargs):
+            ya, n, kk, ff, zz, ca, qq, oa = [context.cast(builder, v, t, types.int64)
+                                            for v, t in zip(llargs, signature.args)]
+            i32, i64, v16, v8, load, splat, at = vec_helpers(builder)
+            v32x16, v64x8 = ir.VectorType(ir.IntType(16), 32), ir.VectorType(ir.IntType(8), 64)
+            mod = builder.module
 
-        one = ir.Constant(i64, 1)
-        kv, fv, zv = splat(kk), splat(ff), splat(zz)
-        hk = splat(builder.ashr(builder.shl(one, kk), one))
-        hz = splat(builder.ashr(builder.shl(one, zz), one))
-        qv = splat(qq)
-        nq = builder.neg(qv)
-        zmax = ir.Constant(v16, [(1 << NARROW_Z_BITS) - 1] * 16)
-        zmin = ir.Constant(v16, [1 - (1 << NARROW_Z_BITS)] * 16)
-        v16i8 = ir.VectorType(ir.IntType(8), 16)
+            def decl(name, ret, arg):
+                return mod.globals.get(name) or ir.Function(mod, ir.FunctionType(ret, [arg, arg]), name)
 
-        def body(i, vals):
-            y = load(at(ya, i, 64))
-            y14 = builder.ashr(builder.add(y, hk), kv)
-            z = builder.ashr(builder.add(pmaddwd(y14, fv), hz), zv)
-            z = builder.select(builder.icmp_signed(">", z, zmax), zmax, z)
-            z = builder.select(builder.icmp_signed("<", z, zmin), zmin, z)
-            cb = at(ca, i, 192)
-            m = load(cb)
-            kb = load(builder.add(cb, ir.Constant(i64, 64)))
-            sb = load(builder.add(cb, ir.Constant(i64, 128)))
-            o = builder.ashr(builder.add(pmaddwd(z, m), kb), sb)
-            o = builder.select(builder.icmp_signed(">", o, qv), qv, o)
-            o = builder.select(builder.icmp_signed("<", o, nq), nq, o)
-            st = builder.store(builder.trunc(o, v16i8), builder.inttoptr(at(oa, i, 16), v16i8.as_pointer()))
-            st.align = 1
-            return []
+            madd = decl("llvm.x86.avx512.pmaddw.d.512", v16, v32x16)
 
-        counted_loop(builder, n, [], body)
-        return context.get_dummy_value()
+            def pmaddwd(a, b):
+                return builder.call(madd, [builder.bitcast(a, v32x16), builder.bitcast(b, v32x16)])
 
-    return types.void(y_addr, nvec, k, f, zs, cst_addr, q, out_addr), codegen
+            def smin(a, b):
+                return builder.select(builder.icmp_signed("<", a, b), a, b)
+
+            def smax(a, b):
+                return builder.select(builder.icmp_signed(">", a, b), a, b)
+
+            one = ir.Constant(i64, 1)
+            kv, fv, zv = splat(kk), splat(ff), splat(zz)
+            hk = splat(builder.ashr(builder.shl(one, kk), one))
+            hz = splat(builder.ashr(builder.shl(one, zz), one))
+            zmax = ir.Constant(v16, [(1 << NARROW_Z_BITS) - 1] * 16)
+            zmin = ir.Constant(v16, [1 - (1 << NARROW_Z_BITS)] * 16)
+
+            def block(j):  # (z·m + K) >> s of block j, unclamped
+                y = load(at(ya, j, 64))
+                y14 = builder.ashr(builder.add(y, hk), kv)
+                z = smax(smin(builder.ashr(builder.add(pmaddwd(y14, fv), hz), zv), zmax), zmin)
+                cb = at(ca, j, 192)
+                m, kb, sb = (load(builder.add(cb, ir.Constant(i64, 64 * t))) for t in range(3))
+                return builder.ashr(builder.add(pmaddwd(z, m), kb), sb)
+
+            if group == 1:
+                qv = splat(qq)
+                nq = builder.neg(qv)
+                v16i8 = ir.VectorType(ir.IntType(8), 16)
+
+                def body(i, vals):
+                    o = smax(smin(block(i), qv), nq)
+                    st = builder.store(builder.trunc(o, v16i8), builder.inttoptr(at(oa, i, 16), v16i8.as_pointer()))
+                    st.align = 1
+                    return []
+            else:
+                packdw = decl("llvm.x86.avx512.packssdw.512", v32x16, v16)
+                packwb = decl("llvm.x86.avx512.packsswb.512", v64x8, v32x16)
+                # the packs interleave per 128-bit lane: dword 4j+t of the result holds block t's dword j
+                order = ir.Constant(v16, [4 * (t % 4) + t // 4 for t in range(16)])
+                qlo = ir.Constant(v64x8, [-127] * 64)
+
+                def body(i, vals):
+                    j = builder.mul(i, ir.Constant(i64, 4))
+                    o = [block(builder.add(j, ir.Constant(i64, t))) for t in range(4)]
+                    b8 = smax(builder.call(packwb, [builder.call(packdw, o[:2]), builder.call(packdw, o[2:])]), qlo)
+                    words = builder.bitcast(b8, v16)
+                    st = builder.store(builder.shuffle_vector(words, words, order),
+                                       builder.inttoptr(at(oa, i, 64), v16.as_pointer()))
+                    st.align = 1
+                    return []
+
+            counted_loop(builder, n, [], body)
+            return context.get_dummy_value()
+
+        return types.void(y_addr, nvec, k, f, zs, cst_addr, q, out_addr), codegen
+
+    return out
+
+
+_ln_out16, _ln_out64 = _make_out16(1), _make_out16(4)
 
 
 def _out_blocks(m_vec, s_vec, b_vec):
@@ -609,9 +655,32 @@ def eps_scaled(eps_m, eps_e, sh):
 
 
 @numba.njit(inline="always")
-def _ln_row(xr, ybuf, cst_addr, res, m_i64, s_i64, k_i64, narrow, fast, eps_m, eps_e, yb, sh_eps, q, orow, pf_addr):
-    """One row of :func:`layernorm_ref` (``xr`` int32 ``[C]``; ``ybuf`` int32 scratch of ``C``;
-    ``pf_addr``: ``C·4`` bytes to prefetch, the next row's input).
+def _row_stats(xr, fast, res):
+    """``(Σx, min x, max x)`` of one int32 row: :func:`_ln_stats16` on the 16-lane blocks
+    (``fast``), the scalar loop on the rest (``res``: int64 scratch of 3)."""
+    c = xr.shape[0]
+    nvec = c // BLOCK if fast else 0
+    total = np.int64(0)
+    lo = np.int64(xr[0])
+    hi = lo
+    if nvec > 0:
+        _ln_stats16(xr.ctypes.data, nvec, res.ctypes.data)
+        total, lo, hi = res[0], res[1], res[2]
+    for i in range(nvec * BLOCK, c):
+        v = np.int64(xr[i])
+        total += v
+        lo = min(lo, v)
+        hi = max(hi, v)
+    return total, lo, hi
+
+
+@numba.njit(inline="always")
+def _ln_row(xr, total, lo, hi, nxt, ybuf, cst_addr, res, m_i64, s_i64, k_i64, narrow, fast, eps_m, eps_e, yb, sh_eps,
+            q, orow):
+    """One row of :func:`layernorm_ref` from its statistics (``xr`` int32 ``[C]``, ``(total, lo,
+    hi)`` from :func:`_row_stats`; ``ybuf`` int32 scratch of ``C``); returns the statistics of
+    ``nxt`` (the next row), computed between this row's scalar chain (divisions, ``isqrt``) and
+    its output pass, which do not depend on them: the out-of-order core overlaps the two.
 
     ``fast`` (AVX-512 and the narrow profile): the statistics, the centring with ``Σy²`` and
     the output pass run on 16-lane blocks (:func:`_ln_stats16`, :func:`_make_center16`,
@@ -622,17 +691,6 @@ def _ln_row(xr, ybuf, cst_addr, res, m_i64, s_i64, k_i64, narrow, fast, eps_m, e
     c = xr.shape[0]
     nvec = c // BLOCK if fast else 0
     tail = nvec * BLOCK
-    total = np.int64(0)
-    lo = np.int64(xr[0])
-    hi = lo
-    if nvec > 0:
-        _ln_stats16(xr.ctypes.data, nvec, res.ctypes.data)
-        total, lo, hi = res[0], res[1], res[2]
-    for i in range(tail, c):
-        v = np.int64(xr[i])
-        total += v
-        lo = min(lo, v)
-        hi = max(hi, v)
     c64 = np.int64(c)
     q_row = total // c64
     r_row = total - q_row * c64
@@ -647,9 +705,10 @@ def _ln_row(xr, ybuf, cst_addr, res, m_i64, s_i64, k_i64, narrow, fast, eps_m, e
     if nvec > 0 and dev + 1 + h_r < (np.int64(1) << 31):
         # (the intrinsic keeps the low 32 bits of c0: the sum wraps to the exact int32 value)
         if lsh > 0 or rsh == 0:
-            var = _ln_center16_left(xr.ctypes.data, nvec, lsh, -rho - (q_row << lsh), ybuf.ctypes.data, pf_addr)
+            var = _ln_center16_left(xr.ctypes.data, nvec, lsh, -rho - (q_row << lsh), ybuf.ctypes.data,
+                                    nxt.ctypes.data)
         else:
-            var = _ln_center16_right(xr.ctypes.data, nvec, rsh, h_r - rho - q_row, ybuf.ctypes.data, pf_addr)
+            var = _ln_center16_right(xr.ctypes.data, nvec, rsh, h_r - rho - q_row, ybuf.ctypes.data, nxt.ctypes.data)
         start = tail
     for i in range(start, c):
         y = (((np.int64(xr[i]) - q_row) << lsh) - rho + h_r) >> rsh
@@ -662,9 +721,14 @@ def _ln_row(xr, ybuf, cst_addr, res, m_i64, s_i64, k_i64, narrow, fast, eps_m, e
     k = yb - NARROW_BITS if narrow else np.int64(0)
     zs = max(bl - k - 1, 0) if narrow else bl
     zq = np.int64((1 << NARROW_Z_BITS) - 1) if narrow else np.int64(1) << 62
+    nstats = _row_stats(nxt, fast, res)
     start = 0
     if nvec > 0:
-        _ln_out16(ybuf.ctypes.data, nvec, k, f, zs, cst_addr, q, orow.ctypes.data)
+        n64 = nvec // 4 if q == 127 else 0  # groups of 4 blocks for the saturating packs
+        if n64 > 0:
+            _ln_out64(ybuf.ctypes.data, n64, k, f, zs, cst_addr, q, orow.ctypes.data)
+        _ln_out16(ybuf.ctypes.data + 256 * n64, nvec - 4 * n64, k, f, zs, cst_addr + 768 * n64, q,
+                  orow.ctypes.data + 64 * n64)
         start = tail
     hk = (np.int64(1) << k) >> 1
     hz = (np.int64(1) << zs) >> 1
@@ -672,6 +736,7 @@ def _ln_row(xr, ybuf, cst_addr, res, m_i64, s_i64, k_i64, narrow, fast, eps_m, e
         y = (np.int64(ybuf[i]) + hk) >> k
         z = min(max((y * f + hz) >> zs, -zq), zq)
         orow[i] = min(max((z * m_i64[i] + k_i64[i]) >> s_i64[i], -q), q)
+    return nstats
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy")
@@ -682,9 +747,11 @@ def _layernorm_rows(x2, cst, m_i64, s_i64, k_i64, narrow, fast, eps_m, eps_e, yb
     for ch in numba.prange(nchunks):
         ybuf = np.empty(c, np.int32)
         res = np.empty(3, np.int64)
-        for r in range(ch * rows // nchunks, (ch + 1) * rows // nchunks):
-            _ln_row(x2[r], ybuf, cst_addr, res, m_i64, s_i64, k_i64, narrow, fast, eps_m, eps_e, yb, sh_eps, q,
-                    out2[r], x2[min(r + 1, rows - 1)].ctypes.data)
+        r0, r1 = ch * rows // nchunks, (ch + 1) * rows // nchunks
+        total, lo, hi = _row_stats(x2[r0], fast, res)
+        for r in range(r0, r1):
+            total, lo, hi = _ln_row(x2[r], total, lo, hi, x2[min(r + 1, r1 - 1)], ybuf, cst_addr, res, m_i64, s_i64,
+                                    k_i64, narrow, fast, eps_m, eps_e, yb, sh_eps, q, out2[r])
 
 
 @memo_frozen(maxsize=256)
@@ -788,13 +855,18 @@ def _add_layernorm_rows(a2, ma, ha, sa, b2, mb, hb, sb, qa, cst, m_i64, s_i64, k
     rows, c = a2.shape
     cst_addr = cst.ctypes.data
     for ch in numba.prange(nchunks):
-        x_buf = np.empty(c, np.int32)
+        x_bufs = np.empty((2, c), np.int32)  # this row's sum and the next one's
         ybuf = np.empty(c, np.int32)
         res = np.empty(3, np.int64)
-        for r in range(ch * rows // nchunks, (ch + 1) * rows // nchunks):
-            _residual_row(a2[r], ma, ha, sa, b2[r], mb, hb, sb, qa, x_buf)
-            _ln_row(x_buf, ybuf, cst_addr, res, m_i64, s_i64, k_i64, narrow, fast, eps_m, eps_e, yb, sh_eps, q,
-                    out2[r], a2[min(r + 1, rows - 1)].ctypes.data)
+        r0, r1 = ch * rows // nchunks, (ch + 1) * rows // nchunks
+        _residual_row(a2[r0], ma, ha, sa, b2[r0], mb, hb, sb, qa, x_bufs[0])
+        total, lo, hi = _row_stats(x_bufs[0], fast, res)
+        for r in range(r0, r1):
+            nxt = x_bufs[(r - r0 + 1) & 1]
+            if r + 1 < r1:
+                _residual_row(a2[r + 1], ma, ha, sa, b2[r + 1], mb, hb, sb, qa, nxt)
+            total, lo, hi = _ln_row(x_bufs[(r - r0) & 1], total, lo, hi, nxt, ybuf, cst_addr, res, m_i64, s_i64,
+                                    k_i64, narrow, fast, eps_m, eps_e, yb, sh_eps, q, out2[r])
 
 
 @memo_frozen()
