@@ -834,22 +834,104 @@ def add_layernorm_ref(a: np.ndarray, m_a, shift_a, b: np.ndarray, m_b, shift_b, 
     return layernorm_ref(x, m_i32, shift, bias_i64, eps_m, eps_e, out_bits)
 
 
+@intrinsic
+def _residual16(typingctx, a_addr, b_addr, nvec, cst_addr, mb, hb, sb, qa, x_addr):
+    """``x = clip(R(a·m_a) + R(b·m_b), ±qa)`` on ``nvec`` blocks of 16 channels: ``a`` int32,
+    ``b`` int8, per-channel ``(m_a, s_a)`` from ``cst_addr`` (:func:`_residual_blocks`: per
+    block ``m_a`` as 16 int32, then ``s_a`` and ``2^(s_a-1)`` as int64 for the even and the odd
+    channels), one ``(m_b, 2^(s_b-1), s_b)`` for every channel.  Each product is 32×32→64
+    (``vpmuldq``) on the even and odd lanes, rounded in int64 (``|a·m| < 2^62``, ``|b·m| <
+    2^38``), the sum clamped in int64 and its low dwords joined into 16 int32 lanes."""
+    args = (a_addr, b_addr, nvec, cst_addr, mb, hb, sb, qa, x_addr)
+    if not all(isinstance(t, types.Integer) for t in args):
+        return None
+
+    def codegen(context, builder, signature, llargs):
+        aa, ba, n, ca, mb_, hb_, sb_, qa_, xa = [context.cast(builder, v, t, types.int64)
+                                                 for v, t in zip(llargs, signature.args)]
+        i32, i64, v16, v8, load, splat, at = vec_helpers(builder)
+        c64 = ir.Constant(v8, [32] * 8)
+
+        def even(v):  # int64 lanes holding the sign-extended even int32 lanes of v (vpmuldq operand)
+            return builder.ashr(builder.shl(builder.bitcast(v, v8), c64), c64)
+
+        def odd(v):
+            return even(builder.shuffle_vector(v, v, ir.Constant(v16, [k | 1 for k in range(16)])))
+
+        def smin(a, b):
+            return builder.select(builder.icmp_signed("<", a, b), a, b)
+
+        def smax(a, b):
+            return builder.select(builder.icmp_signed(">", a, b), a, b)
+
+        mbv = splat(builder.sext(builder.trunc(mb_, i32), i64), v8)
+        hbv, sbv, qv = splat(hb_, v8), splat(sb_, v8), splat(qa_, v8)
+        nqv = builder.neg(qv)
+        v16i8 = ir.VectorType(ir.IntType(8), 16)
+        join = ir.Constant(v16, [k if k % 2 == 0 else 15 + k for k in range(16)])
+
+        def body(i, vals):
+            a = load(at(aa, i, 64))
+            bq = builder.load(builder.inttoptr(at(ba, i, 16), v16i8.as_pointer()))
+            bq.align = 1
+            b = builder.sext(bq, v16)
+            cb = at(ca, i, 320)
+            m = load(cb)
+            se, so, he, ho = (load(builder.add(cb, ir.Constant(i64, 64 + 64 * t)), v8) for t in range(4))
+            lo = builder.add(builder.ashr(builder.add(builder.mul(even(a), even(m)), he), se),
+                             builder.ashr(builder.add(builder.mul(even(b), mbv), hbv), sbv))
+            hi = builder.add(builder.ashr(builder.add(builder.mul(odd(a), odd(m)), ho), so),
+                             builder.ashr(builder.add(builder.mul(odd(b), mbv), hbv), sbv))
+            lo, hi = smax(smin(lo, qv), nqv), smax(smin(hi, qv), nqv)
+            x = builder.shuffle_vector(builder.bitcast(lo, v16), builder.bitcast(hi, v16), join)
+            st = builder.store(x, builder.inttoptr(at(xa, i, 64), v16.as_pointer()))
+            st.align = 4
+            return []
+
+        counted_loop(builder, n, [], body)
+        return context.get_dummy_value()
+
+    return types.void(*args), codegen
+
+
+def _residual_blocks(ma_i32, sa_i64):
+    """Constants of :func:`_residual16`: int64 ``[C // 16, 40]``, per block of 16 channels
+    ``m_a`` (16 int32 in the first 8 slots), ``s_a`` of the even then of the odd channels,
+    ``2^(s_a-1)`` likewise."""
+    nblk = ma_i32.shape[0] // BLOCK
+    n = nblk * BLOCK
+    cst = np.zeros((max(nblk, 1), 40), np.int64)
+    cst[:nblk, :8] = np.ascontiguousarray(ma_i32[:n], dtype=np.int32).view(np.int64).reshape(nblk, 8)
+    s2 = sa_i64[:n].reshape(nblk, 8, 2)
+    cst[:nblk, 8:16], cst[:nblk, 16:24] = s2[:, :, 0], s2[:, :, 1]
+    cst[:nblk, 24:32], cst[:nblk, 32:40] = np.left_shift(1, s2[:, :, 0] - 1), np.left_shift(1, s2[:, :, 1] - 1)
+    return cst
+
+
 @numba.njit(inline="always")
-def _residual_row(ar, ma_i32, ha_i64, sa_i64, br, mb_i32, hb_i64, sb_i64, qa, x_buf):
+def _residual_row(ar, ma_i32, ha_i64, sa_i64, br, mb_i32, hb_i64, sb_i64, qa, x_buf, rcst, fast):
     """``x_buf = clip(R(a·m_a) + R(b·m_b), ±qa)`` for one row (int32 buffer).
 
     ``a``, ``b`` are at most 32-bit and ``|m| < 2^31``, so ``|v·m| < 2^62`` and each
     branch is the one-add form ``(v·m + 2^(s-1)) >> s`` (:func:`~intengine.kernels.requant.rshift_round`).
+    ``fast`` (``a`` int32, one ``(m_b, s_b)``): :func:`_residual16` on the 16-lane blocks, this
+    loop on the rest.
     """
-    for i in range(x_buf.shape[0]):
+    start = 0
+    if fast:
+        nvec = x_buf.shape[0] // BLOCK
+        _residual16(ar.ctypes.data, br.ctypes.data, nvec, rcst.ctypes.data, mb_i32[0], hb_i64[0], sb_i64[0], qa,
+                    x_buf.ctypes.data)
+        start = nvec * BLOCK
+    for i in range(start, x_buf.shape[0]):
         v_i64 = (((np.int64(ar[i]) * np.int64(ma_i32[i]) + ha_i64[i]) >> sa_i64[i])
                  + ((np.int64(br[i]) * np.int64(mb_i32[i]) + hb_i64[i]) >> sb_i64[i]))
         x_buf[i] = np.int32(min(max(v_i64, -qa), qa))
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy")
-def _add_layernorm_rows(a2, ma, ha, sa, b2, mb, hb, sb, qa, cst, m_i64, s_i64, k_i64, narrow, fast, eps_m, eps_e, yb,
-                        sh_eps, q, nchunks, out2):
+def _add_layernorm_rows(a2, ma, ha, sa, b2, mb, hb, sb, qa, rcst, rfast, cst, m_i64, s_i64, k_i64, narrow, fast, eps_m,
+                        eps_e, yb, sh_eps, q, nchunks, out2):
     """Rows in parallel: the residual sum into a row buffer (:func:`_residual_row`), then
     :func:`_ln_row` on it (the arguments after ``cst`` are those of :func:`_layernorm_rows`)."""
     rows, c = a2.shape
@@ -859,24 +941,27 @@ def _add_layernorm_rows(a2, ma, ha, sa, b2, mb, hb, sb, qa, cst, m_i64, s_i64, k
         ybuf = np.empty(c, np.int32)
         res = np.empty(3, np.int64)
         r0, r1 = ch * rows // nchunks, (ch + 1) * rows // nchunks
-        _residual_row(a2[r0], ma, ha, sa, b2[r0], mb, hb, sb, qa, x_bufs[0])
+        _residual_row(a2[r0], ma, ha, sa, b2[r0], mb, hb, sb, qa, x_bufs[0], rcst, rfast)
         total, lo, hi = _row_stats(x_bufs[0], fast, res)
         for r in range(r0, r1):
             nxt = x_bufs[(r - r0 + 1) & 1]
             if r + 1 < r1:
-                _residual_row(a2[r + 1], ma, ha, sa, b2[r + 1], mb, hb, sb, qa, nxt)
+                _residual_row(a2[r + 1], ma, ha, sa, b2[r + 1], mb, hb, sb, qa, nxt, rcst, rfast)
             total, lo, hi = _ln_row(x_bufs[(r - r0) & 1], total, lo, hi, nxt, ybuf, cst_addr, res, m_i64, s_i64,
                                     k_i64, narrow, fast, eps_m, eps_e, yb, sh_eps, q, out2[r])
 
 
 @memo_frozen()
 def _residual_consts(m_a, shift_a, m_b, shift_b, add_bits, c):
-    """Checked per-channel ``(m int32, 2^(s-1) int64, s int64)`` of both branches (cached per constant set)."""
+    """Checked per-channel ``(m int32, 2^(s-1) int64, s int64)`` of both branches, then the
+    blocks of :func:`_residual16` and whether it applies (AVX-512, one ``(m_b, s_b)``);
+    cached per constant set."""
     out = []
     for m, s in ((m_a, shift_a), (m_b, shift_b)):
         _, m_vec, s_vec = _requant_vectors_checked(m, s, add_bits, c)
         out.extend(requant_vectors(m_vec, s_vec))
-    return tuple(out)
+    one_b = bool(np.all(out[3] == out[3][0]) and np.all(out[5] == out[5][0]))
+    return (*out, _residual_blocks(out[0], out[2]), HAVE_AVX512 and one_b and c >= BLOCK)
 
 
 # operand dtypes of the fused kernel: the encoders' residual adds (int32 linear output or int8, plus an
@@ -890,7 +975,9 @@ def add_layernorm_cpu(a: np.ndarray, m_a, shift_a, b: np.ndarray, m_b, shift_b, 
     """numba version of :func:`add_layernorm_ref` (bit-exact): one parallel pass per row computes
     the sum into an L1-resident row buffer and normalizes it (no int32 tensor in memory), for
     ``a`` int32 or int8 and ``b`` int8; other operand dtypes run :func:`~intengine.kernels.requant.rescale_add_cpu`
-    and :func:`layernorm_cpu` in turn.  ``out``: as in :func:`layernorm_cpu`."""
+    and :func:`layernorm_cpu` in turn.  The sum of int32 ``a`` and int8 ``b`` with one ``(m_b,
+    s_b)`` runs 16 lanes per step (:func:`_residual16`), the next row's sum computed before this
+    row is normalized.  ``out``: as in :func:`layernorm_cpu`."""
     _check_add_bits(add_bits)
     if a.shape != b.shape:
         raise KernelInputError(f"add_layernorm operands must have the same shape, got {a.shape} and {b.shape}")
@@ -904,6 +991,7 @@ def add_layernorm_cpu(a: np.ndarray, m_a, shift_a, b: np.ndarray, m_b, shift_b, 
     result = output_array(out, a.shape, out_dtype)
     a2, b2 = np.ascontiguousarray(a).reshape(-1, c), np.ascontiguousarray(b).reshape(-1, c)
     if a2.size:
-        _add_layernorm_rows(a2, *res[:3], b2, *res[3:], np.int64(qmax_for_bits(add_bits)), blocks, m_vec, s_vec,
+        _add_layernorm_rows(a2, *res[:3], b2, *res[3:6], np.int64(qmax_for_bits(add_bits)), res[6],
+                            res[7] and a2.dtype == np.int32, blocks, m_vec, s_vec,
                             b_vec, *_row_args(c, eps_m, eps_e, out_bits, a2.shape[0]), result.reshape(-1, c))
     return result
