@@ -68,3 +68,45 @@ def vector_reduce(builder, kind, vec):
     name = f"llvm.vector.reduce.{kind}.v{ty.count}i{ty.element.width}"
     fn = builder.module.globals.get(name) or ir.Function(builder.module, ir.FunctionType(ty.element, [ty]), name)
     return builder.call(fn, [vec])
+
+
+def lane_ops(builder):
+    """``(smin, smax, even, odd)`` on integer vectors: signed min/max (``select``), and for 16
+    int32 lanes the 8 int64 lanes holding the sign-extended even (odd) ones, the form LLVM
+    multiplies with ``vpmuldq`` (the odd lanes moved down by ``vpshufd``, port 5)."""
+    v16, v8 = ir.VectorType(ir.IntType(32), 16), ir.VectorType(ir.IntType(64), 8)
+    c32 = ir.Constant(v8, [32] * 8)
+
+    def smin(a, b):
+        return builder.select(builder.icmp_signed("<", a, b), a, b)
+
+    def smax(a, b):
+        return builder.select(builder.icmp_signed(">", a, b), a, b)
+
+    def even(v):
+        return builder.ashr(builder.shl(builder.bitcast(v, v8), c32), c32)
+
+    def odd(v):
+        return even(builder.shuffle_vector(v, v, ir.Constant(v16, [k | 1 for k in range(16)])))
+
+    return smin, smax, even, odd
+
+
+def pack_i8x64(builder, vecs):
+    """Four vectors of 16 int32 → 64 int8 in element order, each clipped to [-127, 127]:
+    ``vpackssdw``/``vpacksswb`` saturate to [-128, 127] (interleaving per 128-bit lane, so
+    dword ``4j + t`` holds vector ``t``'s dword ``j``), then ``max(·, -127)`` and one
+    ``vpermd`` restore the order.  Returned as 16 int32 lanes, ready for one store."""
+    v16 = ir.VectorType(ir.IntType(32), 16)
+    v32x16, v64x8 = ir.VectorType(ir.IntType(16), 32), ir.VectorType(ir.IntType(8), 64)
+    mod = builder.module
+
+    def decl(name, ret, arg):
+        return mod.globals.get(name) or ir.Function(mod, ir.FunctionType(ret, [arg, arg]), name)
+
+    packdw = decl("llvm.x86.avx512.packssdw.512", v32x16, v16)
+    packwb = decl("llvm.x86.avx512.packsswb.512", v64x8, v32x16)
+    b8 = builder.call(packwb, [builder.call(packdw, list(vecs[:2])), builder.call(packdw, list(vecs[2:]))])
+    qlo = ir.Constant(v64x8, [-127] * 64)
+    words = builder.bitcast(builder.select(builder.icmp_signed(">", b8, qlo), b8, qlo), v16)
+    return builder.shuffle_vector(words, words, ir.Constant(v16, [4 * (t % 4) + t // 4 for t in range(16)]))

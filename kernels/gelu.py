@@ -36,7 +36,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from ._llvm import counted_loop, vec_helpers
+from ._llvm import counted_loop, lane_ops, pack_i8x64, vec_helpers
 from ._util import check_int, container_for_bits, is_int_scalar, output_array, qmax_for_bits
 from .errors import KernelInputError
 from .registry import register
@@ -282,8 +282,7 @@ def _gelu_codegen(left: bool, i8_out: bool, yclamp: bool):
       so the reference's clip is a no-op;
     * ``i8_out`` (``out_bits = 8``, ``s = out_shift ≥ 33``):
       ``⌊(x·w + 2^(s-1)) / 2^s⌋ = (hi32(x·w) + 2^(s-33)) >> (s - 32)`` in 16 int32 lanes
-      (``|hi32| ≤ 2^29``), then ``vpackssdw``/``vpacksswb`` (saturating to [-128, 127]),
-      ``max(·, -127)`` and one ``vpermd`` back to element order: 64 bytes per step;
+      (``|hi32| ≤ 2^29``), then clipped to ±127 and packed, 64 bytes per step (:func:`pack_i8x64`);
     * int32 out (``s ≤ 31``): ``clip(R(p, s), ±Q) = R(clip(p, vlo, vhi), s)`` with
       ``vhi = Q·2^s - 2^(s-1)``, ``vlo = -Q·2^s - 2^(s-1)`` (``R`` is non-decreasing,
       ``R(vhi) = Q``); ``yclamp=False`` where :func:`_fast_plan` proved ``|R(x·w, s)| ≤ Q``
@@ -298,27 +297,15 @@ def _gelu_codegen(left: bool, i8_out: bool, yclamp: bool):
         xa, oa, nblk, sh, rnd, clip_, b_, c_, m_, hw_, se_, vlo_, vhi_, hout_, os_, hq_, sq_ = args
         i32, i64, v16, v8, load, splat, at = vec_helpers(builder)
         c32 = lambda k: ir.Constant(v16, [k] * 16)
-        c64 = lambda k: ir.Constant(v8, [k] * 8)
+        smin, smax, even, odd = lane_ops(builder)
 
         def sext_lo(q):  # int64 lanes holding int32 values (so LLVM picks vpmuldq)
-            return builder.ashr(builder.shl(q, c64(32)), c64(32))
-
-        def even(v):
-            return sext_lo(builder.bitcast(v, v8))
-
-        def odd(v):
-            return even(builder.shuffle_vector(v, v, ir.Constant(v16, [k | 1 for k in range(16)])))
+            return even(builder.bitcast(q, v16))
 
         def join(lo, hi, high):  # the low (or high) dwords of the even/odd int64 results -> 16 int32 lanes
             a, b = builder.bitcast(lo, v16), builder.bitcast(hi, v16)
             idx = [k + high if k % 2 == 0 else 15 + k + high for k in range(16)]
             return builder.shuffle_vector(a, b, ir.Constant(v16, idx))
-
-        def smin(a, b):
-            return builder.select(builder.icmp_signed("<", a, b), a, b)
-
-        def smax(a, b):
-            return builder.select(builder.icmp_signed(">", a, b), a, b)
 
         def umin(a, b):
             return builder.select(builder.icmp_unsigned("<", a, b), a, b)
@@ -341,14 +328,7 @@ def _gelu_codegen(left: bool, i8_out: bool, yclamp: bool):
             return builder.mul(even(x), sext_lo(w_lo)), builder.mul(odd(x), sext_lo(w_hi))
 
         if i8_out:
-            v32i16, v64i8 = ir.VectorType(ir.IntType(16), 32), ir.VectorType(ir.IntType(8), 64)
-            mod = builder.module
-            packs = [mod.globals.get(name) or ir.Function(mod, ir.FunctionType(ret, [arg, arg]), name)
-                     for name, ret, arg in (("llvm.x86.avx512.packssdw.512", v32i16, v16),
-                                            ("llvm.x86.avx512.packsswb.512", v64i8, v32i16))]
-            # packs interleave per 128-bit lane: dword 4j+k of the result holds x-vector k's dword j
-            order = ir.Constant(v16, [4 * (k % 4) + k // 4 for k in range(16)])
-            hq, sq, qlo = splat(hq_), splat(sq_), ir.Constant(v64i8, [-127] * 64)
+            hq, sq = splat(hq_), splat(sq_)
 
             def body(i, _):
                 base = at(xa, i, 4 * BLOCK)
@@ -356,11 +336,7 @@ def _gelu_codegen(left: bool, i8_out: bool, yclamp: bool):
                 for k in range(4):
                     p_lo, p_hi = products(load(builder.add(base, ir.Constant(i64, 64 * k))))
                     r.append(builder.ashr(builder.add(join(p_lo, p_hi, 1), hq), sq))
-                b8 = builder.call(packs[1], [builder.call(packs[0], r[:2]), builder.call(packs[0], r[2:])])
-                b8 = smax(b8, qlo)
-                words = builder.bitcast(b8, v16)
-                st = builder.store(builder.shuffle_vector(words, words, order),
-                                   builder.inttoptr(at(oa, i, BLOCK), v16.as_pointer()))
+                st = builder.store(pack_i8x64(builder, r), builder.inttoptr(at(oa, i, BLOCK), v16.as_pointer()))
                 st.align = 1
                 return []
         else:

@@ -30,7 +30,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from ._llvm import counted_loop, vec_helpers, vector_reduce
+from ._llvm import counted_loop, lane_ops, pack_i8x64, vec_helpers, vector_reduce
 from ._util import check_int, container_for_bits, cpu_has, is_int_scalar, memo_frozen, output_array, qmax_for_bits
 from .errors import KernelInputError
 from .registry import register
@@ -106,10 +106,8 @@ def bit_length(v_i64):
     return 64 - _ctlz64(v_i64)
 
 
-# ⌈16·√(m + 1)⌉ for the top 8 bits m ∈ [64, 256) of n: a seed within 2^-7 above √n
-_ISQRT_SEED = np.array([math.ceil(16 * math.sqrt(m + 1)) for m in range(256)], np.int64)
-for _m in range(256):  # (guard the float seed table: exact ceilings, checked in integers)
-    assert (_ISQRT_SEED[_m] - 1) ** 2 < 256 * (_m + 1) <= int(_ISQRT_SEED[_m]) ** 2
+# ⌈16·√(m + 1)⌉ = ⌊√(256(m+1) - 1)⌋ + 1 for the top 8 bits m ∈ [64, 256) of n: a seed ≤ 2^-7 above √n
+_ISQRT_SEED = np.array([math.isqrt(256 * (m + 1) - 1) + 1 for m in range(256)], np.int64)
 
 
 @numba.njit(inline="always")
@@ -511,13 +509,8 @@ def _make_center16(left: bool):
             pf_fn = builder.module.globals.get("llvm.prefetch.p0") or ir.Function(
                 builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0")
             sv, cv = splat(shv), splat(cc)
-            c32 = ir.Constant(v8, [32] * 8)
             zero8 = ir.Constant(v8, [0] * 8)
-            odd_idx = ir.Constant(v16, [j | 1 for j in range(16)])
-
-            def sq(v):  # int32 values in the low dword of each int64 lane, squared (vpmuldq)
-                e = builder.ashr(builder.shl(builder.bitcast(v, v8), c32), c32)
-                return builder.mul(e, e)
+            _, _, even, odd = lane_ops(builder)
 
             def body(i, vals):
                 ev, od = vals
@@ -527,7 +520,7 @@ def _make_center16(left: bool):
                 y = builder.add(builder.shl(x, sv), cv) if left else builder.ashr(builder.add(x, cv), sv)
                 st = builder.store(y, builder.inttoptr(at(ya, i, 64), v16.as_pointer()))
                 st.align = 4
-                return [builder.add(ev, sq(y)), builder.add(od, sq(builder.shuffle_vector(y, y, odd_idx)))]
+                return [builder.add(ev, builder.mul(even(y), even(y))), builder.add(od, builder.mul(odd(y), odd(y)))]
 
             ev, od = counted_loop(builder, n, [zero8, zero8], body)
             return vector_reduce(builder, "add", builder.add(ev, od))
@@ -549,9 +542,8 @@ def _make_out16(group: int):
     ``y14·F`` and ``z·m`` are ``vpmaddwd`` (16×16→32: ``|y14|, |z| < 2^15`` sit in the low
     half of each lane, ``F`` and ``m`` are stored with a zero high half).  ``cst_addr``: per
     block ``m & 0xFFFF``, ``K``, ``s`` as 16 int32 each (:func:`_out_blocks`).  ``group=1``
-    clamps to ``±q`` and stores 16 bytes; ``group=4`` (``q = 127`` only) packs 64 results with
-    ``vpackssdw``/``vpacksswb`` (saturating to [-128, 127]), ``max(·, -127)`` and one ``vpermd``
-    back to channel order."""
+    clamps to ``±q`` and stores 16 bytes; ``group=4`` (``q = 127`` only) clips and packs 64
+    results (:func:`~intengine.kernels._llvm.pack_i8x64`)."""
 
     @intrinsic
     def out(typingctx, y_addr, nvec, k, f, zs, cst_addr, q, out_addr):
@@ -562,22 +554,13 @@ def _make_out16(group: int):
             ya, n, kk, ff, zz, ca, qq, oa = [context.cast(builder, v, t, types.int64)
                                             for v, t in zip(llargs, signature.args)]
             i32, i64, v16, v8, load, splat, at = vec_helpers(builder)
-            v32x16, v64x8 = ir.VectorType(ir.IntType(16), 32), ir.VectorType(ir.IntType(8), 64)
-            mod = builder.module
-
-            def decl(name, ret, arg):
-                return mod.globals.get(name) or ir.Function(mod, ir.FunctionType(ret, [arg, arg]), name)
-
-            madd = decl("llvm.x86.avx512.pmaddw.d.512", v16, v32x16)
+            v32x16 = ir.VectorType(ir.IntType(16), 32)
+            madd = builder.module.globals.get("llvm.x86.avx512.pmaddw.d.512") or ir.Function(
+                builder.module, ir.FunctionType(v16, [v32x16, v32x16]), "llvm.x86.avx512.pmaddw.d.512")
+            smin, smax, _, _ = lane_ops(builder)
 
             def pmaddwd(a, b):
                 return builder.call(madd, [builder.bitcast(a, v32x16), builder.bitcast(b, v32x16)])
-
-            def smin(a, b):
-                return builder.select(builder.icmp_signed("<", a, b), a, b)
-
-            def smax(a, b):
-                return builder.select(builder.icmp_signed(">", a, b), a, b)
 
             one = ir.Constant(i64, 1)
             kv, fv, zv = splat(kk), splat(ff), splat(zz)
@@ -605,19 +588,10 @@ def _make_out16(group: int):
                     st.align = 1
                     return []
             else:
-                packdw = decl("llvm.x86.avx512.packssdw.512", v32x16, v16)
-                packwb = decl("llvm.x86.avx512.packsswb.512", v64x8, v32x16)
-                # the packs interleave per 128-bit lane: dword 4j+t of the result holds block t's dword j
-                order = ir.Constant(v16, [4 * (t % 4) + t // 4 for t in range(16)])
-                qlo = ir.Constant(v64x8, [-127] * 64)
-
                 def body(i, vals):
                     j = builder.mul(i, ir.Constant(i64, 4))
                     o = [block(builder.add(j, ir.Constant(i64, t))) for t in range(4)]
-                    b8 = smax(builder.call(packwb, [builder.call(packdw, o[:2]), builder.call(packdw, o[2:])]), qlo)
-                    words = builder.bitcast(b8, v16)
-                    st = builder.store(builder.shuffle_vector(words, words, order),
-                                       builder.inttoptr(at(oa, i, 64), v16.as_pointer()))
+                    st = builder.store(pack_i8x64(builder, o), builder.inttoptr(at(oa, i, 64), v16.as_pointer()))
                     st.align = 1
                     return []
 
@@ -850,20 +824,7 @@ def _residual16(typingctx, a_addr, b_addr, nvec, cst_addr, mb, hb, sb, qa, x_add
         aa, ba, n, ca, mb_, hb_, sb_, qa_, xa = [context.cast(builder, v, t, types.int64)
                                                  for v, t in zip(llargs, signature.args)]
         i32, i64, v16, v8, load, splat, at = vec_helpers(builder)
-        c64 = ir.Constant(v8, [32] * 8)
-
-        def even(v):  # int64 lanes holding the sign-extended even int32 lanes of v (vpmuldq operand)
-            return builder.ashr(builder.shl(builder.bitcast(v, v8), c64), c64)
-
-        def odd(v):
-            return even(builder.shuffle_vector(v, v, ir.Constant(v16, [k | 1 for k in range(16)])))
-
-        def smin(a, b):
-            return builder.select(builder.icmp_signed("<", a, b), a, b)
-
-        def smax(a, b):
-            return builder.select(builder.icmp_signed(">", a, b), a, b)
-
+        smin, smax, even, odd = lane_ops(builder)
         mbv = splat(builder.sext(builder.trunc(mb_, i32), i64), v8)
         hbv, sbv, qv = splat(hb_, v8), splat(sb_, v8), splat(qa_, v8)
         nqv = builder.neg(qv)
