@@ -269,28 +269,25 @@ class _Builder:
         c = np.asarray(extra, dtype=object) - np.asarray(offset, dtype=object)
         return self.op("Add", [r, self.u64(c)], hint="signed")
 
-    def saturate(self, x_u64: str, lo: int, hi: int, dtype) -> str:
-        """Clip a uint64 two's-complement value to ``[lo, hi]`` (signed) and cast to ``dtype``."""
-        v = self.op("Clip", [self.cast(x_u64, I64), self.i64(lo), self.i64(hi)], hint="clip")
-        return self.cast(v, dtype)
+    def finish(self, r: str, offset, bits: int) -> str:
+        """``clip(r - offset, -Q, Q)`` in the ``bits`` container: ``r`` holds ``v + offset`` (uint64)
+        with ``|v| < 2^63``, e.g. from :meth:`round_shift` (``|v| < 2^62``) or a sum of two.
 
-    def finish(self, r: str, offset, bits: int, extra=0) -> str:
-        """``clip(r - offset + extra, -Q, Q)`` in the ``bits`` container, ``r`` from :meth:`round_shift`.
-
-        Fast path: when every offset ``o`` is a multiple of 2^width of the container, ``o ≥ Q`` and
-        ``extra == 0``, clip ``r`` to ``[o - Q, o + Q]`` in uint64 and cast: the modular cast drops
-        ``o`` exactly.  Otherwise subtract, clip in int64, cast."""
+        The clip runs in uint64 (onnxruntime's int64 ``Min``/``Max``/``Clip`` are wrong on values
+        outside the int32 range): ``r`` is clipped to ``[o - Q, o + Q]`` and cast, the modular cast
+        dropping ``o`` exactly, which needs every offset ``o`` to be a multiple of 2^width of the
+        container and ``≥ Q``; other offsets are first moved to ``2^63``."""
         q = (1 << (bits - 1)) - 1
         dtype = _container(bits)
         off = np.asarray(offset, dtype=object)
         width = 8 * dtype.itemsize
-        if np.all(np.asarray(extra, dtype=object) == 0) and all(o % (1 << width) == 0 and o >= q for o in off.ravel()):
-            if off.ndim == 0:
-                v = self.op("Clip", [r, self.u64(off - q), self.u64(off + q)], hint="clip")
-            else:  # per-channel offsets: Clip takes scalars only
-                v = self.op("Min", [self.op("Max", [r, self.u64(off - q)]), self.u64(off + q)], hint="clip")
-            return self.cast(v, dtype)
-        return self.saturate(self.signed(r, offset, extra), -q, q, dtype)
+        if not all(o % (1 << width) == 0 and o >= q for o in off.ravel()):
+            r, off = self.signed(r, off, TWO63), np.asarray(TWO63, dtype=object)
+        if off.ndim == 0:
+            v = self.op("Clip", [r, self.u64(off - q), self.u64(off + q)], hint="clip")
+        else:  # per-channel offsets: Clip takes scalars only
+            v = self.op("Min", [self.op("Max", [r, self.u64(off - q)]), self.u64(off + q)], hint="clip")
+        return self.cast(v, dtype)
 
     def requant(self, x: str, m, s, bits: int, bound: int) -> str:
         """``clip(R(x, m, s), -Q, Q)`` in the ``bits`` container (``requantize_ref``)."""
@@ -460,8 +457,7 @@ def _gelu_arith(b: _Builder, x: str, p: dict) -> str:
     ``R(x·w, out_shift)`` 2^60): ``a_t ≥ 0`` is compared as is, ``w`` and the output through
     :meth:`_Builder.round_shift`'s biased uint64 results ``R + o``, true non-negative integers
     below 2^64, as ``clip(R, -h, h) + o = Clip(R + o, o - h, o + h)``; the offset ``o`` is moved to
-    ``2^63`` (``|R| < 2^62``) where ``o < h``, or, for the output, where the container's modular
-    cast would not drop it (:meth:`_Builder.finish`'s uint64 path)."""
+    ``2^63`` (``|R| < 2^62``) where ``o < h``; the output's clip is :meth:`_Builder.finish`'s."""
     t, b_int, c_int, w0 = p["in_shift"], p["b_int"], p["c_int"], p["w0"]
     x64 = b.cast(x, I64)
     a = b.cast(b.op("Abs", [x64]), U64)  # |x| ≤ 2^31
@@ -483,11 +479,7 @@ def _gelu_arith(b: _Builder, x: str, p: dict) -> str:
     # out = clip(R(x·w, out_shift), -Q, Q); x·w (|x·w| ≤ 2^61) as uint64 two's complement
     xw = b.op("Mul", [b.cast(x64, U64), w], hint="gelu.xw")
     r, off = b.round_shift(xw, 1, p["out_shift"], b.bound(x) * 2 * w0)
-    off, bits = int(off), p["out_bits"]
-    width, q = 8 * _container(bits).itemsize, (1 << (bits - 1)) - 1
-    if off % (1 << width) or off < q:  # so that finish clips in uint64 (|R| < 2^61)
-        r, off = b.signed(r, off, TWO63), TWO63
-    return b.finish(r, off, bits)
+    return b.finish(r, off, p["out_bits"])
 
 
 def tr_gelu(b: _Builder, node: ir.Node) -> str:
@@ -672,13 +664,7 @@ def tr_layernorm(b: _Builder, node: ir.Node) -> str:
     cst = _map(lambda t: t + TWO63, bias) - _map(lambda t: TWO63 * t, m_vec)
     v = b.op("Add", [b.op("Mul", [z, b.u64(m_vec)], hint="ln.zm"), b.u64(cst)], hint="ln.bias")
     out = b.op("BitShift", [v, b.u64(s_vec)], direction="RIGHT", hint="ln.shr")
-    off = _map(lambda t: 1 << (63 - t), s_vec)
-    width, q_out = 8 * _container(bits).itemsize, (1 << (bits - 1)) - 1
-    if not all(o % (1 << width) == 0 and o >= q_out for o in off.ravel()):
-        # offsets to 2^63 so that finish saturates in uint64 (its int64 Clip path is not exact in onnxruntime)
-        out = b.op("Add", [out, b.u64(_map(lambda o: TWO63 - o, off))], hint="ln.off")
-        off = _map(lambda o: TWO63, off)
-    return b.finish(out, off, bits)
+    return b.finish(out, _map(lambda t: 1 << (63 - t), s_vec), bits)
 
 
 def tr_embedding_lookup(b: _Builder, node: ir.Node) -> str:
