@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 from llvmlite import ir
+from numba.core import cgutils
 
 
 def vec_helpers(builder):
@@ -66,7 +67,7 @@ def vector_reduce(builder, kind, vec):
     """``llvm.vector.reduce.<kind>`` (add, smin, smax) of an integer vector: a log-step shuffle tree."""
     ty = vec.type
     name = f"llvm.vector.reduce.{kind}.v{ty.count}i{ty.element.width}"
-    fn = builder.module.globals.get(name) or ir.Function(builder.module, ir.FunctionType(ty.element, [ty]), name)
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ty.element, [ty]), name)
     return builder.call(fn, [vec])
 
 
@@ -102,7 +103,7 @@ def pack_i8x64(builder, vecs):
     mod = builder.module
 
     def decl(name, ret, arg):
-        return mod.globals.get(name) or ir.Function(mod, ir.FunctionType(ret, [arg, arg]), name)
+        return cgutils.get_or_insert_function(mod, ir.FunctionType(ret, [arg, arg]), name)
 
     packdw = decl("llvm.x86.avx512.packssdw.512", v32x16, v16)
     packwb = decl("llvm.x86.avx512.packsswb.512", v64x8, v32x16)

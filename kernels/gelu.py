@@ -154,13 +154,14 @@ def _check_consts(in_shift, b_int, c_int, m_erf, shift_erf, w0, out_shift, out_b
 
 
 def _check_gelu_args(x, in_shift, b_int, c_int, m_erf, shift_erf, w0, out_shift, out_bits) -> tuple:
-    """Validate the kernel arguments; returns ``(out_dtype, Q)``."""
+    """Validate the kernel arguments; returns ``(out_dtype, Q, the eight constants as ints)``."""
     check_int("x", x, (np.int8, np.int16, np.int32))
-    ints = dict(zip(CONST_NAMES, (in_shift, b_int, c_int, m_erf, shift_erf, w0, out_shift, out_bits)))
-    for name, v in ints.items():
+    consts = (in_shift, b_int, c_int, m_erf, shift_erf, w0, out_shift, out_bits)
+    for name, v in zip(CONST_NAMES, consts):
         if not is_int_scalar(v):
             raise KernelInputError(f"{name} must be an integer, got {type(v).__name__}")
-    return _check_consts(*(int(v) for v in ints.values()))
+    ints = tuple(int(v) for v in consts)
+    return (*_check_consts(*ints), ints)
 
 
 @register("gelu", "ref")
@@ -200,7 +201,7 @@ def gelu_ref(x: np.ndarray, in_shift: int, b_int: int, c_int: int, m_erf: int, s
       ≈ 0.0082 and max ≈ 0.0182 against exact erf-GELU for the wide output),
       for 8-bit and int32 input scales alike.
     """
-    out_dtype, q = _check_gelu_args(x, in_shift, b_int, c_int, m_erf, shift_erf, w0, out_shift, out_bits)
+    out_dtype, q, _ = _check_gelu_args(x, in_shift, b_int, c_int, m_erf, shift_erf, w0, out_shift, out_bits)
     x_i64 = x.astype(np.int64)
     abs_i64 = np.abs(x_i64)
     if in_shift <= 0:
@@ -498,8 +499,7 @@ def gelu_cpu(x: np.ndarray, in_shift: int, b_int: int, c_int: int, m_erf: int, s
     ``out``: optional C-contiguous numpy array with the output's exact shape and
     container dtype; written and returned.
     """
-    out_dtype, q = _check_gelu_args(x, in_shift, b_int, c_int, m_erf, shift_erf, w0, out_shift, out_bits)
-    ints = tuple(int(v) for v in (in_shift, b_int, c_int, m_erf, shift_erf, w0, out_shift, out_bits))
+    out_dtype, q, ints = _check_gelu_args(x, in_shift, b_int, c_int, m_erf, shift_erf, w0, out_shift, out_bits)
     x = np.ascontiguousarray(x).reshape(x.shape)  # (keeps 0-d inputs 0-d)
     out = output_array(out, x.shape, out_dtype)
     if x.size == 0:

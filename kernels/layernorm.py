@@ -28,6 +28,7 @@ import numba
 import numpy as np
 from llvmlite import ir
 from numba import types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ._llvm import counted_loop, lane_ops, pack_i8x64, vec_helpers, vector_reduce
@@ -92,8 +93,7 @@ def _ctlz64(typingctx, v):
 
     def codegen(context, builder, signature, args):
         i64 = ir.IntType(64)
-        fn = builder.module.globals.get("llvm.ctlz.i64") or ir.Function(
-            builder.module, ir.FunctionType(i64, [i64, ir.IntType(1)]), "llvm.ctlz.i64")
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i64, [i64, ir.IntType(1)]), "llvm.ctlz.i64")
         return builder.call(fn, [context.cast(builder, args[0], signature.args[0], types.int64),
                                  ir.Constant(ir.IntType(1), 0)])
 
@@ -506,8 +506,8 @@ def _make_center16(left: bool):
                                       for v, t in zip(llargs, signature.args)]
             i32, i64, v16, v8, load, splat, at = vec_helpers(builder)
             i8p = ir.IntType(8).as_pointer()
-            pf_fn = builder.module.globals.get("llvm.prefetch.p0") or ir.Function(
-                builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0")
+            pf_fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                                                   "llvm.prefetch.p0")
             sv, cv = splat(shv), splat(cc)
             zero8 = ir.Constant(v8, [0] * 8)
             _, _, even, odd = lane_ops(builder)
@@ -555,8 +555,8 @@ def _make_out16(group: int):
                                             for v, t in zip(llargs, signature.args)]
             i32, i64, v16, v8, load, splat, at = vec_helpers(builder)
             v32x16 = ir.VectorType(ir.IntType(16), 32)
-            madd = builder.module.globals.get("llvm.x86.avx512.pmaddw.d.512") or ir.Function(
-                builder.module, ir.FunctionType(v16, [v32x16, v32x16]), "llvm.x86.avx512.pmaddw.d.512")
+            madd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16, [v32x16, v32x16]),
+                                                  "llvm.x86.avx512.pmaddw.d.512")
             smin, smax, _, _ = lane_ops(builder)
 
             def pmaddwd(a, b):

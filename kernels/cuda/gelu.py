@@ -36,8 +36,8 @@ def _gelu_kernel(x, lsh, rsh, half, clip, b_int, c_int, m_erf, h_erf, shift_erf,
 def gelu_cuda(x, in_shift: int, b_int: int, c_int: int, m_erf: int, shift_erf: int, w0: int, out_shift: int,
               out_bits: int = 32):
     """CUDA version of :func:`~intengine.kernels.gelu.gelu_ref` (bit-exact)."""
-    out_dtype, q = _check_gelu_args(x, in_shift, b_int, c_int, m_erf, shift_erf, w0, out_shift, out_bits)
-    consts = _lane_consts(*(int(v) for v in (in_shift, b_int, c_int, m_erf, shift_erf, w0, out_shift)), q)
+    out_dtype, q, ints = _check_gelu_args(x, in_shift, b_int, c_int, m_erf, shift_erf, w0, out_shift, out_bits)
+    consts = _lane_consts(*ints[:7], q)
     x_d = to_device(x)
     out_d = cuda.device_array(x.shape, dtype=out_dtype)
     n = x_d.size
