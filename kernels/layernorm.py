@@ -450,35 +450,39 @@ HAVE_AVX512: bool = _detect_avx512()
 BLOCK = 16  # int32 lanes per step of the AVX-512 row passes
 
 
+STATS_MAX_NVEC = 4096  # blocks per _ln_stats16 call: Σ(x & 0xFFFF) < 2^32 pins the exact sum
+
+
 @intrinsic
 def _ln_stats16(typingctx, x_addr, nvec, res_addr):
-    """Row statistics over ``nvec`` blocks of 16 int32 at ``x_addr``: writes int64 ``[Σx, min, max]``
-    to ``res_addr``.  The sum runs in int32 lanes exactly: ``Σ(x & 0xFFFF)`` (≤ 2^16·65535 per lane,
-    read as unsigned) and ``Σ(x >> 16)`` (``|·| ≤ 2^31`` for ``nvec ≤ 2^16``, i.e. C ≤ 2^20)."""
+    """Row statistics over ``nvec ≤ 4096`` blocks of 16 int32 at ``x_addr``: writes int64
+    ``[Σx, min, max, Σx² mod 2^64]`` to ``res_addr``.
+
+    The exact sum from two int32-lane sums: ``Σx mod 2^32`` (wrapping ``vpaddd``) and
+    ``H = Σ(x >> 16)`` (``|·| ≤ 2^31`` per lane); ``Σx = 2^16·H + Σ(x & 0xFFFF)`` with the
+    last term in ``[0, 2^32)`` for ``16·nvec ≤ 2^16`` values, so it is ``(Σx - 2^16·H) mod
+    2^32``.  ``Σx²``: ``vpmuldq`` on the even and odd lanes, summed in wrapping int64 lanes."""
     if not all(isinstance(t, types.Integer) for t in (x_addr, nvec, res_addr)):
         return None
 
     def codegen(context, builder, signature, llargs):
         xa, n, ra = [context.cast(builder, v, t, types.int64) for v, t in zip(llargs, signature.args)]
         i32, i64, v16, v8, load, splat, at = vec_helpers(builder)
+        smin, smax, even, odd = lane_ops(builder)
         big, small = ir.Constant(v16, [(1 << 31) - 1] * 16), ir.Constant(v16, [-(1 << 31)] * 16)
-        zero = ir.Constant(v16, [0] * 16)
+        zero, zero8, c16 = ir.Constant(v16, [0] * 16), ir.Constant(v8, [0] * 8), ir.Constant(v16, [16] * 16)
 
         def body(i, vals):
-            mn, mx, lo, hi = vals
+            mn, mx, s32, hi, sq = vals
             x = load(at(xa, i, 64))
-            mn = builder.select(builder.icmp_signed("<", x, mn), x, mn)
-            mx = builder.select(builder.icmp_signed(">", x, mx), x, mx)
-            lo = builder.add(lo, builder.and_(x, ir.Constant(v16, [0xFFFF] * 16)))
-            hi = builder.add(hi, builder.ashr(x, ir.Constant(v16, [16] * 16)))
-            return [mn, mx, lo, hi]
+            sq = builder.add(sq, builder.add(builder.mul(even(x), even(x)), builder.mul(odd(x), odd(x))))
+            return [smin(x, mn), smax(x, mx), builder.add(s32, x), builder.add(hi, builder.ashr(x, c16)), sq]
 
-        mn, mx, lo, hi = counted_loop(builder, n, [big, small, zero, zero], body)
-        v16x64 = ir.VectorType(i64, 16)
-        total = builder.add(vector_reduce(builder, "add", builder.zext(lo, v16x64)),
-                            builder.shl(vector_reduce(builder, "add", builder.sext(hi, v16x64)), ir.Constant(i64, 16)))
-        res = [total, builder.sext(vector_reduce(builder, "smin", mn), i64),
-               builder.sext(vector_reduce(builder, "smax", mx), i64)]
+        mn, mx, s32, hi, sq = counted_loop(builder, n, [big, small, zero, zero, zero8], body)
+        h16 = builder.shl(vector_reduce(builder, "add", builder.sext(hi, ir.VectorType(i64, 16))), ir.Constant(i64, 16))
+        low = builder.zext(builder.sub(vector_reduce(builder, "add", s32), builder.trunc(h16, i32)), i64)
+        res = [builder.add(h16, low), builder.sext(vector_reduce(builder, "smin", mn), i64),
+               builder.sext(vector_reduce(builder, "smax", mx), i64), vector_reduce(builder, "add", sq)]
         for j, v in enumerate(res):
             builder.store(v, builder.inttoptr(builder.add(ra, ir.Constant(i64, 8 * j)), i64.as_pointer()))
         return context.get_dummy_value()
@@ -534,10 +538,13 @@ _ln_center16_left, _ln_center16_right = _make_center16(True), _make_center16(Fal
 
 
 def _make_out16(group: int):
-    """Narrow output pass ``out(y_addr, nvec, k, f, zs, cst_addr, q, out_addr)`` on ``nvec``
+    """Narrow output pass ``out(v_addr, nvec, c0, k, f, zs, cst_addr, q, out_addr)`` on ``nvec``
     steps of ``group`` blocks of 16 channels (int32 lanes throughout)::
 
-        y14 = (y + h(k)) >> k;  z = clip((y14·F + h(zs)) >> zs, ±(2^15-1));  out = clip((z·m + K) >> s, ±q)
+        y14 = (v + c0) >> k;  z = clip((y14·F + h(zs)) >> zs, ±(2^15-1));  out = clip((z·m + K) >> s, ±q)
+
+    where ``v + c0`` (low 32 bits of ``c0``, wrapping) is the caller's ``y + h(k)`` in int32:
+    ``v`` the centred row with ``c0 = h(k)``, or the input row itself (see :func:`_ln_row`).
 
     ``y14·F`` and ``z·m`` are ``vpmaddwd`` (16×16→32: ``|y14|, |z| < 2^15`` sit in the low
     half of each lane, ``F`` and ``m`` are stored with a zero high half).  ``cst_addr``: per
@@ -546,13 +553,14 @@ def _make_out16(group: int):
     results (:func:`~intengine.kernels._llvm.pack_i8x64`)."""
 
     @intrinsic
-    def out(typingctx, y_addr, nvec, k, f, zs, cst_addr, q, out_addr):
-        if not all(isinstance(t, types.Integer) for t in (y_addr, nvec, k, f, zs, cst_addr, q, out_addr)):
+    def out(typingctx, v_addr, nvec, c0, k, f, zs, cst_addr, q, out_addr):
+        args = (v_addr, nvec, c0, k, f, zs, cst_addr, q, out_addr)
+        if not all(isinstance(t, types.Integer) for t in args):
             return None
 
         def codegen(context, builder, signature, llargs):
-            ya, n, kk, ff, zz, ca, qq, oa = [context.cast(builder, v, t, types.int64)
-                                            for v, t in zip(llargs, signature.args)]
+            va, n, c0_, kk, ff, zz, ca, qq, oa = [context.cast(builder, v, t, types.int64)
+                                                 for v, t in zip(llargs, signature.args)]
             i32, i64, v16, v8, load, splat, at = vec_helpers(builder)
             v32x16 = ir.VectorType(ir.IntType(16), 32)
             madd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16, [v32x16, v32x16]),
@@ -563,15 +571,13 @@ def _make_out16(group: int):
                 return builder.call(madd, [builder.bitcast(a, v32x16), builder.bitcast(b, v32x16)])
 
             one = ir.Constant(i64, 1)
-            kv, fv, zv = splat(kk), splat(ff), splat(zz)
-            hk = splat(builder.ashr(builder.shl(one, kk), one))
+            kv, fv, zv, cv = splat(kk), splat(ff), splat(zz), splat(c0_)
             hz = splat(builder.ashr(builder.shl(one, zz), one))
             zmax = ir.Constant(v16, [(1 << NARROW_Z_BITS) - 1] * 16)
             zmin = ir.Constant(v16, [1 - (1 << NARROW_Z_BITS)] * 16)
 
             def block(j):  # (z·m + K) >> s of block j, unclamped
-                y = load(at(ya, j, 64))
-                y14 = builder.ashr(builder.add(y, hk), kv)
+                y14 = builder.ashr(builder.add(load(at(va, j, 64)), cv), kv)
                 z = smax(smin(builder.ashr(builder.add(pmaddwd(y14, fv), hz), zv), zmax), zmin)
                 cb = at(ca, j, 192)
                 m, kb, sb = (load(builder.add(cb, ir.Constant(i64, 64 * t))) for t in range(3))
@@ -598,7 +604,7 @@ def _make_out16(group: int):
             counted_loop(builder, n, [], body)
             return context.get_dummy_value()
 
-        return types.void(y_addr, nvec, k, f, zs, cst_addr, q, out_addr), codegen
+        return types.void(*args), codegen
 
     return out
 
@@ -630,37 +636,51 @@ def eps_scaled(eps_m, eps_e, sh):
 
 @numba.njit(inline="always")
 def _row_stats(xr, fast, res):
-    """``(Σx, min x, max x)`` of one int32 row: :func:`_ln_stats16` on the 16-lane blocks
-    (``fast``), the scalar loop on the rest (``res``: int64 scratch of 3)."""
+    """``(Σx, min x, max x, Σx² mod 2^64)`` of one int32 row: :func:`_ln_stats16` on the 16-lane
+    blocks (``fast``; at most ``STATS_MAX_NVEC`` per call), the scalar loop on the rest (``res``:
+    int64 scratch of 4)."""
     c = xr.shape[0]
     nvec = c // BLOCK if fast else 0
     total = np.int64(0)
+    sq = np.int64(0)
     lo = np.int64(xr[0])
     hi = lo
-    if nvec > 0:
-        _ln_stats16(xr.ctypes.data, nvec, res.ctypes.data)
-        total, lo, hi = res[0], res[1], res[2]
+    for b0 in range(0, nvec, STATS_MAX_NVEC):
+        _ln_stats16(xr.ctypes.data + 64 * b0, min(nvec - b0, STATS_MAX_NVEC), res.ctypes.data)
+        total += res[0]
+        lo = min(lo, res[1])
+        hi = max(hi, res[2])
+        sq += res[3]
     for i in range(nvec * BLOCK, c):
         v = np.int64(xr[i])
         total += v
+        sq += v * v
         lo = min(lo, v)
         hi = max(hi, v)
-    return total, lo, hi
+    return total, lo, hi, sq
 
 
 @numba.njit(inline="always")
-def _ln_row(xr, total, lo, hi, nxt, ybuf, cst_addr, res, m_i64, s_i64, k_i64, narrow, fast, eps_m, eps_e, yb, sh_eps,
-            q, orow):
+def _ln_row(xr, total, lo, hi, sq, nxt, ybuf, cst_addr, res, m_i64, s_i64, k_i64, narrow, fast, eps_m, eps_e, yb,
+            sh_eps, q, orow):
     """One row of :func:`layernorm_ref` from its statistics (``xr`` int32 ``[C]``, ``(total, lo,
-    hi)`` from :func:`_row_stats`; ``ybuf`` int32 scratch of ``C``); returns the statistics of
+    hi, sq)`` from :func:`_row_stats`; ``ybuf`` int32 scratch of ``C``); returns the statistics of
     ``nxt`` (the next row), computed between this row's scalar chain (divisions, ``isqrt``) and
     its output pass, which do not depend on them: the out-of-order core overlaps the two.
 
-    ``fast`` (AVX-512 and the narrow profile): the statistics, the centring with ``Σy²`` and
-    the output pass run on 16-lane blocks (:func:`_ln_stats16`, :func:`_make_center16`,
-    :func:`_ln_out16`) and the last ``C mod 16`` channels on the scalar formula; the centring
-    runs in int32 lanes only when ``D + 1 + h(R) < 2^31`` (every intermediate fits; rows
-    of a wider range take the scalar int64 loop).  Everything else is the scalar formula.
+    ``fast`` (AVX-512 and the narrow profile) runs the 16-lane blocks in intrinsics and the
+    last ``C mod 16`` channels on the scalar formula, in one of two ways:
+
+    * **direct** (``R = 0`` and ``L ≤ k``: rows of range below ``2^YB``, the usual case): no
+      centred row is stored.  ``y = (x - q)·2^L - ρ`` is not rounded, so ``Σy² = 2^(2L)·S -
+      2^(L+1)·ρ·r + C·ρ²`` with ``S = Σ(x - q)² = Σx² - C·q² - 2·q·r``, evaluated mod 2^64
+      (exact: ``Σy² < 2^62``), and the output pass reads ``x`` with ``(y + h(k)) >> k =
+      (x + ⌊(h(k) - ρ)/2^L⌋ - q) >> (k - L)`` (the exact value fits int32: ``|x - q| < 2^YB``);
+    * **centred**: :func:`_make_center16` stores ``y`` in ``ybuf`` with ``Σy²`` when ``D + 1 +
+      h(R) < 2^31`` (every int32 intermediate fits), else the scalar int64 loop; the output
+      pass reads ``ybuf``.
+
+    Everything else is the scalar formula.
     """
     c = xr.shape[0]
     nvec = c // BLOCK if fast else 0
@@ -674,40 +694,47 @@ def _ln_row(xr, total, lo, hi, nxt, ybuf, cst_addr, res, m_i64, s_i64, k_i64, na
     rsh = min(max(sh, 0), 62)
     rho = ((r_row << (lsh + 1)) + c64) // (2 * c64)
     h_r = (np.int64(1) << rsh) >> 1
+    k = yb - NARROW_BITS if narrow else np.int64(0)
+    direct = nvec > 0 and rsh == 0 and lsh <= k
+    centred = nvec > 0 and not direct and dev + 1 + h_r < (np.int64(1) << 31)
     var = np.int64(0)
-    start = 0
-    if nvec > 0 and dev + 1 + h_r < (np.int64(1) << 31):
-        # (the intrinsic keeps the low 32 bits of c0: the sum wraps to the exact int32 value)
-        if lsh > 0 or rsh == 0:
-            var = _ln_center16_left(xr.ctypes.data, nvec, lsh, -rho - (q_row << lsh), ybuf.ctypes.data,
-                                    nxt.ctypes.data)
-        else:
-            var = _ln_center16_right(xr.ctypes.data, nvec, rsh, h_r - rho - q_row, ybuf.ctypes.data, nxt.ctypes.data)
-        start = tail
-    for i in range(start, c):
-        y = (((np.int64(xr[i]) - q_row) << lsh) - rho + h_r) >> rsh
-        ybuf[i] = y
-        var += y * y
+    if direct:  # int64 arithmetic wraps: exact, as the true Σy² < 2^62
+        s2 = sq - c64 * q_row * q_row - 2 * q_row * r_row
+        var = (s2 << (2 * lsh)) - ((rho * r_row) << (lsh + 1)) + c64 * rho * rho
+    else:
+        start = 0
+        if centred:
+            # (the intrinsic keeps the low 32 bits of c0: the sum wraps to the exact int32 value)
+            if lsh > 0 or rsh == 0:
+                var = _ln_center16_left(xr.ctypes.data, nvec, lsh, -rho - (q_row << lsh), ybuf.ctypes.data,
+                                        nxt.ctypes.data)
+            else:
+                var = _ln_center16_right(xr.ctypes.data, nvec, rsh, h_r - rho - q_row, ybuf.ctypes.data,
+                                         nxt.ctypes.data)
+            start = tail
+        for i in range(start, c):
+            y = (((np.int64(xr[i]) - q_row) << lsh) - rho + h_r) >> rsh
+            var += y * y
     std = isqrt_scalar(var + eps_scaled(eps_m, eps_e, sh))
     bl = np.int64(bit_length(std))
     fb = np.int64(NARROW_BITS) if narrow else np.int64(WIDE_BITS)
     f = ((np.int64(1) << (bl + fb)) - 1) // std if std > 0 else np.int64(0)
-    k = yb - NARROW_BITS if narrow else np.int64(0)
     zs = max(bl - k - 1, 0) if narrow else bl
     zq = np.int64((1 << NARROW_Z_BITS) - 1) if narrow else np.int64(1) << 62
+    hk = (np.int64(1) << k) >> 1
     nstats = _row_stats(nxt, fast, res)
     start = 0
-    if nvec > 0:
+    if direct or centred:
+        v_addr, c0, kv = (xr.ctypes.data, ((hk - rho) >> lsh) - q_row, k - lsh) if direct else (ybuf.ctypes.data, hk, k)
         n64 = nvec // 4 if q == 127 else 0  # groups of 4 blocks for the saturating packs
         if n64 > 0:
-            _ln_out64(ybuf.ctypes.data, n64, k, f, zs, cst_addr, q, orow.ctypes.data)
-        _ln_out16(ybuf.ctypes.data + 256 * n64, nvec - 4 * n64, k, f, zs, cst_addr + 768 * n64, q,
+            _ln_out64(v_addr, n64, c0, kv, f, zs, cst_addr, q, orow.ctypes.data)
+        _ln_out16(v_addr + 256 * n64, nvec - 4 * n64, c0, kv, f, zs, cst_addr + 768 * n64, q,
                   orow.ctypes.data + 64 * n64)
         start = tail
-    hk = (np.int64(1) << k) >> 1
     hz = (np.int64(1) << zs) >> 1
     for i in range(start, c):
-        y = (np.int64(ybuf[i]) + hk) >> k
+        y = ((((((np.int64(xr[i]) - q_row) << lsh) - rho + h_r) >> rsh) + hk) >> k)
         z = min(max((y * f + hz) >> zs, -zq), zq)
         orow[i] = min(max((z * m_i64[i] + k_i64[i]) >> s_i64[i], -q), q)
     return nstats
@@ -720,12 +747,12 @@ def _layernorm_rows(x2, cst, m_i64, s_i64, k_i64, narrow, fast, eps_m, eps_e, yb
     cst_addr = cst.ctypes.data
     for ch in numba.prange(nchunks):
         ybuf = np.empty(c, np.int32)
-        res = np.empty(3, np.int64)
+        res = np.empty(4, np.int64)
         r0, r1 = ch * rows // nchunks, (ch + 1) * rows // nchunks
-        total, lo, hi = _row_stats(x2[r0], fast, res)
+        total, lo, hi, sq = _row_stats(x2[r0], fast, res)
         for r in range(r0, r1):
-            total, lo, hi = _ln_row(x2[r], total, lo, hi, x2[min(r + 1, r1 - 1)], ybuf, cst_addr, res, m_i64, s_i64,
-                                    k_i64, narrow, fast, eps_m, eps_e, yb, sh_eps, q, out2[r])
+            total, lo, hi, sq = _ln_row(x2[r], total, lo, hi, sq, x2[min(r + 1, r1 - 1)], ybuf, cst_addr, res, m_i64,
+                                        s_i64, k_i64, narrow, fast, eps_m, eps_e, yb, sh_eps, q, out2[r])
 
 
 @memo_frozen(maxsize=256)
@@ -900,16 +927,16 @@ def _add_layernorm_rows(a2, ma, ha, sa, b2, mb, hb, sb, qa, rcst, rfast, cst, m_
     for ch in numba.prange(nchunks):
         x_bufs = np.empty((2, c), np.int32)  # this row's sum and the next one's
         ybuf = np.empty(c, np.int32)
-        res = np.empty(3, np.int64)
+        res = np.empty(4, np.int64)
         r0, r1 = ch * rows // nchunks, (ch + 1) * rows // nchunks
         _residual_row(a2[r0], ma, ha, sa, b2[r0], mb, hb, sb, qa, x_bufs[0], rcst, rfast)
-        total, lo, hi = _row_stats(x_bufs[0], fast, res)
+        total, lo, hi, sq = _row_stats(x_bufs[0], fast, res)
         for r in range(r0, r1):
             nxt = x_bufs[(r - r0 + 1) & 1]
             if r + 1 < r1:
                 _residual_row(a2[r + 1], ma, ha, sa, b2[r + 1], mb, hb, sb, qa, nxt, rcst, rfast)
-            total, lo, hi = _ln_row(x_bufs[(r - r0) & 1], total, lo, hi, nxt, ybuf, cst_addr, res, m_i64, s_i64,
-                                    k_i64, narrow, fast, eps_m, eps_e, yb, sh_eps, q, out2[r])
+            total, lo, hi, sq = _ln_row(x_bufs[(r - r0) & 1], total, lo, hi, sq, nxt, ybuf, cst_addr, res, m_i64,
+                                        s_i64, k_i64, narrow, fast, eps_m, eps_e, yb, sh_eps, q, out2[r])
 
 
 @memo_frozen()

@@ -417,13 +417,31 @@ def test_both_profiles_and_saturated_channels(cpu_path):
                 assert p.shift[0] == 0 and p.m_i32[0] == 0 and p.bias_i64[0] == q + 1
 
 
+def test_offset_rows_every_range(cpu_path):
+    """Rows far from zero (means near ±2^31, where Σx² wraps int64) with ranges of 2^0 to 2^31:
+    both ways the AVX-512 path gets Σy² (from Σx and Σx², or from the stored centred row) and
+    the scalar formula, cpu == ref."""
+    rng = np.random.default_rng(12)
+    for c in (16, 64 + 7, 768):
+        rows = []
+        for bits in range(0, 32):
+            for base in (2**31 - 2**bits, -(2**31), int(rng.integers(-(2**30), 2**30))):
+                rows.append(np.clip(base + rng.integers(0, 2**bits, size=c, endpoint=True), -(2**31), 2**31 - 1))
+        x = np.array(rows).astype(np.int32)
+        gamma, beta = rng.uniform(-2, 2, c), rng.normal(0, 0.3, c)
+        for eps, s_in in ((1e-5, 1e-4), (0.0, 1.0)):
+            p = layernorm_params(gamma, beta, eps, 0.05, 8, in_scale=s_in)
+            np.testing.assert_array_equal(layernorm_cpu(x, **p.kernel_args), layernorm_ref(x, **p.kernel_args))
+
+
 @pytest.mark.parametrize("c", [4096 + 3, 1 << 20])
 def test_large_c_matches_ref(c, cpu_path):
     """Large normalized axes (C up to 2^20: YB = 21) with full-range int32 values."""
     rng = np.random.default_rng(c)
-    x = rng.integers(-(2**31), 2**31 - 1, size=(2, c), endpoint=True).astype(np.int32)
+    x = rng.integers(-(2**31), 2**31 - 1, size=(3, c), endpoint=True).astype(np.int32)
     x[1, : c // 2] = 5
     x[1, c // 2 :] = 6  # tiny variance: left shift, eps-dominated
+    x[2] = 2**31 - 2**17 + rng.integers(0, 2**16, size=c)  # 16-bit range at the top: Σx² wraps int64
     gamma = rng.uniform(0.5, 2.0, c) * np.where(rng.random(c) < 0.5, -1, 1)
     beta = rng.normal(0, 0.5, c)
     for eps, out_bits in ((0.0, 8), (1e-5, 16)):
