@@ -36,7 +36,7 @@ def qmax_for_bits(bits: int) -> int:
 def check_int(name: str, arr: np.ndarray, allowed: tuple) -> None:
     if not (hasattr(arr, "dtype") and hasattr(arr, "shape")):
         raise KernelInputError(f"{name} must be an array (numpy or device), got {type(arr).__name__}")
-    if arr.dtype not in [np.dtype(a) for a in allowed]:
+    if arr.dtype not in allowed:  # (a dtype compares equal to its scalar type)
         names = ", ".join(np.dtype(a).name for a in allowed)
         raise KernelInputError(f"{name} must have dtype in ({names}), got {arr.dtype}")
 
@@ -54,9 +54,9 @@ def channel_vector(name: str, value, n: int, dtype) -> np.ndarray:
 def output_array(out, shape, dtype) -> np.ndarray:
     """The kernel's output array: a fresh one, or the caller's ``out`` after checking that it is a
     C-contiguous numpy array of exactly ``shape`` and ``dtype`` (the runtime's planned buffers)."""
-    shape, dtype = tuple(int(d) for d in shape), np.dtype(dtype)
     if out is None:
         return np.empty(shape, dtype)
+    shape, dtype = tuple(int(d) for d in shape), np.dtype(dtype)
     if not (isinstance(out, np.ndarray) and out.shape == shape and out.dtype == dtype and out.flags.c_contiguous
             and out.flags.writeable):
         got = (f"{type(out).__name__} {getattr(out, 'dtype', '?')}{tuple(getattr(out, 'shape', ()))}"
@@ -112,22 +112,33 @@ def memo_frozen(maxsize: int = 1024, immutable: tuple = ()):
     arguments are checked once.  At ``maxsize`` entries the cache is emptied.
     """
 
-    def key_part(v):
-        if v is None:
-            return None
-        if is_int_scalar(v):
-            return ("int", int(v))
-        if (isinstance(v, np.ndarray) and frozen(v)) or isinstance(v, immutable):
-            return ("id", id(v))
-        return False
+    def key_of(args):
+        """The cache key (ints by value, the rest by identity), None when a value is uncacheable;
+        built on every kernel call, so the common types are tested first."""
+        key = []
+        for v in args:
+            t = type(v)
+            if t is int or v is None:
+                key.append(v)
+            elif t is np.ndarray or isinstance(v, np.ndarray):
+                if not frozen(v):
+                    return None
+                key.append((id(v),))
+            elif is_int_scalar(v):
+                key.append(int(v))
+            elif isinstance(v, immutable):
+                key.append((id(v),))
+            else:
+                return None
+        return tuple(key)
 
     def wrap(fn):
         entries: dict = {}
 
         @functools.wraps(fn)
         def cached(*args):
-            key = tuple(key_part(v) for v in args)
-            if False in key:
+            key = key_of(args)
+            if key is None:
                 return fn(*args)
             hit = entries.get(key)
             if hit is not None:

@@ -20,7 +20,6 @@ Differences from I-BERT's ``IntLayerNorm`` (all deliberate):
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 
@@ -293,8 +292,8 @@ def _eps_min_shift(eps_m: int, eps_e: int) -> int:
     return max(EPS_NONE, -((31 + eps_e) // 2))
 
 
-def _check_x_scalars(x, eps_m, eps_e, out_bits, name="x", dtypes=(np.int32,)):
-    """Checks of ``x`` (called ``name``), ``eps_m``, ``eps_e``, ``out_bits``; returns the output dtype."""
+def _check_x(x, name="x", dtypes=(np.int32,)) -> int:
+    """Checks of the input ``x`` (called ``name``); returns ``C``, the length of its last axis."""
     check_int(name, x, dtypes)
     shape = tuple(x.shape)  # (device arrays of the CUDA simulator do not index shapes from the end)
     if len(shape) < 1:
@@ -302,6 +301,11 @@ def _check_x_scalars(x, eps_m, eps_e, out_bits, name="x", dtypes=(np.int32,)):
     c = shape[-1]
     if not 1 <= c <= MAX_C:
         raise KernelInputError(f"{name}: the normalized (last) axis must have 1..{MAX_C} entries, got {c}")
+    return c
+
+
+def _check_scalars(eps_m, eps_e, out_bits):
+    """Checks of ``eps_m``, ``eps_e``, ``out_bits``; returns the output dtype."""
     out_dtype = container_for_bits(out_bits)
     for name, v in (("eps_m", eps_m), ("eps_e", eps_e)):
         if not is_int_scalar(v):
@@ -336,8 +340,8 @@ def _check_vectors(c, m_i32, shift, bias_i64, out_bits):
 
 
 def _check_layernorm_args(x, m_i32, shift, bias_i64, eps_m, eps_e, out_bits):
-    out_dtype = _check_x_scalars(x, eps_m, eps_e, out_bits)
-    return (out_dtype, *_check_vectors(tuple(x.shape)[-1], m_i32, shift, bias_i64, out_bits))
+    c = _check_x(x)
+    return (_check_scalars(eps_m, eps_e, out_bits), *_check_vectors(c, m_i32, shift, bias_i64, out_bits))
 
 
 def _half(v):
@@ -448,6 +452,7 @@ def _detect_avx512() -> bool:
 
 HAVE_AVX512: bool = _detect_avx512()
 BLOCK = 16  # int32 lanes per step of the AVX-512 row passes
+MAX_CHUNKS = 8 * numba.config.NUMBA_NUM_THREADS  # row chunks per parallel call (a few per thread)
 
 
 STATS_MAX_NVEC = 4096  # blocks per _ln_stats16 call: Σ(x & 0xFFFF) < 2^32 pins the exact sum
@@ -741,8 +746,8 @@ def _ln_row(xr, total, lo, hi, sq, nxt, ybuf, cst_addr, res, m_i64, s_i64, k_i64
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy")
-def _layernorm_rows(x2, cst, m_i64, s_i64, k_i64, narrow, fast, eps_m, eps_e, yb, sh_eps, q, nchunks, out2):
-    """Rows in parallel (chunks of rows per task), :func:`_ln_row` each."""
+def _layernorm_rows(x2, cst, m_i64, s_i64, k_i64, narrow, fast, eps_m, eps_e, yb, sh_eps, q, out2, nchunks):
+    """Rows in parallel (``nchunks`` chunks of rows), :func:`_ln_row` each."""
     rows, c = x2.shape
     cst_addr = cst.ctypes.data
     for ch in numba.prange(nchunks):
@@ -756,24 +761,17 @@ def _layernorm_rows(x2, cst, m_i64, s_i64, k_i64, narrow, fast, eps_m, eps_e, yb
 
 
 @memo_frozen(maxsize=256)
-def _plan(c, m_i32, shift, bias_i64, out_bits):
-    """Validated per-channel constants for ``C = c`` (``(m, s, K)`` int64 and the AVX-512 blocks),
-    cached per read-only parameter arrays (:func:`memo_frozen`): the runtime checks each LayerNorm once."""
+def _plan(c, m_i32, shift, bias_i64, eps_m, eps_e, out_bits, avx512):
+    """Validated constants for ``C = c``: the output dtype and the arguments of
+    :func:`_layernorm_rows` between ``x2`` and ``out2`` (the AVX-512 blocks, ``(m, s, K)``
+    int64, the row scalars); cached per read-only parameter arrays and scalars
+    (:func:`memo_frozen`): the runtime checks each LayerNorm once."""
+    out_dtype = _check_scalars(eps_m, eps_e, out_bits)
     m_vec, s_vec, b_vec = _check_vectors(c, m_i32, shift, bias_i64, out_bits)
-    return m_vec, s_vec, b_vec, _out_blocks(m_vec, s_vec, b_vec)
-
-
-@functools.lru_cache(maxsize=256)
-def _row_consts(c: int, eps_m: int, eps_e: int, out_bits: int, avx512: bool) -> tuple:
     narrow = out_bits <= 8
-    return (narrow, narrow and avx512, np.int64(eps_m), np.int64(eps_e), np.int64(y_bits(c)),
-            np.int64(_eps_min_shift(eps_m, eps_e)), np.int64(qmax_for_bits(out_bits)))
-
-
-def _row_args(c: int, eps_m: int, eps_e: int, out_bits: int, rows: int) -> tuple:
-    """Scalar arguments of :func:`_layernorm_rows` after its per-channel ones."""
-    return (*_row_consts(c, int(eps_m), int(eps_e), int(out_bits), HAVE_AVX512),
-            min(rows, 8 * numba.get_num_threads()))
+    return out_dtype, (_out_blocks(m_vec, s_vec, b_vec), m_vec, s_vec, b_vec, narrow, bool(narrow and avx512),
+                       np.int64(eps_m), np.int64(eps_e), np.int64(y_bits(c)), np.int64(_eps_min_shift(eps_m, eps_e)),
+                       np.int64(qmax_for_bits(out_bits)))
 
 
 @register("layernorm", "cpu")
@@ -787,14 +785,12 @@ def layernorm_cpu(x: np.ndarray, m_i32, shift, bias_i64, eps_m: int, eps_e: int,
     narrow profile (int8 outputs) runs its three row passes on 16 int32 lanes
     (:func:`_ln_row`); the derived constants are cached per parameter arrays.
     """
-    out_dtype = _check_x_scalars(x, eps_m, eps_e, out_bits)
-    c = x.shape[-1]
-    m_vec, s_vec, b_vec, blocks = _plan(c, m_i32, shift, bias_i64, int(out_bits))
+    c = _check_x(x)
+    out_dtype, consts = _plan(c, m_i32, shift, bias_i64, eps_m, eps_e, out_bits, int(HAVE_AVX512))
     result = output_array(out, x.shape, out_dtype)
     x2 = np.ascontiguousarray(x).reshape(-1, c)
     if x2.size:
-        _layernorm_rows(x2, blocks, m_vec, s_vec, b_vec, *_row_args(c, eps_m, eps_e, out_bits, x2.shape[0]),
-                        result.reshape(-1, c))
+        _layernorm_rows(x2, *consts, result.reshape(-1, c), min(x2.shape[0], MAX_CHUNKS))
     return result
 
 
@@ -919,7 +915,7 @@ def _residual_row(ar, ma_i32, ha_i64, sa_i64, br, mb_i32, hb_i64, sb_i64, qa, x_
 
 @numba.njit(parallel=True, cache=True, error_model="numpy")
 def _add_layernorm_rows(a2, ma, ha, sa, b2, mb, hb, sb, qa, rcst, rfast, cst, m_i64, s_i64, k_i64, narrow, fast, eps_m,
-                        eps_e, yb, sh_eps, q, nchunks, out2):
+                        eps_e, yb, sh_eps, q, out2, nchunks):
     """Rows in parallel: the residual sum into a row buffer (:func:`_residual_row`), then
     :func:`_ln_row` on it (the arguments after ``cst`` are those of :func:`_layernorm_rows`)."""
     rows, c = a2.shape
@@ -940,16 +936,17 @@ def _add_layernorm_rows(a2, ma, ha, sa, b2, mb, hb, sb, qa, rcst, rfast, cst, m_
 
 
 @memo_frozen()
-def _residual_consts(m_a, shift_a, m_b, shift_b, add_bits, c):
-    """Checked per-channel ``(m int32, 2^(s-1) int64, s int64)`` of both branches, then the
-    blocks of :func:`_residual16` and whether it applies (AVX-512, one ``(m_b, s_b)``);
-    cached per constant set."""
+def _residual_consts(m_a, shift_a, m_b, shift_b, add_bits, c, avx512):
+    """Checked per-channel ``(m int32, 2^(s-1) int64, s int64)`` of both branches, the sum's
+    bound ``2^(add_bits-1) - 1``, then the blocks of :func:`_residual16` and whether it applies
+    (AVX-512, one ``(m_b, s_b)``); cached per constant set."""
     out = []
     for m, s in ((m_a, shift_a), (m_b, shift_b)):
         _, m_vec, s_vec = _requant_vectors_checked(m, s, add_bits, c)
         out.extend(requant_vectors(m_vec, s_vec))
     one_b = bool(np.all(out[3] == out[3][0]) and np.all(out[5] == out[5][0]))
-    return (*out, _residual_blocks(out[0], out[2]), HAVE_AVX512 and one_b and c >= BLOCK)
+    return (*out, np.int64(qmax_for_bits(add_bits)), _residual_blocks(out[0], out[2]),
+            bool(avx512 and one_b and c >= BLOCK))
 
 
 # operand dtypes of the fused kernel: the encoders' residual adds (int32 linear output or int8, plus an
@@ -972,14 +969,12 @@ def add_layernorm_cpu(a: np.ndarray, m_a, shift_a, b: np.ndarray, m_b, shift_b, 
     if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and (a.dtype, b.dtype) in _FUSED_DTYPES):
         x = rescale_add_cpu(a, m_a, shift_a, b, m_b, shift_b, add_bits)
         return layernorm_cpu(x, m_i32, shift, bias_i64, eps_m, eps_e, out_bits, out=out)
-    out_dtype = _check_x_scalars(a, eps_m, eps_e, out_bits, "a", (np.int8, np.int32))
-    c = a.shape[-1]
-    res = _residual_consts(m_a, shift_a, m_b, shift_b, add_bits, c)
-    m_vec, s_vec, b_vec, blocks = _plan(c, m_i32, shift, bias_i64, int(out_bits))
+    c = _check_x(a, "a", (np.int8, np.int32))
+    res = _residual_consts(m_a, shift_a, m_b, shift_b, add_bits, c, int(HAVE_AVX512))
+    out_dtype, consts = _plan(c, m_i32, shift, bias_i64, eps_m, eps_e, out_bits, int(HAVE_AVX512))
     result = output_array(out, a.shape, out_dtype)
     a2, b2 = np.ascontiguousarray(a).reshape(-1, c), np.ascontiguousarray(b).reshape(-1, c)
     if a2.size:
-        _add_layernorm_rows(a2, *res[:3], b2, *res[3:6], np.int64(qmax_for_bits(add_bits)), res[6],
-                            res[7] and a2.dtype == np.int32, blocks, m_vec, s_vec,
-                            b_vec, *_row_args(c, eps_m, eps_e, out_bits, a2.shape[0]), result.reshape(-1, c))
+        _add_layernorm_rows(a2, *res[:3], b2, *res[3:7], res[7], res[8] and a2.dtype == np.int32, *consts,
+                            result.reshape(-1, c), min(a2.shape[0], MAX_CHUNKS))
     return result
