@@ -111,3 +111,13 @@ def pack_i8x64(builder, vecs):
     qlo = ir.Constant(v64x8, [-127] * 64)
     words = builder.bitcast(builder.select(builder.icmp_signed(">", b8, qlo), b8, qlo), v16)
     return builder.shuffle_vector(words, words, ir.Constant(v16, [4 * (t % 4) + t // 4 for t in range(16)]))
+
+
+def pmaddwd(builder, a, b):
+    """``vpmaddwd`` of two vectors of 16 int32 lanes, each read as two int16 words: ``lo(a)·lo(b) +
+    hi(a)·hi(b)`` per lane (an add of its result into an accumulator becomes ``vpdpwssd`` on
+    AVX512-VNNI hosts)."""
+    v16, v32x16 = ir.VectorType(ir.IntType(32), 16), ir.VectorType(ir.IntType(16), 32)
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16, [v32x16, v32x16]),
+                                        "llvm.x86.avx512.pmaddw.d.512")
+    return builder.call(fn, [builder.bitcast(a, v32x16), builder.bitcast(b, v32x16)])
