@@ -294,6 +294,8 @@ def nonlinear_rows(cfg: Config) -> Iterable[Group]:
     res8 = rng.integers(-127, 128, (m, 768), dtype=np.int64).astype(np.int8)
     m_acc, s_acc = quantize_multipliers(rng.uniform(0.5, 2.0, 768) * 2.0**-4)
     m_res, s_res = quantize_multiplier(8.0)
+    for const in (m_acc, s_acc):  # read-only, like the runtime's constants (validated once per layer)
+        const.setflags(write=False)
     accf, resf = torch.from_numpy(acc_ln.astype(np.float32) * 1e-5), torch.from_numpy(res8.astype(np.float32) * 0.05)
     yield Group("add+layernorm", f"{m}x768 int32+int8→int8", r.size, "Melem/s",
                 {"cpu add_layernorm (fused)": lambda: layernorm.add_layernorm_cpu(acc_ln, m_acc, s_acc, res8, m_res, s_res,
@@ -306,6 +308,8 @@ def nonlinear_rows(cfg: Config) -> Iterable[Group]:
                 {"cpu i-tanh": lambda: tanh.tanh_cpu(x8[:, :768], **pt.kernel_args)},
                 {"torch tanh fp32": lambda: torch.tanh(xf[:, :768])})
     mv, sv = quantize_multipliers(rng.uniform(1e-5, 3e-5, 3072))
+    for const in (mv, sv):
+        const.setflags(write=False)
     yield Group("requantize", f"{m}x3072 int32→int8", acc.size, "Melem/s",
                 {"cpu per-channel": lambda: requant.requantize_cpu(acc, mv, sv, 8)},
                 {"torch fp32 mul+round+clamp": lambda: torch.clamp(torch.round(xf * 31.75), -127, 127)})
