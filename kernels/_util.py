@@ -5,11 +5,17 @@ from __future__ import annotations
 import functools
 import os
 
+import numba
 import numpy as np
 
 from .errors import KernelInputError
 
 INT_CONTAINERS = ((8, np.int8), (16, np.int16), (32, np.int32))
+
+
+# row chunks per parallel kernel call: a few per thread, for balance (a constant, so the hot path
+# does not ask numba for the current thread count, ~1 us)
+MAX_CHUNKS = 8 * numba.config.NUMBA_NUM_THREADS
 
 
 def is_int_scalar(v) -> bool:

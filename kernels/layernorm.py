@@ -31,7 +31,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ._llvm import counted_loop, lane_ops, pack_i8x64, pmaddwd, vec_helpers, vector_reduce
-from ._util import check_int, container_for_bits, cpu_has, is_int_scalar, memo_frozen, output_array, qmax_for_bits
+from ._util import (MAX_CHUNKS, check_int, container_for_bits, cpu_has, is_int_scalar, memo_frozen, output_array,
+                    qmax_for_bits)
 from .errors import KernelInputError
 from .registry import register
 from .requant import MULT_BITS, _requant_vectors_checked, requant_vectors, rescale_add_cpu, rescale_add_ref
@@ -452,9 +453,6 @@ def _detect_avx512() -> bool:
 
 HAVE_AVX512: bool = _detect_avx512()
 BLOCK = 16  # int32 lanes per step of the AVX-512 row passes
-MAX_CHUNKS = 8 * numba.config.NUMBA_NUM_THREADS  # row chunks per parallel call (a few per thread)
-
-
 STATS_MAX_NVEC = 4096  # blocks per _ln_stats16 call: Σ(x & 0xFFFF) < 2^32 pins the exact sum
 
 
@@ -464,9 +462,10 @@ def _ln_stats16(typingctx, x_addr, nvec, res_addr):
     ``[Σx, min, max, Σx² mod 2^64]`` to ``res_addr``.
 
     The exact sum from two int32-lane sums: ``Σx mod 2^32`` (wrapping ``vpaddd``) and
-    ``H = Σ(x >> 16)`` (``vpmaddwd`` with the words ``(0, 1)``, ``|·| ≤ 2^27`` per lane); ``Σx = 2^16·H + Σ(x & 0xFFFF)`` with the
-    last term in ``[0, 2^32)`` for ``16·nvec ≤ 2^16`` values, so it is ``(Σx - 2^16·H) mod
-    2^32``.  ``Σx²``: ``vpmuldq`` on the even and odd lanes, summed in wrapping int64 lanes."""
+    ``H = Σ(x >> 16)`` (``vpmaddwd`` with the words ``(0, 1)``, ``|·| ≤ 2^27`` per lane);
+    ``Σx = 2^16·H + Σ(x & 0xFFFF)`` with the last term in ``[0, 2^32)`` for ``16·nvec ≤ 2^16``
+    values, so it is ``(Σx - 2^16·H) mod 2^32``.  ``Σx²``: ``vpmuldq`` on the even and odd
+    lanes, summed in wrapping int64 lanes."""
     if not all(isinstance(t, types.Integer) for t in (x_addr, nvec, res_addr)):
         return None
 

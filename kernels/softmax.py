@@ -52,7 +52,7 @@ from dataclasses import asdict, dataclass
 import numba
 import numpy as np
 
-from ._util import check_int, is_int_scalar, output_array
+from ._util import MAX_CHUNKS, check_int, is_int_scalar, output_array
 from .errors import KernelInputError
 from .registry import register
 from .requant import MAX_SHIFT, MIN_SHIFT, MULT_BITS, as_rows, quantize_multiplier, wide_vectors
@@ -518,7 +518,7 @@ def softmax_cpu(x: np.ndarray, mask, m_i32: int, shift: int, *, out=None) -> np.
     dense = np.empty(mask2.shape[0], np.uint8)
     mask_spans(mask2, nkeep, dense)
     x2 = as_rows(x)
-    nchunks = min(x2.shape[0], 8 * numba.get_num_threads())
+    nchunks = min(x2.shape[0], MAX_CHUNKS)
     use_idx = row_idx is not None
     _softmax_rows(x2, mask2, np.int64(inner), row_idx if use_idx else _NO_IDX, use_idx, nkeep, dense, np.int64(m),
                   np.int64(s), nchunks, as_rows(out))
