@@ -5,7 +5,19 @@
 from __future__ import annotations
 
 from llvmlite import ir
+from numba import types
 from numba.core import cgutils
+
+
+def all_ints(tys) -> bool:
+    """The typing check of an intrinsic on integer addresses and scalars: every argument type
+    is an integer (otherwise numba tries other overloads)."""
+    return all(isinstance(t, types.Integer) for t in tys)
+
+
+def args_i64(context, builder, signature, llargs) -> list:
+    """An intrinsic's integer arguments, each cast to int64."""
+    return [context.cast(builder, v, t, types.int64) for v, t in zip(llargs, signature.args)]
 
 
 def vec_helpers(builder):

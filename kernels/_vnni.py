@@ -45,6 +45,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from ._llvm import all_ints
 from ._util import cpu_has
 
 MR = 8  # rows of A per micro-kernel
@@ -159,7 +160,7 @@ def make_ukernel(nblk: int, mode: int = RAW32, mr: int = MR):
     @intrinsic
     def ukernel(typingctx, a_addr, lda, b_addr, b_stride, kgroups, init_addr, m_addr, s_addr, q, out_addr, ldo, rows):
         args = (a_addr, lda, b_addr, b_stride, kgroups, init_addr, m_addr, s_addr, q, out_addr, ldo, rows)
-        if not all(isinstance(t, types.Integer) for t in args):
+        if not all_ints(args):
             return None
         sig = types.void(*args)
 
@@ -340,7 +341,7 @@ def make_amx_32x32(signed_a: bool):
         first (``ldtilecfg``); pass 0 when this thread already loaded it.
         """
         args = (cfg_addr, a_addr, lda, b0_addr, b1_addr, kchunks, c_addr, accumulate)
-        if not all(isinstance(t, types.Integer) for t in args):
+        if not all_ints(args):
             return None
         sig = types.void(*args)
 
@@ -443,7 +444,7 @@ def make_epilogue_block(mode: int):
     @intrinsic
     def epi(typingctx, c_addr, ldc, rows, init_addr, m_addr, s_addr, q, out_addr, ldo):
         args = (c_addr, ldc, rows, init_addr, m_addr, s_addr, q, out_addr, ldo)
-        if not all(isinstance(t, types.Integer) for t in args):
+        if not all_ints(args):
             return None
         sig = types.void(*args)
 
@@ -509,7 +510,7 @@ def transpose16x16_i32(typingctx, src_addr, src_stride, dst_addr):
     64 ``vpermt2d`` in all, instead of 256 scalar word moves.
     """
     args = (src_addr, src_stride, dst_addr)
-    if not all(isinstance(t, types.Integer) for t in args):
+    if not all_ints(args):
         return None
     sig = types.void(*args)
 

@@ -23,6 +23,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
+from ._llvm import all_ints, args_i64
 from ._util import check_int, container_for_bits, is_int_scalar, memo_frozen, output_array, qmax_for_bits
 from .errors import KernelInputError
 from .registry import register
@@ -245,11 +246,11 @@ def _transpose16(typingctx, src_addr, src_stride, dst_addr, dst_stride):
     and ``r + d`` exchange their ``d``-element blocks; ``vpermt2d`` on AVX-512), 16 row stores.
     """
     args = (src_addr, src_stride, dst_addr, dst_stride)
-    if not all(isinstance(t, types.Integer) for t in args):
+    if not all_ints(args):
         return None
 
     def codegen(context, builder, signature, llargs):
-        src, sst, dst, dstr = [context.cast(builder, v, t, types.int64) for v, t in zip(llargs, signature.args)]
+        src, sst, dst, dstr = args_i64(context, builder, signature, llargs)
         i32, i64 = ir.IntType(32), ir.IntType(64)
         v16 = ir.VectorType(i32, 16)
         rows = []

@@ -36,7 +36,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from ._llvm import counted_loop, lane_ops, pack_i8x64, vec_helpers
+from ._llvm import all_ints, args_i64, counted_loop, lane_ops, pack_i8x64, vec_helpers
 from ._util import check_int, container_for_bits, is_int_scalar, output_array, qmax_for_bits
 from .errors import KernelInputError
 from .registry import register
@@ -366,11 +366,11 @@ def _make_gelu_blocks(left: bool, i8_out: bool, yclamp: bool):
                     h_out, out_shift, h_q, s_q):
         args = (x_addr, o_addr, nblk, sh, rnd, clip, b_int, c_int, m_erf, h_w, shift_erf, vlo, vhi, h_out, out_shift,
                 h_q, s_q)
-        if not all(isinstance(t, types.Integer) for t in args):
+        if not all_ints(args):
             return None
 
         def codegen(context, builder, signature, llargs):
-            ll = [context.cast(builder, v, t, types.int64) for v, t in zip(llargs, signature.args)]
+            ll = args_i64(context, builder, signature, llargs)
             return _gelu_codegen(left, i8_out, yclamp)(context, builder, signature, ll)
 
         return types.none(*args), codegen

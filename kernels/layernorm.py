@@ -30,7 +30,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._llvm import counted_loop, lane_ops, pack_i8x64, pmaddwd, vec_helpers, vector_reduce
+from ._llvm import all_ints, args_i64, counted_loop, lane_ops, pack_i8x64, pmaddwd, vec_helpers, vector_reduce
 from ._util import (MAX_CHUNKS, check_int, container_for_bits, cpu_has, is_int_scalar, memo_frozen, output_array,
                     qmax_for_bits)
 from .errors import KernelInputError
@@ -466,11 +466,11 @@ def _ln_stats16(typingctx, x_addr, nvec, res_addr):
     ``Σx = 2^16·H + Σ(x & 0xFFFF)`` with the last term in ``[0, 2^32)`` for ``16·nvec ≤ 2^16``
     values, so it is ``(Σx - 2^16·H) mod 2^32``.  ``Σx²``: ``vpmuldq`` on the even and odd
     lanes, summed in wrapping int64 lanes."""
-    if not all(isinstance(t, types.Integer) for t in (x_addr, nvec, res_addr)):
+    if not all_ints((x_addr, nvec, res_addr)):
         return None
 
     def codegen(context, builder, signature, llargs):
-        xa, n, ra = [context.cast(builder, v, t, types.int64) for v, t in zip(llargs, signature.args)]
+        xa, n, ra = args_i64(context, builder, signature, llargs)
         i32, i64, v16, v8, load, splat, at = vec_helpers(builder)
         smin, smax, even, odd = lane_ops(builder)
         big, small = ir.Constant(v16, [(1 << 31) - 1] * 16), ir.Constant(v16, [-(1 << 31)] * 16)
@@ -507,12 +507,11 @@ def _make_center16(left: bool):
     @intrinsic
     def center(typingctx, x_addr, nvec, sh, c0, y_addr, pf_addr):
         args = (x_addr, nvec, sh, c0, y_addr, pf_addr)
-        if not all(isinstance(t, types.Integer) for t in args):
+        if not all_ints(args):
             return None
 
         def codegen(context, builder, signature, llargs):
-            xa, n, shv, cc, ya, pa = [context.cast(builder, v, t, types.int64)
-                                      for v, t in zip(llargs, signature.args)]
+            xa, n, shv, cc, ya, pa = args_i64(context, builder, signature, llargs)
             i32, i64, v16, v8, load, splat, at = vec_helpers(builder)
             i8p = ir.IntType(8).as_pointer()
             pf_fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
@@ -561,12 +560,11 @@ def _make_out16(group: int, zclip: bool):
     @intrinsic
     def out(typingctx, v_addr, nvec, c0, k, f, zs, cst_addr, q, out_addr):
         args = (v_addr, nvec, c0, k, f, zs, cst_addr, q, out_addr)
-        if not all(isinstance(t, types.Integer) for t in args):
+        if not all_ints(args):
             return None
 
         def codegen(context, builder, signature, llargs):
-            va, n, c0_, kk, ff, zz, ca, qq, oa = [context.cast(builder, v, t, types.int64)
-                                                 for v, t in zip(llargs, signature.args)]
+            va, n, c0_, kk, ff, zz, ca, qq, oa = args_i64(context, builder, signature, llargs)
             i32, i64, v16, v8, load, splat, at = vec_helpers(builder)
             smin, smax, _, _ = lane_ops(builder)
 
@@ -851,12 +849,11 @@ def _residual16(typingctx, a_addr, b_addr, nvec, cst_addr, mb, hb, sb, qa, x_add
     (``vpmuldq``) on the even and odd lanes, rounded in int64 (``|a·m| < 2^62``, ``|b·m| <
     2^38``), the sum clamped in int64 and its low dwords joined into 16 int32 lanes."""
     args = (a_addr, b_addr, nvec, cst_addr, mb, hb, sb, qa, x_addr)
-    if not all(isinstance(t, types.Integer) for t in args):
+    if not all_ints(args):
         return None
 
     def codegen(context, builder, signature, llargs):
-        aa, ba, n, ca, mb_, hb_, sb_, qa_, xa = [context.cast(builder, v, t, types.int64)
-                                                 for v, t in zip(llargs, signature.args)]
+        aa, ba, n, ca, mb_, hb_, sb_, qa_, xa = args_i64(context, builder, signature, llargs)
         i32, i64, v16, v8, load, splat, at = vec_helpers(builder)
         smin, smax, even, odd = lane_ops(builder)
         mbv = splat(builder.sext(builder.trunc(mb_, i32), i64), v8)

@@ -18,6 +18,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from ._llvm import all_ints
 from ._util import (channel_vector, check_int, container_for_bits, cpu_has, is_int_scalar, memo_frozen,
                     output_array, qmax_for_bits)
 from .errors import KernelInputError
@@ -203,7 +204,7 @@ def _lut64(typingctx, src_addr, dst_addr, table_addr):
     ``table[128:256]`` (7-bit indices), the top bit of each index selects the
     half.  Arguments are integer addresses (``arr.ctypes.data``).
     """
-    if not all(isinstance(t, types.Integer) for t in (src_addr, dst_addr, table_addr)):
+    if not all_ints((src_addr, dst_addr, table_addr)):
         return None
 
     def codegen(context, builder, signature, args):
