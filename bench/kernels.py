@@ -136,6 +136,9 @@ def _ort_matmul_integer(k: int, w_kn_i8: np.ndarray, threads: int):
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
+    # a one-node session gains nothing from spinning; its spinning pool would steal the cores
+    # from whichever candidate runs next in the interleaved loop
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     return lambda a_u8: sess.run(None, {"A": a_u8})[0]
 
