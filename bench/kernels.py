@@ -9,6 +9,12 @@ alike; the table shows medians (and the best run), the rate (GOPS for
 products, Melem/s for elementwise kernels) and, on intengine rows, the speedup
 over every comparison of the group (``>1`` = intengine faster).
 
+Cache state: the first row of a group and every comparison run right after a
+candidate that worked on other data (a GEMM's weights come from L3, as in a
+forward pass); the later intengine rows of a ``linear`` group (int32 out, the
+forced VNNI kernel) reuse the first row's operands and start warm, so read
+the first row against the comparisons.
+
 Adding a kernel family is one function::
 
     @bench("gelu")
