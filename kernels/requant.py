@@ -75,11 +75,19 @@ def _requant_vectors_checked(m_i32, shift, out_bits, c: int):
     out_dtype = container_for_bits(out_bits)
     m_vec = channel_vector("m_i32", m_i32, c, np.int64)
     s_vec = channel_vector("shift", shift, c, np.int64)
-    if np.any(np.abs(m_vec) >= (1 << MULT_BITS)):
-        raise KernelInputError("m_i32 must satisfy |m_i32| < 2^31")
-    if np.any((s_vec < MIN_SHIFT) | (s_vec > MAX_SHIFT)):
-        raise KernelInputError(f"shift must lie in [{MIN_SHIFT}, {MAX_SHIFT}], got {s_vec.min()}..{s_vec.max()}")
+    bad_m = np.flatnonzero(np.abs(m_vec) >= (1 << MULT_BITS))
+    if bad_m.size:
+        raise KernelInputError(f"m_i32 must satisfy |m_i32| < 2^31, got {m_vec[bad_m[0]]}{_at_channel(bad_m[0], m_i32)}")
+    bad_s = np.flatnonzero((s_vec < MIN_SHIFT) | (s_vec > MAX_SHIFT))
+    if bad_s.size:
+        raise KernelInputError(f"shift must lie in [{MIN_SHIFT}, {MAX_SHIFT}], got {s_vec[bad_s[0]]}"
+                               f"{_at_channel(bad_s[0], shift)}")
     return out_dtype, m_vec, s_vec
+
+
+def _at_channel(i: int, given) -> str:
+    """The suffix naming channel ``i`` when the caller gave a per-channel vector (not a broadcast scalar)."""
+    return f" at channel {i}" if np.size(given) > 1 else ""
 
 
 def _check_requant_args(x, m_i32, shift, out_bits):

@@ -108,8 +108,12 @@ def test_bad_arguments_are_named():
     x = np.zeros(4, np.int32)
     with pytest.raises(KernelInputError, match="out_bits"):
         requantize_ref(x, 2**30, 31, out_bits=40)
-    with pytest.raises(KernelInputError, match="shift"):
+    with pytest.raises(KernelInputError, match=r"shift must lie in \[1, 62\], got 0$"):
         requantize_ref(x, 2**30, 0)
+    with pytest.raises(KernelInputError, match=r"got 70 at channel 2$"):  # the first bad channel, by value
+        requantize_ref(x, 2**30, np.array([5, 6, 70, 80], np.int32))
+    with pytest.raises(KernelInputError, match=r"\|m_i32\| < 2\^31, got -2147483648 at channel 1$"):
+        requantize_ref(x, np.array([1, -(2**31), 1, 1], np.int64), 31)
     with pytest.raises(KernelInputError, match="m_i32"):
         requantize_ref(x, np.array([1, 2], np.int32), 31)
     with pytest.raises(KernelInputError, match="dtype"):
