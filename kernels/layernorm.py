@@ -943,12 +943,13 @@ def _add_layernorm_rows(a2, ma, ha, sa, b2, mb, hb, sb, qa, rcst, rfast, cst, m_
         res = np.empty(4, np.int64)
         r0, r1 = ch * rows // nchunks, (ch + 1) * rows // nchunks
         _residual_row(a2[r0], ma, ha, sa, b2[r0], mb, hb, sb, qa, x_bufs[0], rcst, rfast)
-        total, lo, hi, sq = _row_stats(x_bufs[0], fast, res, x_bufs[0].ctypes.data)
+        total, lo, hi, sq = _row_stats(x_bufs[0], fast, res, a2[min(r0 + 1, r1 - 1)].ctypes.data)
         for r in range(r0, r1):
             nxt = x_bufs[(r - r0 + 1) & 1]
             if r + 1 < r1:
                 _residual_row(a2[r + 1], ma, ha, sa, b2[r + 1], mb, hb, sb, qa, nxt, rcst, rfast)
-            total, lo, hi, sq = _ln_row(x_bufs[(r - r0) & 1], total, lo, hi, sq, nxt, nxt.ctypes.data, ybuf, cst_addr,
+            total, lo, hi, sq = _ln_row(x_bufs[(r - r0) & 1], total, lo, hi, sq, nxt, a2[min(r + 2, r1 - 1)].ctypes.data,
+                                        ybuf, cst_addr,
                                         res, m_i64, s_i64, k_i64, narrow, fast, eps_m, eps_e, yb, sh_eps, q, out2[r])
 
 
