@@ -133,3 +133,12 @@ def pmaddwd(builder, a, b):
     fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16, [v32x16, v32x16]),
                                         "llvm.x86.avx512.pmaddw.d.512")
     return builder.call(fn, [builder.bitcast(a, v32x16), builder.bitcast(b, v32x16)])
+
+
+def prefetch(builder, addr) -> None:
+    """``prefetcht0`` (``llvm.prefetch``: a read, locality 3) of the line at the int64 address ``addr``."""
+    i32 = ir.IntType(32)
+    i8p = ir.IntType(8).as_pointer()
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                                        "llvm.prefetch.p0")
+    builder.call(fn, [builder.inttoptr(addr, i8p), ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])

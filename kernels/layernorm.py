@@ -30,7 +30,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._llvm import all_ints, args_i64, counted_loop, lane_ops, pack_i8x64, pmaddwd, vec_helpers, vector_reduce
+from ._llvm import all_ints, args_i64, counted_loop, lane_ops, pack_i8x64, pmaddwd, prefetch, vec_helpers, vector_reduce
 from ._util import (MAX_CHUNKS, check_int, container_for_bits, cpu_has, is_int_scalar, memo_frozen, output_array,
                     qmax_for_bits)
 from .errors import KernelInputError
@@ -474,17 +474,13 @@ def _ln_stats16(typingctx, x_addr, nvec, res_addr, pf_addr):
         xa, n, ra, pa = args_i64(context, builder, signature, llargs)
         i32, i64, v16, v8, load, splat, at = vec_helpers(builder)
         smin, smax, even, odd = lane_ops(builder)
-        i8p = ir.IntType(8).as_pointer()
-        pf_fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
-                                               "llvm.prefetch.p0")
         big, small = ir.Constant(v16, [(1 << 31) - 1] * 16), ir.Constant(v16, [-(1 << 31)] * 16)
         zero, zero8 = ir.Constant(v16, [0] * 16), ir.Constant(v8, [0] * 8)
         hi_word = ir.Constant(v16, [1 << 16] * 16)  # words (0, 1): vpmaddwd gives the signed high word, x >> 16
 
         def body(i, vals):
             mn, mx, s32, hi, sq = vals
-            builder.call(pf_fn, [builder.inttoptr(at(pa, i, 64), i8p), ir.Constant(i32, 0), ir.Constant(i32, 3),
-                                 ir.Constant(i32, 1)])
+            prefetch(builder, at(pa, i, 64))
             x = load(at(xa, i, 64))
             sq = builder.add(sq, builder.add(builder.mul(even(x), even(x)), builder.mul(odd(x), odd(x))))
             return [smin(x, mn), smax(x, mx), builder.add(s32, x), builder.add(hi, pmaddwd(builder, x, hi_word)), sq]
@@ -519,17 +515,13 @@ def _make_center16(left: bool):
         def codegen(context, builder, signature, llargs):
             xa, n, shv, cc, ya, pa = args_i64(context, builder, signature, llargs)
             i32, i64, v16, v8, load, splat, at = vec_helpers(builder)
-            i8p = ir.IntType(8).as_pointer()
-            pf_fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
-                                                   "llvm.prefetch.p0")
             sv, cv = splat(shv), splat(cc)
             zero8 = ir.Constant(v8, [0] * 8)
             _, _, even, odd = lane_ops(builder)
 
             def body(i, vals):
                 ev, od = vals
-                builder.call(pf_fn, [builder.inttoptr(at(pa, i, 64), i8p), ir.Constant(i32, 0), ir.Constant(i32, 3),
-                                     ir.Constant(i32, 1)])
+                prefetch(builder, at(pa, i, 64))
                 x = load(at(xa, i, 64))
                 y = builder.add(builder.shl(x, sv), cv) if left else builder.ashr(builder.add(x, cv), sv)
                 st = builder.store(y, builder.inttoptr(at(ya, i, 64), v16.as_pointer()))
@@ -682,7 +674,7 @@ def _ln_row(xr, total, lo, hi, sq, nxt, pf_addr, ybuf, cst_addr, res, m_i64, s_i
     ``nxt`` (the next row), computed between this row's scalar chain (divisions, ``isqrt``) and
     its output pass, which do not depend on them: the out-of-order core overlaps the two.  That
     pass prefetches the row at ``pf_addr`` (the one after ``nxt``: rows of L3-resident inputs
-    then arrive in L1 a row ahead; 1.09-1.13× on 1024×768 timed after torch evicted the input).
+    then arrive in L1 a row ahead; 1.05-1.13× on 1024×768 timed after torch evicted the input).
 
     ``fast`` (AVX-512 and the narrow profile) runs the 16-lane blocks in intrinsics and the
     last ``C mod 16`` channels on the scalar formula, in one of two ways:
@@ -948,9 +940,9 @@ def _add_layernorm_rows(a2, ma, ha, sa, b2, mb, hb, sb, qa, rcst, rfast, cst, m_
             nxt = x_bufs[(r - r0 + 1) & 1]
             if r + 1 < r1:
                 _residual_row(a2[r + 1], ma, ha, sa, b2[r + 1], mb, hb, sb, qa, nxt, rcst, rfast)
-            total, lo, hi, sq = _ln_row(x_bufs[(r - r0) & 1], total, lo, hi, sq, nxt, a2[min(r + 2, r1 - 1)].ctypes.data,
-                                        ybuf, cst_addr,
-                                        res, m_i64, s_i64, k_i64, narrow, fast, eps_m, eps_e, yb, sh_eps, q, out2[r])
+            pf_addr = a2[min(r + 2, r1 - 1)].ctypes.data
+            total, lo, hi, sq = _ln_row(x_bufs[(r - r0) & 1], total, lo, hi, sq, nxt, pf_addr, ybuf, cst_addr, res,
+                                        m_i64, s_i64, k_i64, narrow, fast, eps_m, eps_e, yb, sh_eps, q, out2[r])
 
 
 @memo_frozen()
