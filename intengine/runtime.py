@@ -8,10 +8,11 @@ and drops intermediates after their last use.  On ``cpu`` the outputs go to buff
 per input shape (:func:`plan_buffers`).  No float math happens here (the integer graph carries
 ready-made multipliers and params); the only float op is the graph-output ``dequantize`` kernel.
 
-Integer data movement (``embedding_lookup``, ``position_ids``, ``reshape``, ``transpose``,
-``select``, ``cast_int``, ``mask_fill``, ``unfold``) runs in numpy on the host for every backend;
-the relative-position ``gather`` and ``scatter_add`` have kernels (``rel_gather``,
-``rel_scatter_add``).  The kernels of the ``cuda`` backend accept host arrays and return host
+Integer data movement (``embedding_lookup``, ``position_ids``, ``reshape``, ``select``,
+``cast_int``, ``mask_fill``, ``unfold``) runs in numpy on the host for every backend;
+``transpose`` has ``ref``/``cpu`` kernels (the cpu one copies the attention heads' permutes in
+parallel; ``cuda`` keeps the numpy copy) and the relative-position ``gather`` and
+``scatter_add`` have kernels (``rel_gather``, ``rel_scatter_add``).  The kernels of the ``cuda`` backend accept host arrays and return host
 arrays.
 """
 
@@ -323,6 +324,9 @@ class Executor:
             return _Step(lambda ins, B, T: _host(ins[0]).reshape(_resolve(shape, B, T)))
         if op == "transpose":
             perm = a("perm")
+            if be in available_backends("transpose"):  # (cpu: a parallel copy for the head permutes)
+                k = get_kernel("transpose", be)
+                return _with_out(k, lambda ins, B, T, **o: k(ins[0], perm, **o))
             return _Step(lambda ins, B, T, out=None: _copy_into(out, np.transpose(_host(ins[0]), perm)), True)
         if op == "select":
             axis, index = a("axis"), a("index")

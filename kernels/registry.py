@@ -47,6 +47,8 @@ OPS: tuple[str, ...] = (
     "rel_scores",
     # lut.py
     "lut",
+    # layout.py
+    "transpose",
 )
 
 KERNELS: dict[tuple[str, str], Callable] = {}
