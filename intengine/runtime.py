@@ -12,8 +12,8 @@ Integer data movement (``embedding_lookup``, ``position_ids``, ``reshape``, ``se
 ``cast_int``, ``mask_fill``, ``unfold``) runs in numpy on the host for every backend;
 ``transpose`` has ``ref``/``cpu`` kernels (the cpu one copies the attention heads' permutes in
 parallel; ``cuda`` keeps the numpy copy) and the relative-position ``gather`` and
-``scatter_add`` have kernels (``rel_gather``, ``rel_scatter_add``).  The kernels of the ``cuda`` backend accept host arrays and return host
-arrays.
+``scatter_add`` have kernels (``rel_gather``, ``rel_scatter_add``).  The kernels of the
+``cuda`` backend accept host arrays and return host arrays.
 """
 
 from __future__ import annotations

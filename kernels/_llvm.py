@@ -105,6 +105,15 @@ def lane_ops(builder):
     return smin, smax, even, odd
 
 
+def join_dwords(builder, lo, hi, high: int = 0):
+    """16 int32 lanes from the 8 int64 lanes of the even (``lo``) and the odd (``hi``) elements
+    (the inverse of :func:`lane_ops`' ``even``/``odd``): their low dwords, or with ``high=1``
+    their high dwords (one ``vpermt2d``)."""
+    v16 = ir.VectorType(ir.IntType(32), 16)
+    idx = [k + high if k % 2 == 0 else 15 + k + high for k in range(16)]
+    return builder.shuffle_vector(builder.bitcast(lo, v16), builder.bitcast(hi, v16), ir.Constant(v16, idx))
+
+
 def pack_i8x64(builder, vecs):
     """Four vectors of 16 int32 → 64 int8 in element order, each clipped to [-127, 127]:
     ``vpackssdw``/``vpacksswb`` saturate to [-128, 127] (interleaving per 128-bit lane, so

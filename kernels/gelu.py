@@ -36,7 +36,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from ._llvm import all_ints, args_i64, counted_loop, lane_ops, pack_i8x64, vec_helpers
+from ._llvm import all_ints, args_i64, counted_loop, join_dwords, lane_ops, pack_i8x64, vec_helpers
 from ._util import check_int, container_for_bits, is_int_scalar, output_array, qmax_for_bits
 from .errors import KernelInputError
 from .registry import register
@@ -303,11 +303,6 @@ def _gelu_codegen(left: bool, i8_out: bool, yclamp: bool):
         def sext_lo(q):  # int64 lanes holding int32 values (so LLVM picks vpmuldq)
             return even(builder.bitcast(q, v16))
 
-        def join(lo, hi, high):  # the low (or high) dwords of the even/odd int64 results -> 16 int32 lanes
-            a, b = builder.bitcast(lo, v16), builder.bitcast(hi, v16)
-            idx = [k + high if k % 2 == 0 else 15 + k + high for k in range(16)]
-            return builder.shuffle_vector(a, b, ir.Constant(v16, idx))
-
         def umin(a, b):
             return builder.select(builder.icmp_unsigned("<", a, b), a, b)
 
@@ -336,7 +331,7 @@ def _gelu_codegen(left: bool, i8_out: bool, yclamp: bool):
                 r = []
                 for k in range(4):
                     p_lo, p_hi = products(load(builder.add(base, ir.Constant(i64, 64 * k))))
-                    r.append(builder.ashr(builder.add(join(p_lo, p_hi, 1), hq), sq))
+                    r.append(builder.ashr(builder.add(join_dwords(builder, p_lo, p_hi, 1), hq), sq))
                 st = builder.store(pack_i8x64(builder, r), builder.inttoptr(at(oa, i, BLOCK), v16.as_pointer()))
                 st.align = 1
                 return []
@@ -351,7 +346,7 @@ def _gelu_codegen(left: bool, i8_out: bool, yclamp: bool):
                     y_lo = builder.ashr(builder.add(p_lo, hout), osh)
                     y_hi = builder.ashr(builder.add(p_hi, hout), osh)
                     dst = at(builder.add(oa, ir.Constant(i64, 64 * k)), i, 4 * BLOCK)
-                    st = builder.store(join(y_lo, y_hi, 0), builder.inttoptr(dst, v16.as_pointer()))
+                    st = builder.store(join_dwords(builder, y_lo, y_hi), builder.inttoptr(dst, v16.as_pointer()))
                     st.align = 4
                 return []
 

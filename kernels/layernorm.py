@@ -30,7 +30,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._llvm import all_ints, args_i64, counted_loop, lane_ops, pack_i8x64, pmaddwd, prefetch, vec_helpers, vector_reduce
+from ._llvm import (all_ints, args_i64, counted_loop, join_dwords, lane_ops, pack_i8x64, pmaddwd, prefetch,
+                    vec_helpers, vector_reduce)
 from ._util import (MAX_CHUNKS, check_int, container_for_bits, cpu_has, is_int_scalar, memo_frozen, output_array,
                     qmax_for_bits)
 from .errors import KernelInputError
@@ -792,8 +793,9 @@ def layernorm_cpu(x: np.ndarray, m_i32, shift, bias_i64, eps_m: int, eps_e: int,
     Same formula, dtypes, rounding and overflow bound as :func:`layernorm_ref`.
     ``out``: optional C-contiguous numpy array of ``x.shape`` and the output
     dtype (int8 for ``out_bits ≤ 8``), written and returned.  On AVX-512 hosts the
-    narrow profile (int8 outputs) runs its three row passes on 16 int32 lanes
-    (:func:`_ln_row`); the derived constants are cached per parameter arrays.
+    narrow profile (int8 outputs) runs its row passes on 16 int32 lanes (two for a row of
+    range below ``2^YB``, three for a wider one: :func:`_ln_row`); the derived constants are
+    cached per parameter arrays.
     """
     c = _check_x(x)
     out_dtype, consts = _plan(c, m_i32, shift, bias_i64, eps_m, eps_e, out_bits, int(HAVE_AVX512))
@@ -861,7 +863,6 @@ def _residual16(typingctx, a_addr, b_addr, nvec, cst_addr, mb, hb, sb, qa, x_add
         hbv, sbv, qv = splat(hb_, v8), splat(sb_, v8), splat(qa_, v8)
         nqv = builder.neg(qv)
         v16i8 = ir.VectorType(ir.IntType(8), 16)
-        join = ir.Constant(v16, [k if k % 2 == 0 else 15 + k for k in range(16)])
 
         def body(i, vals):
             a = load(at(aa, i, 64))
@@ -876,7 +877,7 @@ def _residual16(typingctx, a_addr, b_addr, nvec, cst_addr, mb, hb, sb, qa, x_add
             hi = builder.add(builder.ashr(builder.add(builder.mul(odd(a), odd(m)), ho), so),
                              builder.ashr(builder.add(builder.mul(odd(b), mbv), hbv), sbv))
             lo, hi = smax(smin(lo, qv), nqv), smax(smin(hi, qv), nqv)
-            x = builder.shuffle_vector(builder.bitcast(lo, v16), builder.bitcast(hi, v16), join)
+            x = join_dwords(builder, lo, hi)
             st = builder.store(x, builder.inttoptr(at(xa, i, 64), v16.as_pointer()))
             st.align = 4
             return []

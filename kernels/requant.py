@@ -77,7 +77,8 @@ def _requant_vectors_checked(m_i32, shift, out_bits, c: int):
     s_vec = channel_vector("shift", shift, c, np.int64)
     bad_m = np.flatnonzero(np.abs(m_vec) >= (1 << MULT_BITS))
     if bad_m.size:
-        raise KernelInputError(f"m_i32 must satisfy |m_i32| < 2^31, got {m_vec[bad_m[0]]}{_at_channel(bad_m[0], m_i32)}")
+        raise KernelInputError(f"m_i32 must satisfy |m_i32| < 2^31, got {m_vec[bad_m[0]]}"
+                               f"{_at_channel(bad_m[0], m_i32)}")
     bad_s = np.flatnonzero((s_vec < MIN_SHIFT) | (s_vec > MAX_SHIFT))
     if bad_s.size:
         raise KernelInputError(f"shift must lie in [{MIN_SHIFT}, {MAX_SHIFT}], got {s_vec[bad_s[0]]}"

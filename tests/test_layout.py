@@ -29,7 +29,8 @@ def test_non_contiguous_input_takes_numpy():
 
 def test_bad_perm_and_out_are_named():
     x = np.zeros((2, 3, 4), np.int8)
-    with pytest.raises(KernelInputError, match=r"perm must be a permutation of the 3 axes of x \(shape \(2, 3, 4\)\), got \(0, 0, 1\)"):
+    with pytest.raises(KernelInputError,
+                       match=r"perm must be a permutation of the 3 axes of x \(shape \(2, 3, 4\)\), got \(0, 0, 1\)"):
         layout.transpose_cpu(x, (0, 0, 1))
     with pytest.raises(KernelInputError, match="out must be"):
         layout.transpose_cpu(x, (2, 1, 0), out=np.empty((2, 3, 4), np.int8))
